@@ -1,0 +1,183 @@
+"""The built-in model: a small decoder-only transformer over bytes, with a KV cache.
+
+Any text task works with it because the tokenizer is byte-level (ids 0-255 are bytes; three
+special ids follow). A trained checkpoint ships inside the package (`rlvr/assets/tiny/`), so
+every command runs with no download; `rlvr pretrain` reproduces it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0-255, then PAD, BOS and EOS."""
+
+    pad_id = 256
+    bos_id = 257
+    eos_id = 258
+    vocab_size = 259
+
+    def encode(self, text: str) -> list[int]:
+        return [self.bos_id, *text.encode("utf-8")]
+
+    def decode(self, ids) -> str:
+        """Decodes ids up to (not including) the first EOS; PAD and BOS are dropped."""
+        out = bytearray()
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            if i < 256:
+                out.append(i)
+        return out.decode("utf-8", errors="replace")
+
+
+@dataclass
+class TinyConfig:
+    vocab_size: int = ByteTokenizer.vocab_size  # byte-level vocabulary plus PAD/BOS/EOS
+    d_model: int = 128  # width of the residual stream
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads per block
+    max_seq_len: int = 64  # longest prompt + completion the position table covers
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: (layers, N, heads, max_len, head_dim) each."""
+
+    def __init__(self, cfg: TinyConfig, batch: int, max_len: int, dtype, device) -> None:
+        head_dim = cfg.d_model // cfg.n_head
+        shape = (cfg.n_layer, batch, cfg.n_head, max_len, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0  # positions filled so far
+
+    def repeat_interleave(self, k: int) -> "KVCache":
+        """Each row copied k times in place order: prefill a prompt once, sample it K times."""
+        out = KVCache.__new__(KVCache)
+        out.keys = self.keys.repeat_interleave(k, dim=1)  # (L, N*k, H, S, D)
+        out.values = self.values.repeat_interleave(k, dim=1)
+        out.length = self.length
+        return out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TinyConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
+        self.fc_out = nn.Linear(4 * cfg.d_model, cfg.d_model)
+
+    def forward(self, x, attn_mask, cache: KVCache | None, layer: int):
+        n, length, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        # (N, L, D) -> (N, H, L, D/H)
+        q, k, v = (t.view(n, length, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            start = cache.length
+            cache.keys[layer, :, :, start : start + length] = k
+            cache.values[layer, :, :, start : start + length] = v
+            k = cache.keys[layer, :, :, : start + length]  # (N, H, S, D/H)
+            v = cache.values[layer, :, :, : start + length]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, H, L, D/H)
+        x = x + self.proj(y.transpose(1, 2).reshape(n, length, d))
+        return x + self.fc_out(F.gelu(self.fc(self.ln2(x))))
+
+
+class TinyLM(nn.Module):
+    """Pre-LayerNorm GPT with learned positions and tied input/output embeddings."""
+
+    def __init__(self, cfg: TinyConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.apply(self._init)
+        for block in self.blocks:  # GPT-2 scaling of residual projections
+            for proj in (block.proj, block.fc_out):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        p = self.tok_emb.weight
+        return KVCache(self.config, batch, max_len, p.dtype, p.device)
+
+    def forward(self, ids, positions, attn_mask, cache: KVCache | None = None):
+        """ids, positions: (N, L) long; attn_mask: (N, 1, L, S) bool, True = may attend.
+
+        With a cache, the L new positions are appended after `cache.length` and S counts the
+        cached positions too. Returns logits (N, L, vocab).
+        """
+        if int(positions.max()) >= self.config.max_seq_len:
+            raise ValueError(
+                f"sequence position {int(positions.max())} exceeds the model's max_seq_len "
+                f"{self.config.max_seq_len}; use shorter prompts or a smaller --max-new-tokens"
+            )
+        x = self.tok_emb(ids) + self.pos_emb(positions)  # (N, L, D)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, attn_mask, cache, layer)
+        if cache is not None:
+            cache.length += ids.shape[1]
+        return F.linear(self.ln_f(x), self.tok_emb.weight)  # (N, L, V)
+
+
+def save_policy(model: TinyLM, directory: Path, extra: dict | None = None) -> None:
+    """Writes model.safetensors and config.json (the layout of final/ and the shipped model)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    meta = {"backend": "tiny", "model_config": asdict(model.config), **(extra or {})}
+    (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _model_dir(path: str | Path) -> Path:
+    return SHIPPED_DIR if str(path) == "tiny" else Path(path)
+
+
+def load_policy_config(path: str | Path) -> TinyConfig:
+    """The model config of `tiny` or of a directory written by save_policy."""
+    directory = _model_dir(path)
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"no model at {directory}: expected config.json and model.safetensors "
+            "(a run's final/ directory, a checkpoint, or 'tiny' for the built-in model)"
+        )
+    meta = json.loads(config_file.read_text())
+    if meta.get("backend") != "tiny":
+        raise ValueError(f"{directory} holds a {meta.get('backend')!r} model, not a tiny one")
+    return TinyConfig(**meta["model_config"])
+
+
+def load_policy(path: str | Path) -> TinyLM:
+    """Loads `tiny` (the shipped checkpoint) or a directory written by save_policy."""
+    from safetensors.torch import load_file
+
+    directory = _model_dir(path)
+    model = TinyLM(load_policy_config(path))
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return model

@@ -1,0 +1,194 @@
+"""Run configuration: one flat dataclass per command, every field with a default and a doc.
+
+The CLI builds its options from these fields (`--prompts-per-step` for `prompts_per_step`),
+`--config FILE.toml` supplies values, flags override the file, and `validate()` refuses a bad
+config before any work starts with a ConfigError naming the field and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad setting; `field` is the option's name as the user typed it."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        self.field = field_name
+        flag = "--" + field_name.replace("_", "-")
+        super().__init__(f"{flag}: {message}")
+
+
+def opt(default: Any, doc: str, **meta: Any) -> Any:
+    """A config field: default plus the one-line doc that `--help` shows."""
+    kwargs = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(metadata={"help": doc, **meta}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    model: str = opt("tiny", "model to start from: 'tiny' (the shipped built-in model) or a directory holding one")
+    task: str = opt("arith", "task: a built-in name (see `rlvr tasks`), rg:<name> (reasoning-gym) or jsonl:<path>")
+    reward: str = opt("task", "verifier: 'task' (the task's own) or module:function returning a float in [0, 1]")
+    seed: int = opt(0, "seed of the prompt stream, sampling and initialisation")
+    out: str = opt("runs/train", "run directory (created; re-running the same command resumes it)")
+    # the step
+    steps: int = opt(100, "optimizer steps to train")
+    k: int = opt(8, "K: completions sampled per prompt (the group size), at least 2")
+    prompts_per_step: int = opt(8, "B: distinct prompts per step; each step samples B·K completions")
+    temperature: float = opt(1.0, "sampling temperature of the training rollouts (> 0)")
+    max_new_tokens: int = opt(8, "longest completion in tokens")
+    advantage: str = opt("grpo", "advantage estimator: grpo, dr_grpo or rloo")
+    loss_agg: str = opt("token-mean", "loss aggregation: token-mean, seq-mean or token-sum")
+    clip_low: float = opt(0.2, "ε_low: policy ratio clipped below at 1 − ε_low")
+    clip_high: float = opt(0.2, "ε_high: policy ratio clipped above at 1 + ε_high (> clip-low is clip-higher)")
+    beta: float = opt(0.0, "weight of the KL penalty to the frozen start policy (0 = none, no reference model)")
+    entropy_coef: float = opt(0.0, "entropy bonus weight: loss −= coef · entropy")
+    updates_per_step: int = opt(1, "policy updates on one rollout batch (1 = on-policy; more reuses it with clipping)")
+    micro_batch_size: int = opt(0, "rows per forward/backward chunk (0 = the whole batch); does not change the result")
+    # the optimizer
+    lr: float = opt(2e-4, "AdamW learning rate")
+    warmup_steps: int = opt(0, "linear learning-rate warm-up steps, then constant")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = opt(1.0, "gradient-norm clip (0 = off)")
+    # evaluation, checkpoints, logging
+    eval_every: int = opt(0, "evaluate on held-out problems every N steps, and at step 0 (0 = never)")
+    eval_problems: int = opt(200, "held-out problems per in-training evaluation")
+    eval_samples: int = opt(16, "samples per problem in evaluation (n of pass@k)")
+    eval_temperature: float = opt(1.0, "sampling temperature of evaluation samples")
+    checkpoint_every: int = opt(50, "write a checkpoint every N steps (0 = only at the end)")
+    keep_checkpoints: int = opt(2, "how many of the newest checkpoints to keep")
+    log: str = opt("jsonl", "loggers, comma-separated; jsonl is always on")
+    device: str = opt("cpu", "cpu or cuda")
+    threads: int = opt(0, "torch CPU threads (0 = torch's default)")
+    quiet: bool = opt(False, "no progress bar (the summary line is still printed)")
+    force: bool = opt(False, "start over in an --out that holds a run of a different config")
+
+    # Fields that may change between an interrupted run and its resumption.
+    RESUMABLE_CHANGES = ("steps", "quiet", "force", "threads", "log")
+
+    def validate(self) -> None:
+        """Raises ConfigError for the first bad field, before any work starts."""
+        positive_ints = ("steps", "k", "prompts_per_step", "max_new_tokens", "updates_per_step",
+                         "eval_problems", "eval_samples", "keep_checkpoints")
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        for name in ("micro_batch_size", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must be 0 or more, got {getattr(self, name)}")
+        if self.k < 2:
+            raise ConfigError("k", f"K must be at least 2 for group-relative advantages, got {self.k}")
+        if not self.lr > 0:
+            raise ConfigError("lr", f"must be > 0, got {self.lr}")
+        if not self.temperature > 0:
+            raise ConfigError("temperature", f"training samples need temperature > 0, got {self.temperature}")
+        if not self.eval_temperature >= 0:
+            raise ConfigError("eval_temperature", f"must be ≥ 0, got {self.eval_temperature}")
+        for name in ("clip_low", "clip_high"):
+            value = getattr(self, name)
+            if not 0 <= value < (1 if name == "clip_low" else 100):
+                raise ConfigError(name, f"must be in [0, 1) for clip-low and ≥ 0 for clip-high, got {value}")
+        for name in ("beta", "weight_decay", "max_grad_norm"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(name, f"must be ≥ 0, got {getattr(self, name)}")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError("device", f"must be cpu or cuda, got {self.device!r}")
+        if self.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("device", "cuda was asked for but torch sees no GPU; use --device cpu")
+        from rlvr.advantages import ADVANTAGES
+        from rlvr.losses import AGGREGATIONS
+
+        if self.advantage not in ADVANTAGES:
+            raise ConfigError("advantage", f"unknown {self.advantage!r}; known: {', '.join(ADVANTAGES.names())}")
+        if self.loss_agg not in AGGREGATIONS:
+            raise ConfigError("loss_agg", f"unknown {self.loss_agg!r}; known: {', '.join(AGGREGATIONS.names())}")
+        known_loggers = {"jsonl"}
+        for name in filter(None, (s.strip() for s in self.log.split(","))):
+            if name not in known_loggers:
+                raise ConfigError("log", f"unknown logger {name!r}; available: {', '.join(sorted(known_loggers))}")
+        check_model_path(self.model)
+        check_task(self.task, self.seed, self.max_new_tokens, self.model)
+        if self.reward != "task" and ":" not in self.reward:
+            raise ConfigError("reward", f"expected 'task' or module:function, got {self.reward!r}")
+        check_writable(self.out)
+
+
+def check_model_path(model: str, field_name: str = "model") -> None:
+    if model == "tiny":
+        return
+    if not (Path(model) / "config.json").is_file():
+        raise ConfigError(field_name, f"{model!r} is not 'tiny' nor a directory with config.json and "
+                                      "model.safetensors (a run's final/ or a checkpoint)")
+
+
+def check_task(name: str, seed: int, max_new_tokens: int, model: str, field_name: str = "task") -> None:
+    """The task must exist and its prompts plus completions must fit the model's context."""
+    from rlvr.tasks import get_task
+
+    try:
+        task = get_task(name, seed=seed)
+        longest = max(len(task.item(split, i)["prompt"].encode()) for split in ("train", "heldout") for i in range(32))
+    except Exception as err:  # any failure to build the task is the user's task setting
+        raise ConfigError(field_name, str(err)) from None
+    from rlvr.backends.tiny import load_policy_config
+
+    max_len = load_policy_config(model).max_seq_len
+    if longest + 1 + max_new_tokens > max_len:
+        raise ConfigError("max_new_tokens", f"prompts of {name!r} take up to {longest + 1} tokens; with "
+                          f"{max_new_tokens} new tokens that exceeds the model's context of {max_len}")
+
+
+def check_writable(out: str, field_name: str = "out") -> None:
+    path = Path(out)
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise ConfigError(field_name, f"cannot create or write {out!r} ({probe} is not a writable directory)")
+
+
+def config_fields(cls) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def load_toml(path: str, cls) -> dict[str, Any]:
+    """Reads FILE.toml; keys may be spelt prompts_per_step or prompts-per-step."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("config", f"file {path!r} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("config", f"{path} is not valid TOML: {err}") from None
+    known = {f.name: f for f in config_fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError("config", f"{path}: unknown setting {key!r}; see --help for the settings")
+        values[name] = coerce(name, value, known[name].type)
+    return values
+
+
+def coerce(name: str, value: Any, type_name: Any) -> Any:
+    """Checks a TOML value's type against the field's (ints are accepted for floats)."""
+    type_name = type_name if isinstance(type_name, str) else type_name.__name__
+    expected = {"int": int, "float": (int, float), "str": str, "bool": bool}.get(type_name)
+    if expected is None:
+        return value
+    if isinstance(value, bool) and type_name != "bool" or not isinstance(value, expected):
+        raise ConfigError(name, f"expected a {type_name}, got {value!r}")
+    return float(value) if type_name == "float" else value
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in config_fields(type(cfg))}

@@ -1,0 +1,58 @@
+"""Exact token entropy and the per-run entropy monitor (TERMS.md, "Entropy").
+
+Token entropy is computed from the full next-token distribution, never estimated from the
+sampled token's log-probability, and in float32 even when the logits come in lower precision.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H = −Σ_v p(v) log p(v) over the last dim, in nats. (..., V) -> (...)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean of `values` where `mask` is True; NaN when nothing is masked in."""
+    count = int(mask.sum())
+    return float((values * mask).sum() / count) if count else math.nan
+
+
+def masked_quantiles(values: torch.Tensor, mask: torch.Tensor, qs=(0.1, 0.5, 0.9)) -> list[float]:
+    """Quantiles of the masked-in values (for the per-token entropy distribution)."""
+    selected = values[mask].float()
+    if selected.numel() == 0:
+        return [math.nan for _ in qs]
+    return torch.quantile(selected, torch.tensor(qs)).tolist()
+
+
+class EntropyMonitor:
+    """Smooths the step entropy (EMA with a half-life in steps) and tracks its retention.
+
+    Retention is entropy / entropy of the first step's rollouts, which are sampled from the
+    starting policy, so it is "entropy relative to step 0" as TERMS.md defines it.
+    """
+
+    def __init__(self, half_life: float = 10.0) -> None:
+        self.decay = 0.5 ** (1.0 / half_life)  # weight kept by the old EMA each step
+        self.ema: float | None = None
+        self.initial: float | None = None
+
+    def update(self, entropy: float) -> dict[str, float]:
+        if self.initial is None:
+            self.initial = entropy
+            self.ema = entropy
+        else:
+            self.ema = self.decay * self.ema + (1.0 - self.decay) * entropy
+        retention = entropy / self.initial if self.initial > 0 else math.nan
+        return {"entropy/ema": self.ema, "entropy/retention": retention}
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema, "initial": self.initial, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema, self.initial, self.decay = state["ema"], state["initial"], state["decay"]

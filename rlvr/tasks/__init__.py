@@ -1,0 +1,54 @@
+"""Tasks: problems with verifiers, looked up by name.
+
+A name is a built-in task (`add2`, `arith`, `mul`; see `list_tasks()`), `rg:<dataset>` for a
+reasoning-gym dataset, or `jsonl:<path>` for a file of the user's own problems.
+"""
+from __future__ import annotations
+
+from rlvr.registry import UnknownNameError
+from rlvr.tasks import arithmetic  # noqa: F401  (registers the built-in tasks)
+from rlvr.tasks.base import HELDOUT_FRACTION, SPLITS, TASKS, Task, split_of
+from rlvr.tasks.jsonl import JsonlTask
+from rlvr.tasks.reasoning_gym import ReasoningGymTask, list_reasoning_gym
+
+DEFAULT_TASK = "arith"
+
+RG_PREFIX = "rg:"
+JSONL_PREFIX = "jsonl:"
+
+__all__ = [
+    "DEFAULT_TASK",
+    "HELDOUT_FRACTION",
+    "SPLITS",
+    "TASKS",
+    "JsonlTask",
+    "ReasoningGymTask",
+    "Task",
+    "get_task",
+    "list_reasoning_gym",
+    "list_tasks",
+    "split_of",
+]
+
+
+def get_task(name: str, seed: int = 0) -> Task:
+    """The task called `name`, streaming problems chosen by `seed`."""
+    if name.startswith(RG_PREFIX):
+        return ReasoningGymTask(name[len(RG_PREFIX) :], seed=seed)
+    if name.startswith(JSONL_PREFIX):
+        path = name[len(JSONL_PREFIX) :]
+        if not path:
+            raise ValueError("task 'jsonl:' names no file; write jsonl:<path to a .jsonl file>")
+        return JsonlTask(path, seed=seed)
+    try:
+        factory = TASKS.get(name)
+    except UnknownNameError as error:
+        raise UnknownNameError(
+            f"{error}; or rg:<reasoning-gym dataset>, or jsonl:<path> (`rlvr tasks` lists them)"
+        ) from None
+    return factory(seed=seed)
+
+
+def list_tasks() -> list[tuple[str, str]]:
+    """(name, description) of each built-in task, in name order."""
+    return [(name, TASKS.get(name).description) for name in TASKS.names()]
