@@ -68,7 +68,7 @@ def policy_loss(
 
     metrics: dict[str, float] = {}
     policy_term = aggregate(pg_loss, maskf, total_tokens, total_sequences)
-    metrics["loss/policy"] = float(policy_term)
+    metrics["loss/policy"] = float(policy_term.detach())
     # A token counts as clipped when the clipped branch is the active (larger) one.
     metrics["clip/frac_sum"] = float(((clipped > unclipped).float() * maskf).sum())
 

@@ -119,7 +119,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
             greedy = heldout_accuracy(model, tokenizer, task, cfg.eval_problems, 0.0, cfg.seed)
             sampled = heldout_accuracy(model, tokenizer, task, cfg.eval_problems, 1.0, cfg.seed)
             model.train()
-            record = {"step": step, "loss": round(float(loss), 4), "greedy_accuracy": greedy,
+            record = {"step": step, "loss": round(float(loss.detach()), 4), "greedy_accuracy": greedy,
                       "sampled_accuracy": sampled, "seconds": round(time.time() - started, 1)}
             history.append(record)
             log(json.dumps(record))
