@@ -30,7 +30,8 @@ class PretrainConfig:
     batch_size: int = opt(128, "sequences per step")
     lr: float = opt(2e-3, "AdamW peak learning rate (linear warm-up, then constant)")
     warmup_steps: int = opt(100, "learning-rate warm-up steps")
-    target_accuracy: float = opt(0.3, "stop once greedy held-out accuracy reaches this (0-1)")
+    target_accuracy: float = opt(0.4, "stop once greedy held-out accuracy reaches this (0-1)")
+    label_smoothing: float = opt(0.1, "label smoothing of the answer tokens: keeps temperature-1 samples noisier than greedy")
     eval_every: int = opt(100, "steps between held-out evaluations")
     eval_problems: int = opt(500, "held-out problems per evaluation")
     d_model: int = opt(128, "model width")
@@ -47,6 +48,8 @@ class PretrainConfig:
             raise ConfigError("n_head", f"must divide --d-model ({self.d_model}), got {self.n_head}")
         if not 0 < self.target_accuracy <= 1:
             raise ConfigError("target_accuracy", f"must be in (0, 1], got {self.target_accuracy}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         if not self.lr > 0:
             raise ConfigError("lr", f"must be > 0, got {self.lr}")
         from rlvr.tasks import get_task
@@ -109,7 +112,8 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         attn = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril()[None, None]  # causal
         logits = model(ids[:, :-1], positions[:, :-1], attn[..., :-1, :-1])  # (N, L-1, V)
         targets = ids[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+                               label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -142,6 +146,6 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         "history": history,
     }
     save_policy(model, Path(cfg.out), extra={"pretrain": recipe})
-    if not math.isfinite(float(loss)):
+    if not math.isfinite(float(loss.detach())):
         raise RuntimeError("pretraining diverged (non-finite loss); lower --lr")
     return recipe
