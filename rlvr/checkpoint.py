@@ -77,6 +77,17 @@ def load_latest(root: Path) -> dict | None:
     return None
 
 
+def latest_checkpoint_before(root: Path, step: int) -> dict | None:
+    """The newest readable checkpoint strictly before `step` (where a rollback goes), or None."""
+    for path in reversed(list_checkpoints(root)):
+        if int(path.name[len(PREFIX):]) < step:
+            try:
+                return torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+            except Exception as err:
+                warnings.warn(f"skipping unreadable checkpoint {path}: {err}")
+    return None
+
+
 def clean_temporaries(root: Path) -> None:
     """Removes half-written checkpoint directories left by a killed run."""
     if root.is_dir():

@@ -48,7 +48,18 @@ class TrainConfig:
     clip_low: float = opt(0.2, "ε_low: policy ratio clipped below at 1 − ε_low")
     clip_high: float = opt(0.2, "ε_high: policy ratio clipped above at 1 + ε_high (> clip-low is clip-higher)")
     beta: float = opt(0.0, "weight of the KL penalty to the frozen start policy (0 = none, no reference model)")
-    entropy_coef: float = opt(0.0, "entropy bonus weight: loss −= coef · entropy")
+    entropy_coef: float = opt(0.0, "entropy bonus weight: loss −= coef · entropy (the start value with --entropy-target)")
+    entropy_target: float = opt(0.0, "adaptive entropy bonus: move the coef by --entropy-coef-step toward this entropy in nats (0 = off)")
+    entropy_coef_step: float = opt(0.001, "Δ of --entropy-target: change of the coefficient per step")
+    entropy_coef_max: float = opt(0.05, "c_max of --entropy-target: the coefficient's ceiling")
+    clip_cov: bool = opt(False, "Clip-Cov (Cui et al. 2025): cut the gradient of a few tokens with high log-prob/advantage covariance")
+    clip_cov_ratio: float = opt(2e-4, "Clip-Cov: share of tokens cut per step (at least one)")
+    clip_cov_low: float = opt(1.0, "Clip-Cov: lower bound of the covariance window tokens are drawn from")
+    clip_cov_high: float = opt(5.0, "Clip-Cov: upper bound of that window")
+    kl_cov: bool = opt(False, "KL-Cov (Cui et al. 2025): penalise |log π − log π_old| on the top-covariance tokens")
+    kl_cov_ratio: float = opt(2e-3, "KL-Cov: share of tokens penalised per update (at least one)")
+    kl_cov_coef: float = opt(1.0, "KL-Cov: weight of the penalty")
+    top_entropy_tokens: float = opt(0.0, "train only on the top Q fraction of tokens by entropy, e.g. 0.2 (0 = all tokens)")
     updates_per_step: int = opt(1, "policy updates on one rollout batch (1 = on-policy; more reuses it with clipping)")
     micro_batch_size: int = opt(0, "rows per forward/backward chunk (0 = the whole batch); does not change the result")
     # the optimizer
@@ -56,6 +67,12 @@ class TrainConfig:
     warmup_steps: int = opt(0, "linear learning-rate warm-up steps, then constant")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     max_grad_norm: float = opt(1.0, "gradient-norm clip (0 = off)")
+    # entropy collapse
+    on_collapse: str = opt("warn", "what to do when entropy collapses: warn, stop or rollback")
+    collapse_ratio: float = opt(0.3, "collapse when the entropy EMA falls below this fraction of its step-0 value ...")
+    collapse_patience: int = opt(10, "... and stays there this many steps")
+    max_rollbacks: int = opt(2, "rollbacks at most; a collapse after that stops the run")
+    rollback_entropy_boost: float = opt(0.01, "each rollback adds this to the entropy coefficient in force")
     # evaluation, checkpoints, logging
     eval_every: int = opt(0, "evaluate on held-out problems every N steps, and at step 0 (0 = never)")
     eval_problems: int = opt(200, "held-out problems per in-training evaluation")
@@ -97,6 +114,27 @@ class TrainConfig:
         for name in ("beta", "weight_decay", "max_grad_norm"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(name, f"must be ≥ 0, got {getattr(self, name)}")
+        if self.on_collapse not in ("warn", "stop", "rollback"):
+            raise ConfigError("on_collapse", f"must be warn, stop or rollback, got {self.on_collapse!r}")
+        if not 0 < self.collapse_ratio < 1:
+            raise ConfigError("collapse_ratio", f"must be in (0, 1), got {self.collapse_ratio}")
+        if self.collapse_patience < 1:
+            raise ConfigError("collapse_patience", f"must be at least 1, got {self.collapse_patience}")
+        for name in ("max_rollbacks", "rollback_entropy_boost", "entropy_target", "entropy_coef_step",
+                     "entropy_coef_max", "kl_cov_coef"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(name, f"must be ≥ 0, got {getattr(self, name)}")
+        if self.entropy_target and not 0 <= self.entropy_coef <= self.entropy_coef_max:
+            raise ConfigError("entropy_coef", f"the start value {self.entropy_coef} must lie in [0, --entropy-coef-max "
+                                              f"{self.entropy_coef_max}] with --entropy-target")
+        for name in ("clip_cov_ratio", "kl_cov_ratio", "top_entropy_tokens"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(name, f"must be a fraction in [0, 1], got {getattr(self, name)}")
+        if not self.clip_cov_low < self.clip_cov_high:
+            raise ConfigError("clip_cov_low", f"must be below --clip-cov-high ({self.clip_cov_high}), got {self.clip_cov_low}")
+        if self.kl_cov and self.updates_per_step < 2:
+            raise ConfigError("kl_cov", "KL-Cov penalises |log π − log π_old|, which is 0 on an on-policy update; "
+                                        "use it with --updates-per-step 2 or more")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError("device", f"must be cpu or cuda, got {self.device!r}")
         if self.device == "cuda":

@@ -56,3 +56,67 @@ class EntropyMonitor:
 
     def load_state_dict(self, state: dict) -> None:
         self.ema, self.initial, self.decay = state["ema"], state["initial"], state["decay"]
+
+
+class CollapseDetector:
+    """Entropy collapse as TERMS.md defines it: the EMA falls below `ratio` × the step-0 entropy
+    and stays below for `patience` consecutive steps.
+
+    `update` returns the onset step (the first step below) on the step the condition is met,
+    i.e. at onset + patience − 1, and None otherwise. It fires once per collapse; recovering
+    above the threshold re-arms it.
+    """
+
+    def __init__(self, ratio: float = 0.3, patience: int = 10) -> None:
+        self.ratio = ratio
+        self.patience = patience
+        self.below_since: int | None = None
+        self.fired = False
+
+    def update(self, step: int, ema: float, initial: float) -> int | None:
+        if ema < self.ratio * initial:
+            if self.below_since is None:
+                self.below_since = step
+            if not self.fired and step - self.below_since + 1 >= self.patience:
+                self.fired = True
+                return self.below_since
+        else:
+            self.below_since, self.fired = None, False
+        return None
+
+    def state_dict(self) -> dict:
+        return {"below_since": self.below_since, "fired": self.fired}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.below_since, self.fired = state["below_since"], state["fired"]
+
+
+class EntropyCoefficient:
+    """A fixed entropy-bonus coefficient (`--entropy-coef`), as a controller."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def update(self, entropy: float) -> float:
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
+class AdaptiveEntropyCoefficient(EntropyCoefficient):
+    """`--entropy-target H` (Skywork-OR1, He et al. 2025): each step
+    c ← clip(c + Δ·sign(H − H_now), 0, c_max), so the bonus grows while entropy is below the
+    target and shrinks while it is above."""
+
+    def __init__(self, value: float, target: float, step_size: float, max_value: float) -> None:
+        super().__init__(value)
+        self.target, self.step_size, self.max_value = target, step_size, max_value
+
+    def update(self, entropy: float) -> float:
+        direction = (self.target > entropy) - (self.target < entropy)  # sign(H − H_now)
+        self.value = min(max(self.value + self.step_size * direction, 0.0), self.max_value)
+        return self.value

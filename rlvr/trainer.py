@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +32,13 @@ import torch
 from rlvr import __version__
 from rlvr.advantages import ADVANTAGES, zero_signal_fraction
 from rlvr.backends.tiny import ByteTokenizer, load_policy, save_policy
-from rlvr.checkpoint import clean_temporaries, load_latest, rng_state, save_checkpoint, set_rng_state
+from rlvr.checkpoint import (clean_temporaries, latest_checkpoint_before, load_latest, rng_state, save_checkpoint,
+                             set_rng_state)
 from rlvr.config import ConfigError, TrainConfig, to_dict
-from rlvr.entropy import EntropyMonitor, masked_mean, masked_quantiles
+from rlvr.entropy import (AdaptiveEntropyCoefficient, CollapseDetector, EntropyCoefficient, EntropyMonitor,
+                          masked_mean, masked_quantiles)
 from rlvr.evaluation import evaluate_policy, flat_eval_metrics, paired_bootstrap_gain, per_problem_values
-from rlvr.losses import LossSettings, policy_loss
+from rlvr.losses import LossSettings, policy_loss, top_entropy_select
 from rlvr.rewards import answer_diversity, load_verifier, score_batch
 from rlvr.rollout import completion_logprobs, sample_groups
 from rlvr.tasks import get_task
@@ -125,12 +128,30 @@ class StepResult:
     skipped: bool
 
 
-def train_step(model, optimizer, batch, advantages, cfg: TrainConfig, ref_model=None) -> StepResult:
-    """`updates_per_step` optimizer updates on one rollout batch; returns the step's loss metrics."""
-    settings = LossSettings(cfg.clip_low, cfg.clip_high, cfg.loss_agg, cfg.beta, cfg.entropy_coef)
+def loss_settings(cfg: TrainConfig, entropy_coef: float) -> LossSettings:
+    return LossSettings(
+        clip_low=cfg.clip_low, clip_high=cfg.clip_high, aggregation=cfg.loss_agg, beta=cfg.beta,
+        entropy_coef=entropy_coef, clip_cov_ratio=cfg.clip_cov_ratio if cfg.clip_cov else 0.0,
+        clip_cov_bounds=(cfg.clip_cov_low, cfg.clip_cov_high),
+        kl_cov_ratio=cfg.kl_cov_ratio if cfg.kl_cov else 0.0, kl_cov_coef=cfg.kl_cov_coef,
+    )
+
+
+def train_step(model, optimizer, batch, advantages, cfg: TrainConfig, ref_model=None, entropy_coef: float | None = None,
+               generator: torch.Generator | None = None) -> StepResult:
+    """`updates_per_step` optimizer updates on one rollout batch; returns the step's loss metrics.
+
+    `entropy_coef` is the coefficient in force (controllers and rollbacks move it; default the
+    config's). With `top_entropy_tokens`, only that top fraction of the rollout tokens by entropy
+    is trained on, and the loss is normalised over them."""
+    entropy_coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
+    settings = loss_settings(cfg, entropy_coef)
     rows = batch.num_rows
     mbs = cfg.micro_batch_size or rows
-    total_tokens = max(1, batch.generated_tokens())
+    token_mask = batch.completion_mask  # (N, T)
+    if cfg.top_entropy_tokens > 0 and bool(token_mask.any()):
+        token_mask = top_entropy_select(batch.entropy, token_mask, cfg.top_entropy_tokens)
+    total_tokens = max(1, int(token_mask.sum()))
     chunks = [slice(i, min(rows, i + mbs)) for i in range(0, rows, mbs)]
     old_logprobs = torch.zeros_like(batch.logprobs)
     ref_logprobs = None
@@ -139,7 +160,8 @@ def train_step(model, optimizer, batch, advantages, cfg: TrainConfig, ref_model=
             ref_logprobs = torch.cat([completion_logprobs(ref_model, batch.prompt_ids[c], batch.prompt_mask[c],
                                                           batch.completion_ids[c], batch.completion_mask[c],
                                                           cfg.temperature)[0] for c in chunks])
-    sums = {"loss/policy": 0.0, "loss/entropy": 0.0, "loss/kl": 0.0, "clip/frac": 0.0, "grad/norm": 0.0}
+    sums = {"loss/policy": 0.0, "loss/entropy": 0.0, "loss/kl": 0.0, "clip/frac": 0.0, "grad/norm": 0.0,
+            "clip/cov_tokens": 0.0, "clip/kl_cov_tokens": 0.0}
     skipped = False
     params = [p for p in model.parameters() if p.requires_grad]
     for update in range(cfg.updates_per_step):
@@ -147,14 +169,17 @@ def train_step(model, optimizer, batch, advantages, cfg: TrainConfig, ref_model=
         for c in chunks:
             logprobs, entropy = completion_logprobs(model, batch.prompt_ids[c], batch.prompt_mask[c],
                                                     batch.completion_ids[c], batch.completion_mask[c],
-                                                    cfg.temperature, with_entropy=cfg.entropy_coef != 0)
+                                                    cfg.temperature, with_entropy=entropy_coef != 0)
             if update == 0:
                 old_logprobs[c] = logprobs.detach()
-            loss, m = policy_loss(logprobs, old_logprobs[c], advantages[c], batch.completion_mask[c], settings,
-                                  total_tokens, rows, None if ref_logprobs is None else ref_logprobs[c], entropy)
+            loss, m = policy_loss(logprobs, old_logprobs[c], advantages[c], token_mask[c], settings,
+                                  total_tokens, rows, None if ref_logprobs is None else ref_logprobs[c], entropy,
+                                  generator)
             loss.backward()
             sums["loss/policy"] += m["loss/policy"]
-            sums["loss/entropy"] += -cfg.entropy_coef * m.get("loss/entropy", 0.0)
+            sums["clip/cov_tokens"] += m.get("clip/cov_tokens", 0.0)
+            sums["clip/kl_cov_tokens"] += m.get("clip/kl_cov_tokens", 0.0)
+            sums["loss/entropy"] += -entropy_coef * m.get("loss/entropy", 0.0)
             sums["loss/kl"] += cfg.beta * m.get("loss/kl", 0.0)
             sums["clip/frac"] += m["clip/frac_sum"] / total_tokens
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
@@ -165,7 +190,67 @@ def train_step(model, optimizer, batch, advantages, cfg: TrainConfig, ref_model=
             break
         optimizer.step()
     metrics = {key: value / cfg.updates_per_step for key, value in sums.items()}
+    metrics["tokens/trained_frac"] = total_tokens / max(1, batch.generated_tokens())
     return StepResult(metrics, skipped)
+
+
+def make_entropy_controller(cfg: TrainConfig) -> EntropyCoefficient:
+    if cfg.entropy_target > 0:
+        return AdaptiveEntropyCoefficient(cfg.entropy_coef, cfg.entropy_target, cfg.entropy_coef_step, cfg.entropy_coef_max)
+    return EntropyCoefficient(cfg.entropy_coef)
+
+
+class RunState:
+    """Everything a checkpoint restores: policy, optimizer, entropy monitor/controller/detector,
+    RNG states, the step-0 evaluation, and the run-level counters."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(cfg.seed)
+        self.model = load_policy(cfg.model).to(device).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                                           weight_decay=cfg.weight_decay)
+        self.monitor = EntropyMonitor(half_life=10)
+        self.controller = make_entropy_controller(cfg)
+        self.detector = CollapseDetector(cfg.collapse_ratio, cfg.collapse_patience)
+        self.baseline_eval: list[dict] | None = None  # step-0 per-problem results, for paired gains
+        self.step = 0
+        self.rollbacks = 0  # run-level: survives rollbacks, restored on resume
+        self.stopped: str | None = None  # why the run ended early, if it did
+
+    @property
+    def entropy_coef(self) -> float:
+        """The coefficient in force: the controller's value plus what rollbacks added."""
+        return self.controller.value + self.rollbacks * self.cfg.rollback_entropy_boost
+
+    def sampling_seed(self, step: int, stream: int) -> int:
+        # A retry after a rollback draws new samples for the same prompts.
+        return stream_seed(self.cfg.seed, step, stream if self.rollbacks == 0 else 100 * self.rollbacks + stream)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "entropy_monitor": self.monitor.state_dict(), "entropy_controller": self.controller.state_dict(),
+                "collapse_detector": self.detector.state_dict(), "rng": rng_state(),
+                "baseline_eval": self.baseline_eval, "rollbacks": self.rollbacks, "stopped": self.stopped}
+
+    def load_state_dict(self, state: dict, *, keep_counters: bool = False) -> None:
+        """keep_counters: a rollback restores the policy but not the run's rollback count."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.monitor.load_state_dict(state["entropy_monitor"])
+        self.controller.load_state_dict(state["entropy_controller"])
+        self.detector.load_state_dict(state["collapse_detector"])
+        set_rng_state(state["rng"])
+        self.baseline_eval = state["baseline_eval"]
+        self.step = state["step"]
+        if not keep_counters:
+            self.rollbacks, self.stopped = state["rollbacks"], state["stopped"]
+
+    def reset_to_start(self) -> None:
+        """Back to the starting model (a rollback with no checkpoint before the onset)."""
+        rollbacks, baseline = self.rollbacks, self.baseline_eval
+        self.__init__(self.cfg, self.device)
+        self.rollbacks, self.baseline_eval = rollbacks, baseline
 
 
 def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
@@ -184,48 +269,33 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
     except ValueError as err:
         raise ConfigError("reward", str(err)) from None
     tokenizer = ByteTokenizer()
-
-    torch.manual_seed(cfg.seed)
-    model = load_policy(cfg.model).to(device)
-    model.train()
-    ref_model = None
-    if cfg.beta > 0:
-        ref_model = load_policy(cfg.model).to(device).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    monitor = EntropyMonitor(half_life=10)
-    baseline_eval: list[dict] | None = None  # step-0 per-problem results, for paired gains
+    st = RunState(cfg, device)
+    ref_model = load_policy(cfg.model).to(device).eval().requires_grad_(False) if cfg.beta > 0 else None
 
     clean_temporaries(run.checkpoints)
     state = load_latest(run.checkpoints) if run.config_file.is_file() else None
-    start_step = 0
     if state is None:
         run.start_fresh()
     else:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        monitor.load_state_dict(state["entropy_monitor"])
-        set_rng_state(state["rng"])
-        baseline_eval = state.get("baseline_eval")
-        start_step = state["step"]
-        run.truncate_metrics(start_step)
+        st.load_state_dict(state)
+        run.truncate_metrics(st.step)
     run.write_config(cfg)
     metrics_log, events_log = JsonlWriter(run.metrics_file), JsonlWriter(run.events_file)
-    if start_step:
-        events_log.write({"event": "resume", "step": start_step, "message": f"resumed from checkpoint at step {start_step}"})
-    if start_step >= cfg.steps and run.final.is_dir():
+    if st.step:
+        events_log.write({"event": "resume", "step": st.step, "message": f"resumed from checkpoint at step {st.step}"})
+    if (st.step >= cfg.steps or st.stopped) and run.final.is_dir():
         metrics_log.close(), events_log.close()
         return summarize(run, cfg, already_done=True)
 
     def evaluate(step: int) -> dict:
-        nonlocal baseline_eval
-        result = evaluate_policy(model, tokenizer, task, problems=cfg.eval_problems, samples=cfg.eval_samples,
+        result = evaluate_policy(st.model, tokenizer, task, problems=cfg.eval_problems, samples=cfg.eval_samples,
                                  ks=[k for k in EVAL_KS if k <= cfg.eval_samples], temperature=cfg.eval_temperature,
                                  max_new_tokens=cfg.max_new_tokens, seed=stream_seed(cfg.seed, 0, 1))
         flat = flat_eval_metrics(result)
-        if baseline_eval is None:
-            baseline_eval = result["per_problem"]
+        if st.baseline_eval is None:
+            st.baseline_eval = result["per_problem"]
         if HEADLINE in result["metrics"]:
-            gain = paired_bootstrap_gain(per_problem_values(baseline_eval, HEADLINE),
+            gain = paired_bootstrap_gain(per_problem_values(st.baseline_eval, HEADLINE),
                                          per_problem_values(result["per_problem"], HEADLINE))
             flat[f"eval/{HEADLINE}_gain"] = gain["value"]
             flat[f"eval/{HEADLINE}_gain_ci_low"], flat[f"eval/{HEADLINE}_gain_ci_high"] = gain["ci"]
@@ -237,24 +307,28 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
             f"{name} {m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" for name, m in result["metrics"].items())})
         return flat
 
+    def checkpoint() -> None:
+        save_checkpoint(run.checkpoints, st.step, st.state_dict(), keep=cfg.keep_checkpoints)
+
     bar = _Progress(cfg, enabled=progress and not cfg.quiet, console=console)
     last_eval: dict = {}
-    if start_step == 0 and cfg.eval_every:
+    if st.step == 0 and cfg.eval_every:
         last_eval = evaluate(0)
         metrics_log.write({"step": 0, **last_eval})
-    bar.start(start_step)
-    bad_steps = 0
+    bar.start(st.step)
     try:
-        for step in range(start_step + 1, cfg.steps + 1):
-            for group in optimizer.param_groups:
+        while st.step < cfg.steps:
+            st.step += 1
+            step = st.step
+            for group in st.optimizer.param_groups:
                 group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
             started = time.perf_counter()
             items = [task.item("train", (step - 1) * cfg.prompts_per_step + j) for j in range(cfg.prompts_per_step)]
-            generator = torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, step))
-            model.eval()
-            batch = sample_groups(model, tokenizer, items, cfg.k, max_new_tokens=cfg.max_new_tokens,
+            generator = torch.Generator(device=device).manual_seed(st.sampling_seed(step, 0))
+            st.model.eval()
+            batch = sample_groups(st.model, tokenizer, items, cfg.k, max_new_tokens=cfg.max_new_tokens,
                                   temperature=cfg.temperature, generator=generator)
-            model.train()
+            st.model.train()
             rollout_seconds = time.perf_counter() - started
 
             scored = score_batch(verifier, task, batch.texts, items, cfg.k)
@@ -264,12 +338,14 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
             rewards = scored.rewards.to(device)  # (B, K)
             advantages = ADVANTAGES.get(cfg.advantage)(rewards).reshape(-1)  # (N,)
 
-            result = train_step(model, optimizer, batch, advantages, cfg, ref_model)
+            entropy = masked_mean(batch.entropy, batch.completion_mask)
+            st.controller.update(entropy)  # the coefficient of this step's loss reacts to its own entropy
+            loss_generator = torch.Generator().manual_seed(st.sampling_seed(step, 2))
+            result = train_step(st.model, st.optimizer, batch, advantages, cfg, ref_model,
+                                entropy_coef=st.entropy_coef, generator=loss_generator)
             if result.skipped:
-                bad_steps += 1
                 events_log.write({"event": "nan_skip", "step": step,
                                   "message": "non-finite gradient norm; the update was not applied"})
-            entropy = masked_mean(batch.entropy, batch.completion_mask)
             p10, p50, p90 = masked_quantiles(batch.entropy, batch.completion_mask)
             lengths = batch.completion_mask.sum(dim=1).float()  # (N,)
             truncated = ~(batch.completion_ids == tokenizer.eos_id).any(dim=1)  # (N,)
@@ -281,12 +357,13 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                 "reward/zero_signal_frac": zero_signal_fraction(rewards),
                 "reward/errors": len(scored.failures),
                 "entropy/mean": entropy,
-                **monitor.update(entropy),
+                **st.monitor.update(entropy),
                 "entropy/p10": p10, "entropy/p50": p50, "entropy/p90": p90,
                 "diversity/answers": answer_diversity(scored.answers, cfg.k),
                 **result.metrics,
-                "control/entropy_coef": cfg.entropy_coef,
-                "optim/lr": optimizer.param_groups[0]["lr"],
+                "control/entropy_coef": st.entropy_coef,
+                "control/rollbacks": st.rollbacks,
+                "optim/lr": st.optimizer.param_groups[0]["lr"],
                 "optim/skipped": int(result.skipped),
                 "completion/mean_length": float(lengths.mean()),
                 "completion/truncated_frac": float(truncated.float().mean()),
@@ -300,19 +377,65 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                 row.update(last_eval)
             metrics_log.write(row)
             bar.update(step, row, last_eval)
+
+            onset = st.detector.update(step, st.monitor.ema, st.monitor.initial)
+            if onset is not None:
+                action = on_collapse(st, run, cfg, step, onset, events_log, bar)
+                if action == "stop":
+                    checkpoint()
+                    break
+                if action == "rollback":
+                    metrics_log.close()
+                    run.truncate_metrics(st.step)
+                    metrics_log = JsonlWriter(run.metrics_file)
+                    bar.update(st.step, row, last_eval)
+                    continue
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
-                save_checkpoint(run.checkpoints, step, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "entropy_monitor": monitor.state_dict(), "rng": rng_state(), "baseline_eval": baseline_eval,
-                }, keep=cfg.keep_checkpoints)
+                checkpoint()
     finally:
         bar.stop()
         metrics_log.close()
-    save_policy(model, run.final, extra={"trained_by": "rlvr train", "steps": cfg.steps, "config": to_dict(cfg)})
+    save_policy(st.model, run.final, extra={"trained_by": "rlvr train", "steps": st.step, "config": to_dict(cfg)})
     summary = summarize(run, cfg)
-    events_log.write({"event": "done", "step": cfg.steps, "message": summary["line"]})
+    if st.stopped:
+        summary["stopped"] = st.stopped
+        summary["line"] = f"stopped early ({st.stopped}) | " + summary["line"]
+    events_log.write({"event": "done", "step": st.step, "message": summary["line"]})
     events_log.close()
     return summary
+
+
+def on_collapse(st: RunState, run: RunDir, cfg: TrainConfig, step: int, onset: int, events_log, bar) -> str:
+    """Acts on a detected entropy collapse per --on-collapse; returns the action taken."""
+    measured = {"onset": onset, "entropy_ema": st.monitor.ema, "entropy_initial": st.monitor.initial,
+                "collapse_ratio": cfg.collapse_ratio, "patience": cfg.collapse_patience}
+    message = (f"entropy collapse: EMA {st.monitor.ema:.4f} nats < {cfg.collapse_ratio} x step-0 "
+               f"{st.monitor.initial:.4f} since step {onset} ({cfg.collapse_patience} steps)")
+    events_log.write({"event": "collapse", "step": step, "message": message, **measured})
+    action = cfg.on_collapse
+    if action == "rollback" and st.rollbacks >= cfg.max_rollbacks:
+        action = "stop"
+        message += f"; --max-rollbacks {cfg.max_rollbacks} reached"
+    if action == "warn":
+        bar.warn(f"warning: {message} (step {step}); --on-collapse stop|rollback acts on it")
+        return action
+    if action == "stop":
+        st.stopped = f"entropy collapse at step {onset}"
+        events_log.write({"event": "stop", "step": step, "message": message + "; run stopped", **measured})
+        bar.warn(f"stopping: {message}")
+        return action
+    target = latest_checkpoint_before(run.checkpoints, onset)
+    st.rollbacks += 1
+    if target is None:
+        st.reset_to_start()
+    else:
+        st.load_state_dict(target, keep_counters=True)
+    events_log.write({"event": "rollback", "step": step, "to_step": st.step, "rollbacks": st.rollbacks,
+                      "entropy_coef": st.entropy_coef, **measured,
+                      "message": f"{message}; rolled back to step {st.step}, entropy coefficient now "
+                                 f"{st.entropy_coef:g} (rollback {st.rollbacks} of at most {cfg.max_rollbacks})"})
+    bar.warn(f"rollback to step {st.step}: {message}")
+    return action
 
 
 def summarize(run: RunDir, cfg: TrainConfig, already_done: bool = False) -> dict:
@@ -381,3 +504,10 @@ class _Progress:
     def stop(self) -> None:
         if self.enabled:
             self.progress.stop()
+
+    def warn(self, message: str) -> None:
+        """A visible warning, above the bar when there is one."""
+        if self.enabled:
+            self.progress.console.print(f"[bold yellow]{message}[/]")
+        else:
+            print(message, file=sys.stderr)
