@@ -35,7 +35,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, nargs="+", type=int, default=argparse.SUPPRESS, help=help_text)
         else:
             parser.add_argument(flag, type={"int": int, "float": float}.get(type_name, str),
-                                default=argparse.SUPPRESS, help=help_text, metavar=f.name.split("_")[-1].upper())
+                                default=argparse.SUPPRESS, help=help_text,
+                                metavar={"int": "N", "float": "X"}.get(type_name, "VALUE"))
     parser.add_argument("--config", default=None, metavar="FILE.toml",
                         help="read settings from a TOML file; flags given on the command line override it")
 
