@@ -67,24 +67,16 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
-def load_latest(root: Path) -> dict | None:
-    """The newest readable checkpoint's state, or None. Unreadable ones are skipped with a warning."""
+def load_latest(root: Path, before: int | None = None) -> dict | None:
+    """The newest readable checkpoint's state (strictly before step `before`, where a rollback
+    goes, when given), or None. Unreadable ones are skipped with a warning."""
     for path in reversed(list_checkpoints(root)):
+        if before is not None and int(path.name[len(PREFIX):]) >= before:
+            continue
         try:
             return torch.load(path / "state.pt", map_location="cpu", weights_only=False)
         except Exception as err:  # a torn or corrupt file: fall back to the one before
             warnings.warn(f"skipping unreadable checkpoint {path}: {err}")
-    return None
-
-
-def latest_checkpoint_before(root: Path, step: int) -> dict | None:
-    """The newest readable checkpoint strictly before `step` (where a rollback goes), or None."""
-    for path in reversed(list_checkpoints(root)):
-        if int(path.name[len(PREFIX):]) < step:
-            try:
-                return torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-            except Exception as err:
-                warnings.warn(f"skipping unreadable checkpoint {path}: {err}")
     return None
 
 

@@ -32,8 +32,7 @@ import torch
 from rlvr import __version__
 from rlvr.advantages import ADVANTAGES, zero_signal_fraction
 from rlvr.backends.tiny import ByteTokenizer, load_policy, save_policy
-from rlvr.checkpoint import (clean_temporaries, latest_checkpoint_before, load_latest, rng_state, save_checkpoint,
-                             set_rng_state)
+from rlvr.checkpoint import clean_temporaries, load_latest, rng_state, save_checkpoint, set_rng_state
 from rlvr.config import ConfigError, TrainConfig, to_dict
 from rlvr.entropy import (AdaptiveEntropyCoefficient, CollapseDetector, EntropyCoefficient, EntropyMonitor,
                           masked_mean, masked_quantiles)
@@ -424,7 +423,7 @@ def on_collapse(st: RunState, run: RunDir, cfg: TrainConfig, step: int, onset: i
         events_log.write({"event": "stop", "step": step, "message": message + "; run stopped", **measured})
         bar.warn(f"stopping: {message}")
         return action
-    target = latest_checkpoint_before(run.checkpoints, onset)
+    target = load_latest(run.checkpoints, before=onset)
     st.rollbacks += 1
     if target is None:
         st.reset_to_start()
