@@ -51,10 +51,55 @@ def stream_seed(seed: int, step: int, stream: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2**63 - 1)
 
 
-def peak_memory_mib(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+class StepMemory:
+    """Peak memory of the training steps alone, in MiB (TERMS.md: peak memory).
+
+    CPU: the process's peak resident set (VmHWM). Linux lets a process reset that high-water
+    mark (/proc/self/clear_refs, "5"), so it is reset before every step and evaluation's large
+    decoding batches never count as a step's memory. Where the reset is not allowed, the
+    lifetime peak (ru_maxrss) is reported instead and `resets` is False. GPU: peak allocated
+    device memory, reset the same way through torch.cuda."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device == "cuda"
+        self.resets = self.cuda or self._reset_cpu()
+
+    @staticmethod
+    def _reset_cpu() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _status_mib(key: str) -> float | None:
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1]) / 1024  # kB
+        except OSError:
+            pass
+        return None
+
+    def start(self) -> float:
+        """Resets the peak; returns the memory in use now (before the step) in MiB."""
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return torch.cuda.memory_allocated() / 2**20
+        if self.resets:
+            self._reset_cpu()
+        current = self._status_mib("VmRSS")
+        return current if current is not None else self.peak()
+
+    def peak(self) -> float:
+        """Peak since start() in MiB."""
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / 2**20
+        hwm = self._status_mib("VmHWM") if self.resets else None
+        return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 class RunDir:
@@ -65,6 +110,7 @@ class RunDir:
         self.config_file = self.root / "config.json"
         self.metrics_file = self.root / "metrics.jsonl"
         self.events_file = self.root / "events.jsonl"
+        self.evals_file = self.root / "evals.jsonl"  # every evaluation in full, per-problem counts included
         self.checkpoints = self.root / "checkpoints"
         self.final = self.root / "final"
 
@@ -83,7 +129,7 @@ class RunDir:
     def start_fresh(self) -> None:
         import shutil
 
-        for path in (self.metrics_file, self.events_file, self.root / "eval.json"):
+        for path in (self.metrics_file, self.events_file, self.evals_file, self.root / "eval.json"):
             path.unlink(missing_ok=True)
         for path in (self.checkpoints, self.final):
             shutil.rmtree(path, ignore_errors=True)
@@ -93,18 +139,20 @@ class RunDir:
         self.config_file.write_text(json.dumps({"rlvr_version": __version__, "config": to_dict(cfg)}, indent=2) + "\n")
 
     def truncate_metrics(self, last_step: int) -> None:
-        """Drops rows after the checkpoint being resumed, which the resumed run re-creates."""
-        if not self.metrics_file.is_file():
-            return
-        kept = []
-        for line in self.metrics_file.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line torn by the kill
+        """Drops metric and evaluation rows after the checkpoint being resumed (or rolled back
+        to): the resumed run re-creates them."""
+        for path in (self.metrics_file, self.evals_file):
+            if not path.is_file():
                 continue
-            if row.get("step", math.inf) <= last_step:
-                kept.append(line)
-        self.metrics_file.write_text("".join(line + "\n" for line in kept))
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line torn by the kill
+                    continue
+                if row.get("step", math.inf) <= last_step:
+                    kept.append(line)
+            path.write_text("".join(line + "\n" for line in kept))
 
 
 class JsonlWriter:
@@ -280,10 +328,11 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         run.truncate_metrics(st.step)
     run.write_config(cfg)
     metrics_log, events_log = JsonlWriter(run.metrics_file), JsonlWriter(run.events_file)
+    evals_log = JsonlWriter(run.evals_file)
     if st.step:
         events_log.write({"event": "resume", "step": st.step, "message": f"resumed from checkpoint at step {st.step}"})
     if (st.step >= cfg.steps or st.stopped) and run.final.is_dir():
-        metrics_log.close(), events_log.close()
+        metrics_log.close(), events_log.close(), evals_log.close()
         return summarize(run, cfg, already_done=True)
 
     def evaluate(step: int) -> dict:
@@ -302,6 +351,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                      "n_samples": cfg.eval_samples, "temperature": cfg.eval_temperature,
                      "n_problems": cfg.eval_problems, **result}
         (run.root / "eval.json").write_text(json.dumps(eval_json) + "\n")
+        evals_log.write(eval_json)
         events_log.write({"event": "eval", "step": step, "message": ", ".join(
             f"{name} {m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" for name, m in result["metrics"].items())})
         return flat
@@ -315,12 +365,14 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         last_eval = evaluate(0)
         metrics_log.write({"step": 0, **last_eval})
     bar.start(st.step)
+    memory = StepMemory(cfg.device)
     try:
         while st.step < cfg.steps:
             st.step += 1
             step = st.step
             for group in st.optimizer.param_groups:
                 group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            memory_before = memory.start()
             started = time.perf_counter()
             items = [task.item("train", (step - 1) * cfg.prompts_per_step + j) for j in range(cfg.prompts_per_step)]
             generator = torch.Generator(device=device).manual_seed(st.sampling_seed(step, 0))
@@ -369,7 +421,8 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                 "perf/step_seconds": seconds,
                 "perf/rollout_seconds": rollout_seconds,
                 "perf/rollout_tokens_per_s": batch.generated_tokens() / max(rollout_seconds, 1e-9),
-                "perf/peak_memory_mib": peak_memory_mib(cfg.device),
+                "perf/peak_memory_mib": memory.peak(),
+                "perf/memory_before_step_mib": memory_before,
             }
             if cfg.eval_every and step % cfg.eval_every == 0:
                 last_eval = evaluate(step)
@@ -384,16 +437,16 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                     checkpoint()
                     break
                 if action == "rollback":
-                    metrics_log.close()
+                    metrics_log.close(), evals_log.close()
                     run.truncate_metrics(st.step)
-                    metrics_log = JsonlWriter(run.metrics_file)
+                    metrics_log, evals_log = JsonlWriter(run.metrics_file), JsonlWriter(run.evals_file)
                     bar.update(st.step, row, last_eval)
                     continue
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
                 checkpoint()
     finally:
         bar.stop()
-        metrics_log.close()
+        metrics_log.close(), evals_log.close()
     save_policy(st.model, run.final, extra={"trained_by": "rlvr train", "steps": st.step, "config": to_dict(cfg)})
     summary = summarize(run, cfg)
     if st.stopped:
