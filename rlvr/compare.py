@@ -231,8 +231,9 @@ class _Display:
         self.plans, self.enabled = plans, enabled
         self.state = {id(p): ("done (skipped)" if id(p) in done else "waiting") for p in plans}
         self.rows: dict = {}
-        self.remaining = sum(p.config.steps for p in plans if id(p) not in done)
-        self.started, self.steps_done = time.monotonic(), 0
+        # work is counted in samples (steps × B × K), so a K=16 step weighs twice a K=8 one in the ETA
+        self.remaining = sum(p.config.steps * _samples(p) for p in plans if id(p) not in done)
+        self.started, self.steps_done = time.monotonic(), 0  # steps_done: in samples
         self.live = None
         if enabled:
             from rich.console import Console
@@ -262,7 +263,7 @@ class _Display:
         plan = job.plan if job else plan
         if job:
             self.rows[id(plan)] = (job.last, job.last_eval)
-            self.steps_done += added
+            self.steps_done += added * _samples(plan)
         if state:
             self.state[id(plan)] = state
             if not self.enabled:
@@ -273,6 +274,10 @@ class _Display:
     def stop(self) -> None:
         if self.live:
             self.live.stop()
+
+
+def _samples(plan: RunPlan) -> int:
+    return plan.config.prompts_per_step * plan.config.k
 
 
 def _clock(seconds: float) -> str:

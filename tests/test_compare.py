@@ -80,7 +80,7 @@ def test_compare_refuses_a_bad_setting_before_any_run(tmp_path, capsys):
 
 def test_two_arm_compare_writes_the_report_and_rlvr_report_rebuilds_it(model_dir, tmp_path, capsys):
     out = tmp_path / "cmp"
-    code = main(["compare", "--model", model_dir, "--k", "4", "8", "--variant", "--out", str(out), *SMALL])
+    code = main(["compare", "--model", model_dir, "--k", "4", "8", "--variant", "--out", str(out), "--jobs", "2", *SMALL])
     assert code == 0, capsys.readouterr()
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == SUMMARY_KEYS
