@@ -186,6 +186,31 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlvr.plan import PlanConfig, run_plan
+
+    cfg = _build(PlanConfig, args)
+    rows = run_plan(cfg)
+    table = Table(title=f"rlvr plan: {cfg.model} on {cfg.task}, B={cfg.prompts_per_step} prompts per step "
+                        f"(cost: median of {cfg.steps - 1} timed steps; signal: pilot of {rows[0]['pilot_prompts']} "
+                        f"prompts × {rows[0]['pilot_samples']} samples)")
+    for col in ("K", "s/step", "×", "step MiB", "×", "zero-signal [95% CI]", "signal groups/step", "s/signal group"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["k"]), f"{r['step_seconds']:.3f}", f"{r['step_time_ratio']:.2f}",
+                      f"{r['step_memory_mib']:.0f}", "n/a" if r["step_memory_ratio"] is None else f"{r['step_memory_ratio']:.2f}",
+                      f"{r['zero_signal_frac']:.2f} [{r['zero_signal_ci'][0]:.2f}, {r['zero_signal_ci'][1]:.2f}]",
+                      f"{r['signal_groups_per_step']:.1f}",
+                      "n/a" if r["seconds_per_signal_group"] is None else f"{r['seconds_per_signal_group']:.3f}")
+    Console().print(table)
+    if cfg.out:
+        print(f"wrote {cfg.out}")
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from rlvr.tasks import DEFAULT_TASK, list_reasoning_gym, list_tasks
 
@@ -207,6 +232,7 @@ COMMANDS = {
     "eval": (cmd_eval, EvalConfig, "HM@k / pass@k of a model or run on a task's held-out split -> eval.json"),
     "pretrain": (None, None, "reproduce the shipped tiny checkpoint from scratch"),
     "tasks": (cmd_tasks, None, "list the tasks"),
+    "plan": (cmd_plan, "plan", "per K: measured step time and memory, expected share of groups with no signal"),
     "compare": (cmd_compare, None, "train K=8 vs K=16 (and variants) on the same seeds and prompts -> report"),
     "report": (cmd_report, None, "(re)build a comparison report from run directories"),
 }
@@ -222,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (handler, cls, doc) in COMMANDS.items():
         if name == "pretrain":
             handler, cls = cmd_pretrain, PretrainConfig
+        if name == "plan":
+            from rlvr.plan import PlanConfig
+
+            cls = PlanConfig
         p = sub.add_parser(name, help=doc, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter
                            if cls is None else argparse.HelpFormatter)
         if cls is not None:
