@@ -178,8 +178,9 @@ def cmd_report(args) -> int:
         context = {k: v for k, v in json.loads(compare_file.read_text()).items() if k in ("command", "machine")}
     try:
         summary = build_report(args.dirs, out, context)
-    except ReportError as err:
-        raise ConfigError("dirs", str(err)) from None
+    except ReportError as err:  # names the directory and what is missing; no option to name
+        print(f"rlvr report: error: {err}", file=sys.stderr)
+        return 2
     for v in summary["verdicts"]:
         print(f"  {v['verdict']:<12} {v['claim']}")
     print(f"rlvr report: {Path(out) / 'report.html'} (and report.md, summary.json, plots/)")
