@@ -212,10 +212,18 @@ def check_reward(reward: str, task: str) -> None:
         raise ConfigError("reward", str(err)) from None
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file that answers False, not OSError, for names the OS refuses (too long, ...)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def check_model_path(model: str, field_name: str = "model") -> None:
     if model == "tiny":
         return
-    if not (Path(model) / "config.json").is_file():
+    if not _is_file(Path(model) / "config.json"):
         raise ConfigError(field_name, f"{model!r} is not 'tiny' nor a directory with config.json and "
                                       "model.safetensors (a run's final/ or a checkpoint)")
 
@@ -238,11 +246,15 @@ def check_task(name: str, seed: int, max_new_tokens: int, model: str, field_name
 
 
 def check_writable(out: str, field_name: str = "out") -> None:
-    path = Path(out)
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
+    """The nearest existing ancestor of `out` must be a writable directory (nothing is created here)."""
+    probe = Path(out)
+    try:
+        while not probe.exists():
+            probe = probe.parent
+        writable = probe.is_dir() and os.access(probe, os.W_OK)
+    except OSError as err:  # e.g. a name longer than the file system allows
+        raise ConfigError(field_name, f"cannot use {out!r}: {err.strerror}") from None
+    if not writable:
         raise ConfigError(field_name, f"cannot create or write {out!r} ({probe} is not a writable directory)")
 
 
@@ -257,7 +269,9 @@ def load_toml(path: str, cls) -> dict[str, Any]:
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError("config", f"file {path!r} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
+    except OSError as err:
+        raise ConfigError("config", f"cannot read {path!r}: {err.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError("config", f"{path} is not valid TOML: {err}") from None
     known = {f.name: f for f in config_fields(cls)}
     values = {}
