@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +34,8 @@ import torch
 from rlvr import __version__
 from rlvr.advantages import ADVANTAGES, zero_signal_fraction
 from rlvr.backends.tiny import ByteTokenizer, load_policy, save_policy
-from rlvr.checkpoint import clean_temporaries, load_latest, rng_state, save_checkpoint, set_rng_state
+from rlvr.checkpoint import (clean_temporaries, load_latest, replace_dir, rng_state, save_checkpoint, set_rng_state,
+                             write_text_atomic)
 from rlvr.config import ConfigError, RunFailed, TrainConfig, to_dict
 from rlvr.entropy import (AdaptiveEntropyCoefficient, CollapseDetector, EntropyCoefficient, EntropyMonitor,
                           masked_mean, masked_quantiles)
@@ -82,8 +85,6 @@ class RunDir:
                                      "use another --out, or --force to start over there")
 
     def start_fresh(self) -> None:
-        import shutil
-
         for path in (self.metrics_file, self.events_file, self.root / "eval.json"):
             path.unlink(missing_ok=True)
         for path in (self.checkpoints, self.final):
@@ -91,7 +92,15 @@ class RunDir:
 
     def write_config(self, cfg: TrainConfig) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(json.dumps({"rlvr_version": __version__, "config": to_dict(cfg)}, indent=2) + "\n")
+        write_text_atomic(self.config_file, json.dumps({"rlvr_version": __version__, "config": to_dict(cfg)},
+                                                       indent=2) + "\n")
+
+    def save_final(self, model, extra: dict) -> None:
+        """final/ appears complete or not at all: a re-run treats an existing final/ as done."""
+        tmp = self.root / f".tmp-final-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_policy(model, tmp, extra=extra)
+        replace_dir(tmp, self.final)
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drops rows after the checkpoint being resumed, which the resumed run re-creates."""
@@ -105,7 +114,7 @@ class RunDir:
                 continue
             if row.get("step", math.inf) <= last_step:
                 kept.append(line)
-        self.metrics_file.write_text("".join(line + "\n" for line in kept))
+        write_text_atomic(self.metrics_file, "".join(line + "\n" for line in kept))
 
 
 class JsonlWriter:
@@ -276,6 +285,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
     ref_model = load_policy(cfg.model).to(device).eval().requires_grad_(False) if cfg.beta > 0 else None
 
     clean_temporaries(run.checkpoints)
+    clean_temporaries(run.root)
     state = load_latest(run.checkpoints) if run.config_file.is_file() else None
     if state is None:
         run.start_fresh()
@@ -411,7 +421,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         pool.close()
         bar.stop()
         metrics_log.close()
-    save_policy(st.model, run.final, extra={"trained_by": "rlvr train", "steps": st.step, "config": to_dict(cfg)})
+    run.save_final(st.model, extra={"trained_by": "rlvr train", "steps": st.step, "config": to_dict(cfg)})
     summary = summarize(run, cfg)
     if st.stopped:
         summary["stopped"] = st.stopped
