@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import numpy as np
 import torch
 
 PREFIX = "step_"
+# Test hook: seconds to pause between writing a checkpoint and renaming it into place, so a test
+# can kill a run in the middle of a checkpoint write (tests/test_kill_resume.py). Unset: no pause.
+SLOW_CHECKPOINT_ENV = "RLVR_TEST_SLOW_CHECKPOINT"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,14 +53,31 @@ def save_checkpoint(root: Path, step: int, state: dict, keep: int) -> Path:
         torch.save({"step": step, **state}, fh)
         fh.flush()
         os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if final.exists():  # a re-written step after a resume: replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
+    if os.environ.get(SLOW_CHECKPOINT_ENV):
+        time.sleep(float(os.environ[SLOW_CHECKPOINT_ENV]))
+    replace_dir(tmp, final)  # a re-written step after a resume replaces the old one
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replaces `path` by `text` in one rename, so a kill leaves the old or the new file, never half."""
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Moves the complete directory `tmp` to `final`, replacing what was there."""
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -81,8 +102,11 @@ def load_latest(root: Path, before: int | None = None) -> dict | None:
 
 
 def clean_temporaries(root: Path) -> None:
-    """Removes half-written checkpoint directories left by a killed run."""
+    """Removes half-written files and directories (`.tmp-*`) left in `root` by a killed run."""
     if root.is_dir():
         for p in root.iterdir():
             if p.name.startswith(".tmp-"):
-                shutil.rmtree(p, ignore_errors=True)
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)

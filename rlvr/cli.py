@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlvr.config import ConfigError, TrainConfig, check_model_path, check_task, check_writable, config_fields, load_toml, opt
+from rlvr.config import (ConfigError, RunFailed, TrainConfig, check_basic_values, check_model_path, check_task,
+                         check_writable, config_fields, load_toml, opt)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,6 +80,7 @@ class EvalConfig:
         self.max_new_tokens = run_cfg["max_new_tokens"]
 
     def validate(self) -> None:
+        check_basic_values(self)
         self.resolve_run()
         for name in ("samples", "problems", "max_new_tokens"):
             if getattr(self, name) < 1:
@@ -280,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rlvr {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunFailed as err:
+        print(f"rlvr {args.command}: failed: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"rlvr {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 1

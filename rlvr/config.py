@@ -7,6 +7,7 @@ config before any work starts with a ConfigError naming the field and the fix.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ class ConfigError(ValueError):
         super().__init__(f"{flag}: {message}")
 
 
+class RunFailed(RuntimeError):
+    """A run that started and could not go on (exit 1); the message names the option involved."""
+
+
 def opt(default: Any, doc: str, **meta: Any) -> Any:
     """A config field: default plus the one-line doc that `--help` shows."""
     kwargs = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
@@ -34,7 +39,14 @@ class TrainConfig:
     # what to train
     model: str = opt("tiny", "model to start from: 'tiny' (the shipped built-in model) or a directory holding one")
     task: str = opt("arith", "task: a built-in name (see `rlvr tasks`), rg:<name> (reasoning-gym) or jsonl:<path>")
-    reward: str = opt("task", "verifier: 'task' (the task's own) or module:function returning a float in [0, 1]")
+    reward: str = opt("task", "verifier: 'task' (the task's own), 'code_exec' (runs the completion against the item's "
+                              "tests; jsonl tasks) or module:function returning a float in [0, 1]")
+    reward_workers: int = opt(2, "verifier worker processes (0 = call it in the training process: no timeout, "
+                                 "a crash ends the run)")
+    reward_timeout: float = opt(10.0, "seconds one verifier call may take; then its worker is killed and replaced")
+    reward_error_value: float = opt(0.0, "reward of a call that timed out, raised, crashed or returned a bad value")
+    max_reward_error_frac: float = opt(0.5, "stop the run (exit 1) when more than this fraction of a step's "
+                                            "verifier calls fail (1 = never)")
     seed: int = opt(0, "seed of the prompt stream, sampling and initialisation")
     out: str = opt("runs/train", "run directory (created; re-running the same command resumes it)")
     # the step
@@ -67,6 +79,8 @@ class TrainConfig:
     warmup_steps: int = opt(0, "linear learning-rate warm-up steps, then constant")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     max_grad_norm: float = opt(1.0, "gradient-norm clip (0 = off)")
+    max_bad_steps: int = opt(5, "stop the run (exit 1) after this many steps in a row skipped for a non-finite "
+                                "loss or gradient (0 = never)")
     # entropy collapse
     on_collapse: str = opt("warn", "what to do when entropy collapses: warn, stop or rollback")
     collapse_ratio: float = opt(0.3, "collapse when the entropy EMA falls below this fraction of its step-0 value ...")
@@ -87,16 +101,20 @@ class TrainConfig:
     force: bool = opt(False, "start over in an --out that holds a run of a different config")
 
     # Fields that may change between an interrupted run and its resumption.
-    RESUMABLE_CHANGES = ("steps", "quiet", "force", "threads", "log")
+    # The guards and the worker count change no step that succeeds; a stopped run may raise them.
+    RESUMABLE_CHANGES = ("steps", "quiet", "force", "threads", "log", "reward_workers", "reward_timeout",
+                         "max_reward_error_frac", "max_bad_steps")
 
     def validate(self) -> None:
         """Raises ConfigError for the first bad field, before any work starts."""
+        check_basic_values(self)
         positive_ints = ("steps", "k", "prompts_per_step", "max_new_tokens", "updates_per_step",
                          "eval_problems", "eval_samples", "keep_checkpoints")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
-        for name in ("micro_batch_size", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed"):
+        for name in ("micro_batch_size", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed",
+                     "reward_workers", "max_bad_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be 0 or more, got {getattr(self, name)}")
         if self.k < 2:
@@ -127,7 +145,10 @@ class TrainConfig:
         if self.entropy_target and not 0 <= self.entropy_coef <= self.entropy_coef_max:
             raise ConfigError("entropy_coef", f"the start value {self.entropy_coef} must lie in [0, --entropy-coef-max "
                                               f"{self.entropy_coef_max}] with --entropy-target")
-        for name in ("clip_cov_ratio", "kl_cov_ratio", "top_entropy_tokens"):
+        if not self.reward_timeout > 0:
+            raise ConfigError("reward_timeout", f"must be > 0 seconds, got {self.reward_timeout}")
+        for name in ("clip_cov_ratio", "kl_cov_ratio", "top_entropy_tokens", "reward_error_value",
+                     "max_reward_error_frac"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(name, f"must be a fraction in [0, 1], got {getattr(self, name)}")
         if not self.clip_cov_low < self.clip_cov_high:
@@ -155,15 +176,54 @@ class TrainConfig:
                 raise ConfigError("log", f"unknown logger {name!r}; available: {', '.join(sorted(known_loggers))}")
         check_model_path(self.model)
         check_task(self.task, self.seed, self.max_new_tokens, self.model)
-        if self.reward != "task" and ":" not in self.reward:
-            raise ConfigError("reward", f"expected 'task' or module:function, got {self.reward!r}")
+        check_reward(self.reward, self.task)
         check_writable(self.out)
+
+
+MAX_INT = 2**31 - 1  # no setting needs more; beyond it seeds and counters overflow
+
+
+def check_basic_values(cfg) -> None:
+    """What every field must satisfy: finite floats, ints in range, strings without NUL bytes."""
+    for f in config_fields(type(cfg)):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f.name, f"must be a finite number, got {value}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise ConfigError(f.name, f"{value} is out of range (at most {MAX_INT})")
+        if isinstance(value, str) and "\0" in value:
+            raise ConfigError(f.name, "contains a NUL character")
+    if getattr(cfg, "out", None) == "":
+        raise ConfigError("out", "give a directory (an empty path would be the working directory)")
+
+
+def check_reward(reward: str, task: str) -> None:
+    """The verifier must be known or importable; code_exec needs tasks whose answers are tests."""
+    from rlvr.verifiers import load_verifier, needs_task
+
+    if reward == "code_exec" and not task.startswith("jsonl:"):
+        raise ConfigError("reward", "code_exec runs each item's answer as Python tests; use it with a "
+                                    "jsonl:<path> task whose answers are tests (docs/reliability.md)")
+    if needs_task(reward):
+        return
+    try:
+        load_verifier(reward)
+    except ValueError as err:
+        raise ConfigError("reward", str(err)) from None
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file that answers False, not OSError, for names the OS refuses (too long, ...)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def check_model_path(model: str, field_name: str = "model") -> None:
     if model == "tiny":
         return
-    if not (Path(model) / "config.json").is_file():
+    if not _is_file(Path(model) / "config.json"):
         raise ConfigError(field_name, f"{model!r} is not 'tiny' nor a directory with config.json and "
                                       "model.safetensors (a run's final/ or a checkpoint)")
 
@@ -186,11 +246,15 @@ def check_task(name: str, seed: int, max_new_tokens: int, model: str, field_name
 
 
 def check_writable(out: str, field_name: str = "out") -> None:
-    path = Path(out)
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
+    """The nearest existing ancestor of `out` must be a writable directory (nothing is created here)."""
+    probe = Path(out)
+    try:
+        while not probe.exists():
+            probe = probe.parent
+        writable = probe.is_dir() and os.access(probe, os.W_OK)
+    except OSError as err:  # e.g. a name longer than the file system allows
+        raise ConfigError(field_name, f"cannot use {out!r}: {err.strerror}") from None
+    if not writable:
         raise ConfigError(field_name, f"cannot create or write {out!r} ({probe} is not a writable directory)")
 
 
@@ -206,7 +270,9 @@ def load_toml(path: str, *classes) -> dict[str, Any]:
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError("config", f"file {path!r} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
+    except OSError as err:
+        raise ConfigError("config", f"cannot read {path!r}: {err.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError("config", f"{path} is not valid TOML: {err}") from None
     known = {f.name: f for cls in reversed(classes) for f in config_fields(cls)}
     values = {}

@@ -77,23 +77,25 @@ def pilot(cfg: PlanConfig) -> tuple[np.ndarray, int]:
     import torch
 
     from rlvr.backends.tiny import ByteTokenizer, load_policy
-    from rlvr.rewards import load_verifier, score_batch
+    from rlvr.reward_pool import RewardPool
+    from rlvr.rewards import score_batch
     from rlvr.rollout import sample_groups
     from rlvr.tasks import get_task
 
     n = cfg.pilot_samples or max(cfg.k)
     task = get_task(cfg.task, seed=cfg.seed)
-    verifier = load_verifier(cfg.reward, task)
+    defaults = TrainConfig()
     model = load_policy(cfg.model).to(torch.device(cfg.device)).eval()
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     items = [task.item("train", i) for i in range(cfg.pilot_prompts)]
     correct = []
-    for start in range(0, len(items), 16):
-        chunk = items[start:start + 16]
-        batch = sample_groups(model, ByteTokenizer(), chunk, n, max_new_tokens=cfg.max_new_tokens,
-                              temperature=cfg.temperature, generator=generator)
-        rewards = score_batch(verifier, task, batch.texts, chunk, n).rewards  # (chunk, n)
-        correct.extend((rewards >= 0.5).sum(dim=1).tolist())
+    with RewardPool(cfg.reward, cfg.task, cfg.seed, defaults.reward_workers, defaults.reward_timeout) as pool:
+        for start in range(0, len(items), 16):
+            chunk = items[start:start + 16]
+            batch = sample_groups(model, ByteTokenizer(), chunk, n, max_new_tokens=cfg.max_new_tokens,
+                                  temperature=cfg.temperature, generator=generator)
+            rewards = score_batch(pool, task, batch.texts, chunk, n).rewards  # (chunk, n); failures score 0
+            correct.extend((rewards >= 0.5).sum(dim=1).tolist())
     return np.array(correct), n
 
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -32,13 +34,15 @@ import torch
 from rlvr import __version__
 from rlvr.advantages import ADVANTAGES, zero_signal_fraction
 from rlvr.backends.tiny import ByteTokenizer, load_policy, save_policy
-from rlvr.checkpoint import clean_temporaries, load_latest, rng_state, save_checkpoint, set_rng_state
-from rlvr.config import ConfigError, TrainConfig, to_dict
+from rlvr.checkpoint import (clean_temporaries, load_latest, replace_dir, rng_state, save_checkpoint, set_rng_state,
+                             write_text_atomic)
+from rlvr.config import ConfigError, RunFailed, TrainConfig, to_dict
 from rlvr.entropy import (AdaptiveEntropyCoefficient, CollapseDetector, EntropyCoefficient, EntropyMonitor,
                           masked_mean, masked_quantiles)
 from rlvr.evaluation import evaluate_policy, flat_eval_metrics, paired_bootstrap_gain, per_problem_values
 from rlvr.losses import LossSettings, policy_loss, top_entropy_select
-from rlvr.rewards import answer_diversity, load_verifier, score_batch
+from rlvr.reward_pool import RewardPool, WorkerStartError
+from rlvr.rewards import ScoredBatch, answer_diversity, score_batch
 from rlvr.rollout import completion_logprobs, sample_groups
 from rlvr.tasks import get_task
 
@@ -149,8 +153,6 @@ class RunDir:
                                      "use another --out, or --force to start over there")
 
     def start_fresh(self) -> None:
-        import shutil
-
         for path in (self.metrics_file, self.events_file, self.evals_file, self.root / "eval.json"):
             path.unlink(missing_ok=True)
         for path in (self.checkpoints, self.final):
@@ -158,7 +160,15 @@ class RunDir:
 
     def write_config(self, cfg: TrainConfig) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(json.dumps({"rlvr_version": __version__, "config": to_dict(cfg)}, indent=2) + "\n")
+        write_text_atomic(self.config_file, json.dumps({"rlvr_version": __version__, "config": to_dict(cfg)},
+                                                       indent=2) + "\n")
+
+    def save_final(self, model, extra: dict) -> None:
+        """final/ appears complete or not at all: a re-run treats an existing final/ as done."""
+        tmp = self.root / f".tmp-final-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_policy(model, tmp, extra=extra)
+        replace_dir(tmp, self.final)
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drops metric and evaluation rows after the checkpoint being resumed (or rolled back
@@ -174,7 +184,7 @@ class RunDir:
                     continue
                 if row.get("step", math.inf) <= last_step:
                     kept.append(line)
-            path.write_text("".join(line + "\n" for line in kept))
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class JsonlWriter:
@@ -194,7 +204,7 @@ class JsonlWriter:
 @dataclass
 class StepResult:
     metrics: dict
-    skipped: bool
+    skipped: str | None  # why the update was not applied ("loss" or "gradient" was non-finite), or None
 
 
 def loss_settings(cfg: TrainConfig, entropy_coef: float) -> LossSettings:
@@ -231,7 +241,7 @@ def train_step(model, optimizer, batch, advantages, cfg: TrainConfig, ref_model=
                                                           cfg.temperature)[0] for c in chunks])
     sums = {"loss/policy": 0.0, "loss/entropy": 0.0, "loss/kl": 0.0, "clip/frac": 0.0, "grad/norm": 0.0,
             "clip/cov_tokens": 0.0, "clip/kl_cov_tokens": 0.0}
-    skipped = False
+    skipped = None
     params = [p for p in model.parameters() if p.requires_grad]
     for update in range(cfg.updates_per_step):
         optimizer.zero_grad(set_to_none=True)
@@ -244,6 +254,9 @@ def train_step(model, optimizer, batch, advantages, cfg: TrainConfig, ref_model=
             loss, m = policy_loss(logprobs, old_logprobs[c], advantages[c], token_mask[c], settings,
                                   total_tokens, rows, None if ref_logprobs is None else ref_logprobs[c], entropy,
                                   generator)
+            if not torch.isfinite(loss):
+                skipped = "loss"
+                break
             loss.backward()
             sums["loss/policy"] += m["loss/policy"]
             sums["clip/cov_tokens"] += m.get("clip/cov_tokens", 0.0)
@@ -251,10 +264,11 @@ def train_step(model, optimizer, batch, advantages, cfg: TrainConfig, ref_model=
             sums["loss/entropy"] += -entropy_coef * m.get("loss/entropy", 0.0)
             sums["loss/kl"] += cfg.beta * m.get("loss/kl", 0.0)
             sums["clip/frac"] += m["clip/frac_sum"] / total_tokens
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-        sums["grad/norm"] += float(norm)
-        if not torch.isfinite(norm):
-            skipped = True  # never apply a non-finite update; the step is counted and logged
+        if skipped is None:
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+            sums["grad/norm"] += float(norm)
+            skipped = None if torch.isfinite(norm) else "gradient"
+        if skipped is not None:  # never apply a non-finite update; the step is counted and logged
             optimizer.zero_grad(set_to_none=True)
             break
         optimizer.step()
@@ -285,6 +299,7 @@ class RunState:
         self.baseline_eval: list[dict] | None = None  # step-0 per-problem results, for paired gains
         self.step = 0
         self.rollbacks = 0  # run-level: survives rollbacks, restored on resume
+        self.bad_steps = 0  # consecutive steps skipped for a non-finite loss or gradient
         self.stopped: str | None = None  # why the run ended early, if it did
 
     @property
@@ -300,7 +315,8 @@ class RunState:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "entropy_monitor": self.monitor.state_dict(), "entropy_controller": self.controller.state_dict(),
                 "collapse_detector": self.detector.state_dict(), "rng": rng_state(),
-                "baseline_eval": self.baseline_eval, "rollbacks": self.rollbacks, "stopped": self.stopped}
+                "baseline_eval": self.baseline_eval, "rollbacks": self.rollbacks, "stopped": self.stopped,
+                "bad_steps": self.bad_steps}
 
     def load_state_dict(self, state: dict, *, keep_counters: bool = False) -> None:
         """keep_counters: a rollback restores the policy but not the run's rollback count."""
@@ -312,6 +328,7 @@ class RunState:
         set_rng_state(state["rng"])
         self.baseline_eval = state["baseline_eval"]
         self.step = state["step"]
+        self.bad_steps = state.get("bad_steps", 0)  # absent from checkpoints of rlvr before 0.1.0's guards
         if not keep_counters:
             self.rollbacks, self.stopped = state["rollbacks"], state["stopped"]
 
@@ -333,15 +350,12 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     task = get_task(cfg.task, seed=cfg.seed)
-    try:
-        verifier = load_verifier(cfg.reward, task)
-    except ValueError as err:
-        raise ConfigError("reward", str(err)) from None
     tokenizer = ByteTokenizer()
     st = RunState(cfg, device)
     ref_model = load_policy(cfg.model).to(device).eval().requires_grad_(False) if cfg.beta > 0 else None
 
     clean_temporaries(run.checkpoints)
+    clean_temporaries(run.root)
     state = load_latest(run.checkpoints) if run.config_file.is_file() else None
     if state is None:
         run.start_fresh()
@@ -381,6 +395,11 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
     def checkpoint() -> None:
         save_checkpoint(run.checkpoints, st.step, st.state_dict(), keep=cfg.keep_checkpoints)
 
+    try:
+        pool = RewardPool(cfg.reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout)
+    except WorkerStartError as err:
+        metrics_log.close(), events_log.close()
+        raise ConfigError("reward", f"the reward workers could not load it: {err}") from None
     bar = _Progress(cfg, enabled=progress and not cfg.quiet, console=console)
     last_eval: dict = {}
     if st.step == 0 and cfg.eval_every:
@@ -404,10 +423,8 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
             st.model.train()
             rollout_seconds = time.perf_counter() - started
 
-            scored = score_batch(verifier, task, batch.texts, items, cfg.k)
-            for failure in scored.failures:
-                events_log.write({"event": "reward_error", "step": step, "kind": failure.kind,
-                                  "item": failure.item_id, "message": failure.detail})
+            scored = score_batch(pool, task, batch.texts, items, cfg.k, cfg.reward_error_value)
+            check_reward_failures(scored, cfg, step, events_log)
             rewards = scored.rewards.to(device)  # (B, K)
             advantages = ADVANTAGES.get(cfg.advantage)(rewards).reshape(-1)  # (N,)
 
@@ -416,9 +433,10 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
             loss_generator = torch.Generator().manual_seed(st.sampling_seed(step, 2))
             result = train_step(st.model, st.optimizer, batch, advantages, cfg, ref_model,
                                 entropy_coef=st.entropy_coef, generator=loss_generator)
+            st.bad_steps = st.bad_steps + 1 if result.skipped else 0
             if result.skipped:
-                events_log.write({"event": "nan_skip", "step": step,
-                                  "message": "non-finite gradient norm; the update was not applied"})
+                events_log.write({"event": "nan_skip", "step": step, "cause": result.skipped, "in_a_row": st.bad_steps,
+                                  "message": f"non-finite {result.skipped}; the update was not applied"})
             p10, p50, p90 = masked_quantiles(batch.entropy, batch.completion_mask)
             lengths = batch.completion_mask.sum(dim=1).float()  # (N,)
             truncated = ~(batch.completion_ids == tokenizer.eos_id).any(dim=1)  # (N,)
@@ -429,6 +447,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                 "reward/std": float(rewards.std(unbiased=False)),
                 "reward/zero_signal_frac": zero_signal_fraction(rewards),
                 "reward/errors": len(scored.failures),
+                "reward/timeouts": scored.timeouts,
                 "entropy/mean": entropy,
                 **st.monitor.update(entropy),
                 "entropy/p10": p10, "entropy/p50": p50, "entropy/p90": p90,
@@ -437,7 +456,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                 "control/entropy_coef": st.entropy_coef,
                 "control/rollbacks": st.rollbacks,
                 "optim/lr": st.optimizer.param_groups[0]["lr"],
-                "optim/skipped": int(result.skipped),
+                "optim/skipped": int(result.skipped is not None),
                 "completion/mean_length": float(lengths.mean()),
                 "completion/truncated_frac": float(truncated.float().mean()),
                 "perf/step_seconds": seconds,
@@ -451,6 +470,10 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                 row.update(last_eval)
             metrics_log.write(row)
             bar.update(step, row, last_eval)
+            if cfg.max_bad_steps and st.bad_steps >= cfg.max_bad_steps:
+                stop_failed(events_log, step, f"--max-bad-steps: {st.bad_steps} steps in a row (up to step {step}) "
+                            "had a non-finite loss or gradient and were skipped; the newest checkpoint holds the "
+                            "last good weights. Lower --lr or --max-grad-norm, or raise --max-bad-steps")
 
             onset = st.detector.update(step, st.monitor.ema, st.monitor.initial)
             if onset is not None:
@@ -466,10 +489,14 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                     continue
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
                 checkpoint()
+    except RunFailed:
+        events_log.close()
+        raise
     finally:
+        pool.close()
         bar.stop()
         metrics_log.close(), evals_log.close()
-    save_policy(st.model, run.final, extra={"trained_by": "rlvr train", "steps": st.step, "config": to_dict(cfg)})
+    run.save_final(st.model, extra={"trained_by": "rlvr train", "steps": st.step, "config": to_dict(cfg)})
     summary = summarize(run, cfg)
     if st.stopped:
         summary["stopped"] = st.stopped
@@ -477,6 +504,30 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
     events_log.write({"event": "done", "step": st.step, "message": summary["line"]})
     events_log.close()
     return summary
+
+
+def check_reward_failures(scored: ScoredBatch, cfg: TrainConfig, step: int, events_log) -> None:
+    """One `reward_error` event per failure kind of the step (count, first item id, its message);
+    stops the run when the step's failed share exceeds --max-reward-error-frac."""
+    first_of_kind: dict = {}
+    for failure in scored.failures:
+        first_of_kind.setdefault(failure.kind, (failure, sum(f.kind == failure.kind for f in scored.failures)))
+    for kind, (failure, count) in first_of_kind.items():
+        events_log.write({"event": "reward_error", "step": step, "kind": kind, "count": count,
+                          "item": failure.item_id, "message": failure.detail})
+    calls = scored.rewards.numel()
+    if len(scored.failures) > cfg.max_reward_error_frac * calls:
+        kinds = ", ".join(f"{count} {kind}" for kind, (_, count) in first_of_kind.items())
+        stop_failed(events_log, step, f"--max-reward-error-frac: {len(scored.failures)} of {calls} verifier calls "
+                    f"failed at step {step} ({kinds}), more than {cfg.max_reward_error_frac:g} of them; see the "
+                    "reward_error events in events.jsonl, fix the verifier (or raise --reward-timeout or "
+                    "--max-reward-error-frac) and re-run the same command to resume")
+
+
+def stop_failed(events_log, step: int, message: str) -> None:
+    """Ends a run that cannot go on: a `stop` event, then RunFailed (exit 1); no checkpoint is written."""
+    events_log.write({"event": "stop", "step": step, "message": message})
+    raise RunFailed(message)
 
 
 def on_collapse(st: RunState, run: RunDir, cfg: TrainConfig, step: int, onset: int, events_log, bar) -> str:

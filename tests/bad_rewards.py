@@ -1,0 +1,47 @@
+"""Reward functions that misbehave on purpose, chosen by the item's id (for the reward-pool tests)."""
+import math
+import os
+import time
+
+
+def misbehave(completion: str, item: dict) -> float:
+    """By the item's stream index mod 5: sleeps forever, raises, returns NaN, kills its worker, or scores.
+
+    Every completion of an item fails the same way, so the expected counts follow from the items."""
+    kind = misbehaviour(item)
+    if kind == 0:
+        time.sleep(1e9)
+    if kind == 1:
+        raise RuntimeError("verifier bug")
+    if kind == 2:
+        return math.nan
+    if kind == 3:
+        os._exit(3)
+    return 1.0 if completion.strip() else 0.5
+
+
+def misbehaviour(item: dict) -> int:
+    return int(item["id"].rsplit("/", 1)[-1]) % 5  # built-in task ids end in the stream index
+
+
+def always_raises(completion: str, item: dict) -> float:
+    raise ValueError("broken verifier")
+
+
+def by_text(completion: str, item: dict):
+    """Each failure mode keyed on the completion itself (for RewardPool unit tests)."""
+    if completion == "sleep":
+        time.sleep(1e9)
+    if completion == "raise":
+        raise RuntimeError("boom")
+    if completion == "nan":
+        return math.nan
+    if completion == "string":
+        return "1.0"
+    if completion == "big":
+        return 2.0
+    if completion == "exit":
+        os._exit(7)
+    if completion == "print":
+        print("noise on stdout", flush=True)
+    return 0.25
