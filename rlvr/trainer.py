@@ -520,6 +520,7 @@ def summarize(run: RunDir, cfg: TrainConfig, already_done: bool = False) -> dict
         "entropy_retention_final": steps[-1]["entropy/retention"],
         "step_seconds_median": seconds[len(seconds) // 2],
         "peak_memory_mib": max(r["perf/peak_memory_mib"] for r in steps),
+        "samples_generated": steps[-1].get("sampling/generated_total"),  # None for runs before it was logged
     }
     evals = [r for r in rows if f"eval/{HEADLINE}" in r]
     line = (f"{'already complete: ' if already_done else ''}{len(steps)} steps, K={cfg.k}, "
