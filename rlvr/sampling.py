@@ -204,6 +204,20 @@ class Generated:
 
 
 @dataclass
+class Round:
+    """One sampling round of a step."""
+
+    batch: RolloutBatch  # n rows
+    task_rewards: torch.Tensor  # (n,) float32, the verifier's rewards
+    sizes: list[int]  # group sizes, summing to n
+    answers: list[str | None]
+    failures: list[RewardFailure]
+    sampling_seconds: float  # drawing the items and sampling
+    seconds: float  # the whole round, scoring included
+    expected_signal: float  # --adaptive-k: Σ 1 − p^k − (1 − p)^k over the round's groups, else 0
+
+
+@dataclass
 class Selection:
     """The samples the loss sees."""
 
@@ -256,58 +270,60 @@ class Sampler:
         budget = cfg.extra_rollout_budget() if cfg.group_filter else 0
         if cfg.adaptive_k:
             self.estimator.discount()
-        batches, task_rewards, answers, failures, sizes = [], [], [], [], []
-        prompts, with_signal, sampling_seconds, extra_seconds = wanted, 0, 0.0, 0.0
-        expected_signal = 0.0
+        rounds: list[Round] = []
+        prompts, with_signal = wanted, 0
         while prompts > 0:
-            started = time.perf_counter()
-            items = [task.item("train", self.position + j) for j in range(prompts)]
-            self.position += prompts
-            round_sizes = self.group_sizes(items)
-            batch = sample_groups(model, tokenizer, items, round_sizes, max_new_tokens=cfg.max_new_tokens,
-                                  temperature=cfg.temperature, generator=generator)
-            sampling_seconds += time.perf_counter() - started
-            round_sizes = [round_sizes] * prompts if isinstance(round_sizes, int) else round_sizes
-            rewards, round_answers, round_failures = score_groups(verifier, task, batch, items, round_sizes)
-            if cfg.adaptive_k:
-                expected_signal += sum(signal_probability(self.estimator.estimate(it.get("level")), k)
-                                       for it, k in zip(items, round_sizes))
-                for item, group in zip(items, rewards.split(round_sizes)):
-                    self.estimator.update(item.get("level"), group.tolist())
-            if batches:
-                extra_seconds += time.perf_counter() - started
-            batches.append(batch), task_rewards.append(rewards), answers.extend(round_answers)
-            failures.extend(round_failures), sizes.extend(round_sizes)
+            rounds.append(self.sample_round(model, tokenizer, task, verifier, generator, prompts))
             if not cfg.group_filter:
                 break
-            shaped = self.shape(rewards, batch)
-            with_signal += int(groups_with_signal(shaped, round_sizes).sum())
+            last = rounds[-1]
+            with_signal += int(groups_with_signal(self.shape(last.task_rewards, last.batch), last.sizes).sum())
             prompts = min(wanted - with_signal, budget // cfg.k)
             budget -= prompts * cfg.k
 
-        batch = concat_batches(batches, tokenizer.pad_id)
-        task_reward = torch.cat(task_rewards) if len(task_rewards) > 1 else task_rewards[0]  # (N,)
+        batch = concat_batches([r.batch for r in rounds], tokenizer.pad_id)
+        task_rewards = torch.cat([r.task_rewards for r in rounds])  # (N,)
+        sizes = [size for r in rounds for size in r.sizes]
         penalty = self.penalty(batch)
-        generated = batch.num_rows
-        self.generated_total += generated
-        first_round = batches[0].num_rows
+        self.generated_total += batch.num_rows
         metrics = {
             "sampling/prompts": len(sizes),
-            "sampling/rounds": len(batches),
-            "sampling/generated": generated,
+            "sampling/rounds": len(rounds),
+            "sampling/generated": batch.num_rows,
             "sampling/generated_total": self.generated_total,
-            "sampling/extra_generated": generated - first_round,
-            "sampling/extra_seconds": extra_seconds,
+            "sampling/extra_generated": batch.num_rows - rounds[0].batch.num_rows,
+            "sampling/extra_seconds": sum(r.seconds for r in rounds[1:]),
             "sampling/k_min": min(sizes),
             "sampling/k_max": max(sizes),
             "reward/overlong_penalty": 0.0 if penalty is None else float(penalty.mean()),
         }
         if cfg.adaptive_k:
-            metrics["sampling/expected_signal_groups"] = expected_signal
-        return Generated(batch=batch, task_rewards=task_reward,
-                         rewards=task_reward if penalty is None else task_reward - penalty,
-                         group_sizes=sizes, answers=answers, failures=failures, metrics=metrics,
-                         sampling_seconds=sampling_seconds)
+            metrics["sampling/expected_signal_groups"] = sum(r.expected_signal for r in rounds)
+        return Generated(batch=batch, task_rewards=task_rewards,
+                         rewards=task_rewards if penalty is None else task_rewards - penalty,
+                         group_sizes=sizes, answers=[a for r in rounds for a in r.answers],
+                         failures=[f for r in rounds for f in r.failures], metrics=metrics,
+                         sampling_seconds=sum(r.sampling_seconds for r in rounds))
+
+    def sample_round(self, model, tokenizer, task, verifier, generator: torch.Generator, prompts: int) -> Round:
+        """The next `prompts` items of the stream, sampled and scored; feeds the estimator."""
+        started = time.perf_counter()
+        items = [task.item("train", self.position + j) for j in range(prompts)]
+        self.position += prompts
+        sizes = self.group_sizes(items)
+        batch = sample_groups(model, tokenizer, items, sizes, max_new_tokens=self.cfg.max_new_tokens,
+                              temperature=self.cfg.temperature, generator=generator)
+        sampling_seconds = time.perf_counter() - started
+        sizes = [sizes] * prompts if isinstance(sizes, int) else sizes
+        rewards, answers, failures = score_groups(verifier, task, batch, items, sizes)
+        expected_signal = 0.0
+        if self.cfg.adaptive_k:
+            levels = [item.get("level") for item in items]
+            expected_signal = sum(signal_probability(self.estimator.estimate(level), k) for level, k in zip(levels, sizes))
+            for level, group in zip(levels, rewards.split(sizes)):
+                self.estimator.update(level, group.tolist())
+        return Round(batch, rewards, sizes, answers, failures, sampling_seconds,
+                     time.perf_counter() - started, expected_signal)
 
     def penalty(self, batch: RolloutBatch) -> torch.Tensor | None:
         """The overlong penalty of each row (N,), or None when --overlong-buffer is 0."""
