@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls) -> None:
+def _add_fields(parser: argparse.ArgumentParser, cls, skip: tuple = (), config_flag: bool = True) -> None:
     """One flag per config field; defaults are SUPPRESSed so we can tell what was given."""
     defaults = cls()
     for f in config_fields(cls):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         help_text = f"{f.metadata['help']} (default: {default})"
@@ -32,13 +35,16 @@ def _add_fields(parser: argparse.ArgumentParser, cls) -> None:
         if type_name == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif type_name.startswith("list"):
-            parser.add_argument(flag, nargs="+", type=int, default=argparse.SUPPRESS, help=help_text)
+            item = f.metadata.get("item", int)
+            parser.add_argument(flag, nargs="*" if item is str else "+", type=item, default=argparse.SUPPRESS,
+                                help=help_text, action="extend" if item is str else "store")
         else:
             parser.add_argument(flag, type={"int": int, "float": float}.get(type_name, str),
                                 default=argparse.SUPPRESS, help=help_text,
                                 metavar={"int": "N", "float": "X"}.get(type_name, "VALUE"))
-    parser.add_argument("--config", default=None, metavar="FILE.toml",
-                        help="read settings from a TOML file; flags given on the command line override it")
+    if config_flag:
+        parser.add_argument("--config", default=None, metavar="FILE.toml",
+                            help="read settings from a TOML file; flags given on the command line override it")
 
 
 def _build(cls, args: argparse.Namespace):
@@ -142,6 +148,70 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from rlvr.compare import CompareConfig, run_compare
+
+    values = load_toml(args.config, CompareConfig, TrainConfig) if args.config else {}
+    given = {name: getattr(args, name) for name in vars(args) if name not in ("config", "handler", "command", "argv")}
+    values.update(given)
+    compare_names = {f.name for f in config_fields(CompareConfig)}
+    cc = CompareConfig(**{k: v for k, v in values.items() if k in compare_names})
+    base = {k: v for k, v in values.items() if k not in compare_names}
+    command = "rlvr compare " + " ".join(shlex.quote(a) for a in (args.argv or []))
+    summary, failed = run_compare(cc, base, command=command.strip())
+    for arm, seed, message in failed:
+        print(f"rlvr compare: {arm} seed {seed} FAILED: {message}", file=sys.stderr)
+    if summary is not None:
+        for v in summary["verdicts"]:
+            print(f"  {v['verdict']:<12} {v['claim']}")
+        print(f"rlvr compare: report {Path(cc.out) / 'report.html'} (and report.md, summary.json, plots/)")
+    return 1 if failed or summary is None else 0
+
+
+def cmd_report(args) -> int:
+    from rlvr.report import ReportError, build_report
+
+    out = args.out or (args.dirs[0] if len(args.dirs) == 1 else "report")
+    context = {}
+    compare_file = Path(args.dirs[0]) / "compare.json"
+    if len(args.dirs) == 1 and compare_file.is_file():
+        context = {k: v for k, v in json.loads(compare_file.read_text()).items() if k in ("command", "machine")}
+    try:
+        summary = build_report(args.dirs, out, context)
+    except ReportError as err:  # names the directory and what is missing; no option to name
+        print(f"rlvr report: error: {err}", file=sys.stderr)
+        return 2
+    for v in summary["verdicts"]:
+        print(f"  {v['verdict']:<12} {v['claim']}")
+    print(f"rlvr report: {Path(out) / 'report.html'} (and report.md, summary.json, plots/)")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlvr.plan import PlanConfig, run_plan
+
+    cfg = _build(PlanConfig, args)
+    rows = run_plan(cfg)
+    table = Table(title=f"rlvr plan: {cfg.model} on {cfg.task}, B={cfg.prompts_per_step} prompts per step "
+                        f"(cost: median of {cfg.steps - 1} timed steps; signal: pilot of {rows[0]['pilot_prompts']} "
+                        f"prompts × {rows[0]['pilot_samples']} samples)")
+    for col in ("K", "s/step", "×", "step MiB", "×", "zero-signal [95% CI]", "signal groups/step", "s/signal group"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["k"]), f"{r['step_seconds']:.3f}", f"{r['step_time_ratio']:.2f}",
+                      f"{r['step_memory_mib']:.0f}", "n/a" if r["step_memory_ratio"] is None else f"{r['step_memory_ratio']:.2f}",
+                      f"{r['zero_signal_frac']:.2f} [{r['zero_signal_ci'][0]:.2f}, {r['zero_signal_ci'][1]:.2f}]",
+                      f"{r['signal_groups_per_step']:.1f}",
+                      "n/a" if r["seconds_per_signal_group"] is None else f"{r['seconds_per_signal_group']:.3f}")
+    Console().print(table)
+    if cfg.out:
+        print(f"wrote {cfg.out}")
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from rlvr.tasks import DEFAULT_TASK, list_reasoning_gym, list_tasks
 
@@ -163,6 +233,9 @@ COMMANDS = {
     "eval": (cmd_eval, EvalConfig, "HM@k / pass@k of a model or run on a task's held-out split -> eval.json"),
     "pretrain": (None, None, "reproduce the shipped tiny checkpoint from scratch"),
     "tasks": (cmd_tasks, None, "list the tasks"),
+    "plan": (cmd_plan, "plan", "per K: measured step time and memory, expected share of groups with no signal"),
+    "compare": (cmd_compare, None, "train K=8 vs K=16 (and variants) on the same seeds and prompts -> report"),
+    "report": (cmd_report, None, "(re)build a comparison report from run directories"),
 }
 
 
@@ -176,10 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (handler, cls, doc) in COMMANDS.items():
         if name == "pretrain":
             handler, cls = cmd_pretrain, PretrainConfig
+        if name == "plan":
+            from rlvr.plan import PlanConfig
+
+            cls = PlanConfig
         p = sub.add_parser(name, help=doc, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter
                            if cls is None else argparse.HelpFormatter)
         if cls is not None:
             _add_fields(p, cls)
+        elif name == "compare":
+            from rlvr.compare import OWNED, CompareConfig
+
+            _add_fields(p, CompareConfig, config_flag=False)
+            _add_fields(p, TrainConfig, skip=tuple(OWNED) + ("seed",))
+            p.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="first seed (default: 0)")
+        elif name == "report":
+            p.add_argument("dirs", nargs="+", metavar="DIR", help="comparison or run directories")
+            p.add_argument("--out", default=None, help="where to write the report (default: DIR when one is given, "
+                                                       "else ./report)")
         p.set_defaults(handler=handler)
     return parser
 
@@ -187,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[2:] if argv is None else argv[1:])
     try:
         return args.handler(args)
     except ConfigError as err:

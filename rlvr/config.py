@@ -248,8 +248,9 @@ def config_fields(cls) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
 
 
-def load_toml(path: str, cls) -> dict[str, Any]:
-    """Reads FILE.toml; keys may be spelt prompts_per_step or prompts-per-step."""
+def load_toml(path: str, *classes) -> dict[str, Any]:
+    """Reads FILE.toml; keys may be spelt prompts_per_step or prompts-per-step and must be
+    fields of one of `classes` (a command may take several, e.g. compare's and train's)."""
     try:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)
@@ -257,7 +258,7 @@ def load_toml(path: str, cls) -> dict[str, Any]:
         raise ConfigError("config", f"file {path!r} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError("config", f"{path} is not valid TOML: {err}") from None
-    known = {f.name: f for f in config_fields(cls)}
+    known = {f.name: f for cls in reversed(classes) for f in config_fields(cls)}
     values = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
@@ -265,6 +266,22 @@ def load_toml(path: str, cls) -> dict[str, Any]:
             raise ConfigError("config", f"{path}: unknown setting {key!r}; see --help for the settings")
         values[name] = coerce(name, value, known[name].type)
     return values
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """A flat TOML document of scalars and lists (what load_toml reads back)."""
+    import json
+
+    def literal(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return repr(value)
+        if isinstance(value, list):
+            return "[" + ", ".join(literal(v) for v in value) + "]"
+        return json.dumps(str(value))  # a TOML basic string: JSON's escapes are valid TOML
+
+    return "".join(f"{key} = {literal(value)}\n" for key, value in values.items())
 
 
 def coerce(name: str, value: Any, type_name: Any) -> Any:

@@ -248,6 +248,44 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def seed_bootstrap_ci(
+    per_seed: Sequence[ArrayLike],
+    *,
+    n_resamples: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Two-level percentile bootstrap of the mean over seeds of per-seed problem means.
+
+    `per_seed[s]` holds seed s's per-problem values (e.g. paired differences, for a gain).
+    Each resample draws the seeds with replacement, then each drawn seed's problems with
+    replacement, so the interval holds both the training noise between seeds and the
+    evaluation noise between problems; with one seed it is `bootstrap_ci`'s interval. With
+    few seeds the seed level is resampled from few values and the interval is optimistic:
+    report the seed count alongside it.
+    """
+    arrays = [_as_per_problem(values, f"per_seed[{i}]") for i, values in enumerate(per_seed)]
+    if not arrays:
+        raise ValueError("per_seed must hold at least one seed's values")
+    n_resamples = _as_int(n_resamples, "n_resamples")
+    if n_resamples < MIN_BOOTSTRAP_RESAMPLES:
+        raise ValueError(f"n_resamples must be ≥ {MIN_BOOTSTRAP_RESAMPLES} for a stable interval, got {n_resamples}")
+    _check_alpha(alpha)
+    rng = np.random.default_rng(seed)
+    seeds = len(arrays)
+    # problem-level resample means of every seed, drawn once: (seeds, n_resamples)
+    inner = np.empty((seeds, n_resamples), dtype=np.float64)
+    for s, values in enumerate(arrays):
+        per_chunk = max(1, _MAX_MATRIX_ELEMENTS // values.size)
+        for start in range(0, n_resamples, per_chunk):
+            stop = min(start + per_chunk, n_resamples)
+            inner[s, start:stop] = values[rng.integers(0, values.size, size=(stop - start, values.size))].mean(axis=1)
+    picks = rng.integers(0, seeds, size=(n_resamples, seeds))  # (n_resamples, seeds): seeds drawn per resample
+    means = inner[picks, np.arange(n_resamples)[:, None]].mean(axis=1)  # (n_resamples,)
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
 def wilson_ci(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score (1 − alpha) interval of the proportion successes / n.
 

@@ -53,12 +53,33 @@ def stream_seed(seed: int, step: int, stream: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2**63 - 1)
 
 
+def _release_free_heap() -> None:
+    """Returns freed heap pages to the OS (glibc malloc_trim), so the resident set before a step
+    is the memory in use, not what earlier steps freed; without it the allocator's retained
+    pages hide the step's working set. A no-op where glibc is absent."""
+    import ctypes
+    import ctypes.util
+
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
 class StepMemory:
     """Peak memory of the training steps alone, in MiB (TERMS.md: peak memory).
 
     CPU: the process's peak resident set (VmHWM). Linux lets a process reset that high-water
-    mark (/proc/self/clear_refs, "5"), so it is reset before every step and evaluation's large
-    decoding batches never count as a step's memory. Where the reset is not allowed, the
+    mark (/proc/self/clear_refs, "5"), so it is reset before every step (after the freed heap
+    is returned to the OS) and evaluation's large decoding batches never count as a step's
+    memory; the resident set at that moment is the memory in use before the step. Where the reset is not allowed, the
     lifetime peak (ru_maxrss) is reported instead and `resets` is False. GPU: peak allocated
     device memory, reset the same way through torch.cuda."""
 
@@ -92,6 +113,7 @@ class StepMemory:
             torch.cuda.reset_peak_memory_stats()
             return torch.cuda.memory_allocated() / 2**20
         if self.resets:
+            _release_free_heap()
             self._reset_cpu()
         current = self._status_mib("VmRSS")
         return current if current is not None else self.peak()

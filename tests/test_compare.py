@@ -1,0 +1,220 @@
+"""`rlvr compare` and `rlvr report`: arm planning, a real 2-arm compare, resume after a kill,
+failed arms, and the verdict rules on hand-made run directories."""
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlvr.cli import main
+from rlvr.compare import CompareConfig, plan_runs
+from rlvr.config import ConfigError
+from rlvr.report import build_report, to_html
+
+SUMMARY_KEYS = {"match", "steps", "seeds", "arms", "verdicts"}
+ARM_KEYS = {"name", "k", "variant", "hm@4_gain_at_100", "entropy_retention_at_100", "entropy_retention_final",
+            "collapse_step", "step_seconds_median", "peak_memory_mib", "step_time_ratio", "memory_ratio"}
+SMALL = ["--steps", "6", "--seeds", "1", "--eval-every", "3", "--eval-problems", "8", "--eval-samples", "4",
+         "--prompts-per-step", "2", "--max-new-tokens", "6", "--checkpoint-every", "2"]
+
+
+def env_with_repo() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+# ---------------------------------------------------------------------------------------- planning
+
+def test_plan_match_samples_halves_the_prompts_and_lr_scaling_follows_samples(tmp_path):
+    cc = CompareConfig(k=[8, 16], variant=[], seeds=2, steps=5, out=str(tmp_path / "c"), match="samples",
+                       lr_scaling="linear")
+    plans = plan_runs(cc, {"prompts_per_step": 8, "lr": 1e-4})
+    by_arm = {p.arm: p.config for p in plans if p.config.seed == 1}
+    assert [p.config.seed for p in plans] == [0, 1, 0, 1]
+    assert by_arm["k8"].prompts_per_step == 8 and by_arm["k16"].prompts_per_step == 4
+    assert by_arm["k16"].lr == pytest.approx(1e-4)  # same samples per step: nothing to scale
+    cc = CompareConfig(k=[8, 16], variant=[], seeds=1, out=str(tmp_path / "c"), lr_scaling="sqrt")
+    plans = plan_runs(cc, {"lr": 1e-4})
+    assert plans[1].config.lr == pytest.approx(1e-4 * math.sqrt(2)) and plans[0].config.lr == pytest.approx(1e-4)
+    assert plans[1].config.out == str(tmp_path / "c" / "k16" / "seed0")
+
+
+def test_plan_variant_starts_from_the_first_arm_and_shares_everything_else(tmp_path):
+    cc = CompareConfig(k=[4, 8], variant=["ent=--entropy-coef 0.01", "big=--k 16 --entropy-target 1.2"], seeds=1,
+                       steps=7, out=str(tmp_path / "c"))
+    plans = {p.arm: p.config for p in plan_runs(cc, {"temperature": 0.9})}
+    assert list(plans) == ["k4", "k8", "ent", "big"]
+    assert plans["ent"].k == 4 and plans["ent"].entropy_coef == 0.01 and plans["big"].k == 16
+    assert all(c.temperature == 0.9 and c.steps == 7 and c.eval_every == 25 for c in plans.values())
+
+
+@pytest.mark.parametrize("variant, needle", [
+    (["bad flags=--k 4"], "NAME="), (["x=--no-such-flag 3"], "unrecognized"), (["x=--k two"], "invalid int"),
+    (["x=--seed 3"], "--seed must be the same"), (["k8=--k 8"], "two arms are named 'k8'"),
+    (["x=--k 1"], "in arm x"),
+])
+def test_plan_refuses_a_bad_variant_naming_it(tmp_path, variant, needle):
+    cc = CompareConfig(k=[8], variant=variant, out=str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match="--variant|--k") as err:
+        plan_runs(cc, {})
+    assert needle in str(err.value)
+
+
+def test_compare_refuses_a_bad_setting_before_any_run(tmp_path, capsys):
+    assert main(["compare", "--match", "both", "--out", str(tmp_path / "c")]) == 2
+    assert "--match: must be prompts or samples" in capsys.readouterr().err
+    assert main(["compare", "--k", "8", "12", "--match", "samples", "--out", str(tmp_path / "c")]) == 2
+    assert "cannot be split into groups of K=12" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+# ---------------------------------------------------------------------------------------- end to end
+
+def test_two_arm_compare_writes_the_report_and_rlvr_report_rebuilds_it(model_dir, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", "--model", model_dir, "--k", "4", "8", "--variant", "--out", str(out), "--jobs", "2", *SMALL])
+    assert code == 0, capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["match"] == "prompts" and summary["steps"] == 6 and summary["seeds"] == 1
+    assert [a["name"] for a in summary["arms"]] == ["k4", "k8"] and [a["k"] for a in summary["arms"]] == [4, 8]
+    for arm in summary["arms"]:
+        assert set(arm) == ARM_KEYS
+        assert arm["hm@4_gain_at_100"] == {"value": None, "ci": None}  # 6 steps: no evaluation at step 100
+        assert 0 < arm["entropy_retention_final"] < 3 and arm["step_seconds_median"] > 0 and arm["peak_memory_mib"] > 0
+    assert summary["arms"][0]["step_time_ratio"] == 1.0 and summary["arms"][0]["memory_ratio"] == 1.0
+    assert [v["claim"][:3] for v in summary["verdicts"]] == ["(a)", "(b)", "(c)", "(d)", "(e)"]
+    assert all(v["verdict"] in ("supported", "refuted", "inconclusive") and v["evidence"] for v in summary["verdicts"])
+    plots = sorted((out / "plots").glob("*.png"))
+    assert len(plots) >= 6
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in plots)
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(plots) and "src=\"plots/" not in html
+    md = (out / "report.md").read_text()
+    assert "| k4 | 4 |" in md and "matched by **prompts**" in md and "rlvr compare --model" in md
+    # every run is a normal run directory, tagged with its arm
+    assert json.loads((out / "k8" / "seed0" / "arm.json").read_text())["arm"] == "k8"
+    assert (out / "k8" / "seed0" / "final" / "model.safetensors").is_file()
+
+    assert main(["report", str(out), "--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "summary.json").read_text()) == summary
+    assert main(["report", str(out / "k4" / "seed0"), str(out / "k8" / "seed0"), "--out", str(tmp_path / "runs")]) == 0
+    assert json.loads((tmp_path / "runs" / "summary.json").read_text()) == summary
+
+
+def test_killed_compare_resumes_without_redoing_finished_runs(model_dir, tmp_path):
+    out = tmp_path / "cmp"
+    argv = [sys.executable, "-m", "rlvr.cli", "compare", "--model", model_dir, "--k", "4", "8", "--variant",
+            "--out", str(out), *SMALL, "--steps", "24", "--eval-every", "12"]
+    proc = subprocess.Popen(argv, env=env_with_repo(), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    second = out / "k8" / "seed0" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill while the second arm is mid-way
+        if second.is_file() and len(second.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first_model = out / "k4" / "seed0" / "final" / "model.safetensors"
+    assert first_model.is_file() and not (out / "k8" / "seed0" / "final").exists()
+    stamp = first_model.stat().st_mtime_ns
+    first_log = (out / "k4" / "seed0" / "train.log").read_text()
+
+    done = subprocess.run(argv, env=env_with_repo(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert first_model.stat().st_mtime_ns == stamp  # not retrained
+    assert (out / "k4" / "seed0" / "train.log").read_text() == first_log
+    rows = [json.loads(line) for line in second.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(0, 25))  # resumed from its checkpoint, no gap, no repeat
+    events = [json.loads(line)["event"] for line in (out / "k8" / "seed0" / "events.jsonl").read_text().splitlines()]
+    assert "resume" in events
+    assert json.loads((out / "summary.json").read_text())["arms"][1]["name"] == "k8"
+
+
+def test_a_failed_run_is_reported_and_the_others_finish(model_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    out = tmp_path / "cmp"
+    code = main(["compare", "--model", model_dir, "--k", "4", "--variant", f"bad=--model {broken}", "--out", str(out),
+                 *SMALL])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "bad seed 0 FAILED" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [a["name"] for a in summary["arms"]] == ["k4"]
+    assert "bad seed 0" in (out / "report.md").read_text()
+    assert json.loads((out / "bad" / "seed0" / "arm.json").read_text())["failed"] is True
+
+
+# ---------------------------------------------------------------------------------------- verdict rules
+
+def write_run(root: Path, arm: str, seed: int, k: int, steps: int, entropy: list, correct0: list, correct100: list,
+              collapse_onset=None, seconds=0.1, peak=400.0, before=300.0, extra=None):
+    """A hand-made run directory: per-step entropy and the per-problem correct counts (of n=4)
+    at steps 0 and 100."""
+    from rlvr.config import TrainConfig, to_dict
+
+    run = root / arm / f"seed{seed}"
+    run.mkdir(parents=True)
+    config = {**to_dict(TrainConfig()), "k": k, "seed": seed, "steps": steps, **(extra or {})}
+    (run / "config.json").write_text(json.dumps({"config": config}))
+    (run / "arm.json").write_text(json.dumps({"arm": arm, "variant": "", "order": {"k8": 0, "k16": 1}.get(arm, 2)}))
+    rows = [{"step": s, "reward/mean": 0.5, "entropy/mean": entropy[s - 1], "entropy/retention": entropy[s - 1] / entropy[0],
+             "reward/zero_signal_frac": 0.1, "diversity/answers": 0.5, "perf/step_seconds": seconds,
+             "perf/peak_memory_mib": peak, "perf/memory_before_step_mib": before} for s in range(1, steps + 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    evals = [{"step": s, "n_problems": len(c), "per_problem": [{"id": i, "n": 4, "correct": x, "greedy_correct": 0}
+                                                               for i, x in enumerate(c)]}
+             for s, c in ((0, correct0), (100, correct100))]
+    (run / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    events = [{"event": "collapse", "step": collapse_onset + 10, "onset": collapse_onset}] if collapse_onset else []
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run / "final").mkdir()
+
+
+def test_verdicts_follow_their_documented_rules(tmp_path):
+    steps = 150
+    steady = [1.0] * steps
+    decaying = list(np.linspace(1.0, 0.1, steps))
+    for seed in (0, 1):
+        # K=8: every problem goes from 0/4 to 4/4 correct on half the problems: +50 points
+        write_run(tmp_path, "k8", seed, 8, steps, steady, [0] * 40, [4] * 20 + [0] * 20, seconds=0.1, peak=400, before=300)
+        write_run(tmp_path, "k16", seed, 16, steps, decaying, [0] * 40, [4] * 20 + [0] * 20, collapse_onset=120,
+                  seconds=0.2, peak=500, before=300)
+        write_run(tmp_path, "ctl", seed, 16, steps, steady, [0] * 40, [4] * 20 + [0] * 20, seconds=0.2, peak=500,
+                  before=300, extra={"entropy_target": 1.2})
+    summary = build_report([str(tmp_path)], str(tmp_path / "report"))
+    verdicts = {v["claim"][:3]: v["verdict"] for v in summary["verdicts"]}
+    assert verdicts == {"(a)": "supported", "(b)": "supported", "(c)": "supported", "(d)": "supported",
+                        "(e)": "supported"}
+    arms = {a["name"]: a for a in summary["arms"]}
+    assert arms["k8"]["hm@4_gain_at_100"]["value"] == pytest.approx(50.0)
+    assert arms["k16"]["collapse_step"] == 120 and arms["k8"]["collapse_step"] is None
+    assert arms["k16"]["step_time_ratio"] == pytest.approx(2.0) and arms["k16"]["memory_ratio"] == pytest.approx(1.25)
+    assert arms["k16"]["entropy_retention_final"] == pytest.approx(0.1)
+    assert arms["k16"]["entropy_retention_at_100"] == pytest.approx(decaying[99], abs=1e-6)
+
+    # now K=8 gains 5 points (CI about ±3) and K=16 costs the same as K=8 and K=16 costs the same as K=8: (a) and (d) refuted
+    shutil.rmtree(tmp_path / "k8")
+    for seed in (0, 1):
+        write_run(tmp_path, "k8", seed, 8, steps, steady, [0] * 200, [4] * 10 + [0] * 190, seconds=0.2, peak=500,
+                  before=300)
+    summary = build_report([str(tmp_path)], str(tmp_path / "report2"))
+    verdicts = {v["claim"][:3]: v["verdict"] for v in summary["verdicts"]}
+    assert verdicts["(a)"] == "refuted" and verdicts["(d)"] == "refuted"
+
+
+def test_html_escapes_every_text():
+    html = to_html("# <script>alert(1)</script>\n| a | `<b>` |\n|---|---|\n| x<y | **bold** & more |\n", Path("."))
+    assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;" in html and "x&lt;y" in html
+    assert "<b>bold</b> &amp; more" in html
