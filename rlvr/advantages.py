@@ -5,6 +5,8 @@ shape. A group whose rewards are all equal gets advantage 0 from every estimator
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from rlvr.registry import Registry
@@ -41,3 +43,31 @@ def zero_signal_fraction(rewards: torch.Tensor) -> float:
     """Share of groups whose K rewards are all equal (they carry no policy-gradient signal)."""
     equal = (rewards == rewards[:, :1]).all(dim=1)  # (B,)
     return float(equal.float().mean())
+
+
+def pass_at_k_advantage(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """Pass@k Training's analytic group advantage (Chen et al. 2025, arXiv 2508.10751, §3.3).
+
+    The objective rewards a k-subset of a group for holding at least one correct sample. For a
+    group of N samples with N_pos correct (reward exactly 1: full credit) and N_neg = N − N_pos
+    incorrect, averaging over all C(N, k) subsets gives, without sampling any subset:
+        R̄ = 1 − C(N_neg, k) / C(N, k)                      (the unbiased pass@k of the group)
+        σ = sqrt(R̄ (1 − R̄))
+        A_pos = (1 − R̄) / (σ + ε)
+        A_neg = (1 − R̄ − C(N_neg − 1, k − 1) / C(N − 1, k − 1)) / (σ + ε)
+    A_neg's ratio is the chance that the other k − 1 members of a subset holding this incorrect
+    sample are all incorrect too. ε = 1e-6 as in the authors' code; groups whose subsets all
+    score alike (all correct, all wrong, or fewer than k wrong) get 0. k = 1 is GRPO with the
+    population std. Binomial ratios use the product form of `pass_at_k` (no huge binomials).
+    (B, N) -> (B, N)."""
+    from rlvr.evaluation import pass_at_k
+
+    correct = rewards == 1.0  # (B, N)
+    n = rewards.shape[1]
+    out = torch.zeros_like(rewards)
+    for g, n_pos in enumerate(correct.sum(dim=1).tolist()):
+        mean = pass_at_k(n, n_pos, k)
+        std = math.sqrt(mean * (1.0 - mean))
+        all_wrong_with = 1.0 - pass_at_k(n - 1, n_pos, k - 1) if k > 1 and n_pos < n else 1.0
+        out[g] = torch.where(correct[g], (1.0 - mean) / (std + EPS), (1.0 - mean - all_wrong_with) / (std + EPS))
+    return out

@@ -74,6 +74,15 @@ class TrainConfig:
     top_entropy_tokens: float = opt(0.0, "train only on the top Q fraction of tokens by entropy, e.g. 0.2 (0 = all tokens)")
     updates_per_step: int = opt(1, "policy updates on one rollout batch (1 = on-policy; more reuses it with clipping)")
     micro_batch_size: int = opt(0, "rows per forward/backward chunk (0 = the whole batch); does not change the result")
+    # sampling strategies and reward structures for large K (docs/sampling.md)
+    group_filter: bool = opt(False, "DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts until B groups have signal")
+    max_extra_rollouts: int = opt(-1, "--group-filter's budget: extra completions a step may sample beyond its B·K (-1 = 2·B·K; 0 = drop without refilling)")
+    downsample: int = opt(0, "PODS: sample K per prompt, train on the N of them with the largest reward variance (0 = off; 2 ≤ N ≤ K)")
+    adaptive_k: bool = opt(False, "per-prompt group sizes under the fixed budget of B·K samples, maximising the expected groups with signal")
+    reward_shaping: str = opt("none", "none, or passk: Pass@k Training's analytic group advantage (replaces --advantage)")
+    passk_k: int = opt(4, "k of --reward-shaping passk: a k-subset of a group scores 1 when it holds a correct sample (≤ K)")
+    overlong_buffer: int = opt(0, "DAPO soft overlong penalty: ramp over the last L tokens before --max-new-tokens (0 = off)")
+    overlong_penalty: float = opt(1.0, "the overlong penalty's largest value, subtracted from the reward at --max-new-tokens")
     # the optimizer
     lr: float = opt(2e-4, "AdamW learning rate")
     warmup_steps: int = opt(0, "linear learning-rate warm-up steps, then constant")
@@ -156,6 +165,7 @@ class TrainConfig:
         if self.kl_cov and self.updates_per_step < 2:
             raise ConfigError("kl_cov", "KL-Cov penalises |log π − log π_old|, which is 0 on an on-policy update; "
                                         "use it with --updates-per-step 2 or more")
+        self.validate_sampling()
         if self.device not in ("cpu", "cuda"):
             raise ConfigError("device", f"must be cpu or cuda, got {self.device!r}")
         if self.device == "cuda":
@@ -178,6 +188,46 @@ class TrainConfig:
         check_task(self.task, self.seed, self.max_new_tokens, self.model)
         check_reward(self.reward, self.task)
         check_writable(self.out)
+
+
+    def validate_sampling(self) -> None:
+        """The sampling strategies and reward structures, alone and in combination."""
+        if self.max_extra_rollouts < -1:
+            raise ConfigError("max_extra_rollouts", f"must be -1 (2·B·K), 0 or more completions, got {self.max_extra_rollouts}")
+        if self.downsample:
+            if self.downsample < 2:
+                raise ConfigError("downsample", f"reward variance needs at least 2 samples per group, got {self.downsample}; "
+                                                "use 2 or more, or 0 to turn down-sampling off")
+            if self.downsample > self.k:
+                raise ConfigError("downsample", f"keeps N of the K = {self.k} samples of a group, so N ≤ K; got "
+                                                f"{self.downsample}: lower it or raise --k")
+            if self.adaptive_k:
+                raise ConfigError("downsample", "needs the same K for every prompt; drop --adaptive-k or --downsample")
+        if self.reward_shaping not in ("none", "passk"):
+            raise ConfigError("reward_shaping", f"must be none or passk, got {self.reward_shaping!r}")
+        if self.reward_shaping == "passk":
+            group = self.downsample or self.k
+            if not 1 <= self.passk_k <= group:
+                what = f"--downsample ({self.downsample}), the trained group size" if self.downsample else f"K ({self.k})"
+                raise ConfigError("passk_k", f"needs 1 ≤ k ≤ {what}, got {self.passk_k}: the pass@k of a group of "
+                                             f"{group} samples is defined for k up to {group}")
+            if self.advantage != "grpo":
+                raise ConfigError("advantage", f"--reward-shaping passk replaces the advantage estimator with its own "
+                                               f"(std-normalised, like grpo); drop --advantage {self.advantage}")
+            if self.overlong_buffer:
+                raise ConfigError("overlong_buffer", "--reward-shaping passk needs 0/1 rewards and the overlong penalty "
+                                                     "makes them graded; use one of the two")
+        if not 0 <= self.overlong_buffer <= self.max_new_tokens:
+            raise ConfigError("overlong_buffer", f"must lie in [0, --max-new-tokens {self.max_new_tokens}], got "
+                                                 f"{self.overlong_buffer}")
+        if not self.overlong_penalty >= 0:
+            raise ConfigError("overlong_penalty", f"must be ≥ 0, got {self.overlong_penalty}")
+
+    def extra_rollout_budget(self) -> int:
+        """Derived: completions --group-filter may add to a step (-1 resolves to 2·B·K)."""
+        if self.max_extra_rollouts < 0:
+            return 2 * self.prompts_per_step * self.k
+        return self.max_extra_rollouts
 
 
 MAX_INT = 2**31 - 1  # no setting needs more; beyond it seeds and counters overflow

@@ -107,6 +107,14 @@ class RewardPool:
         started = [self._spawn() for _ in range(workers)]
         self.workers = [self._wait_ready(w) for w in started]
 
+    @classmethod
+    def in_process(cls, verifier) -> "RewardPool":
+        """A pool that calls the function `verifier` in this process, like --reward-workers 0
+        (failures caught, no timeout): for callers that hold a function rather than a name."""
+        pool = cls.__new__(cls)
+        pool.spec, pool.timeout, pool.verifier, pool.workers = {}, float("inf"), verifier, []
+        return pool
+
     def __enter__(self) -> "RewardPool":
         return self
 

@@ -43,9 +43,3 @@ def score_batch(pool: RewardPool, task, texts: list[str], items: list[dict], k: 
     answers = [task.extract_answer(text) for text in texts]
     rewards = torch.tensor(values, dtype=torch.float32).view(len(items), k)  # (B, K)
     return ScoredBatch(rewards=rewards, answers=answers, failures=failures)
-
-
-def answer_diversity(answers: list[str | None], k: int) -> float:
-    """Mean over groups of distinct final answers / K ("no answer" counts as one answer)."""
-    groups = [answers[i : i + k] for i in range(0, len(answers), k)]
-    return sum(len(set(g)) / k for g in groups) / len(groups)

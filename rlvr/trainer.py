@@ -4,14 +4,16 @@ Run it:  rlvr train --k 8 --steps 100 --out runs/k8      (or rlvr.trainer.train(
 
 One step, data flowing one way:
   B prompts -> K samples each, one batch, exact token entropy from the sampling logits
-  -> rewards (verifier; failures contained) -> group advantages (by name)
+  -> rewards (verifier; failures contained) -> the samples to train on (all, unless a sampling
+  strategy of docs/sampling.md is on) -> group advantages (by name)
   -> clipped policy-gradient loss, `updates_per_step` optimizer updates -> metrics -> checkpoint.
 
 Where it departs from the papers:
   * The "old" log-probs of the first update are the current policy's own, detached, from the
     same forward pass that computes the loss: the ratio is exactly 1 on-policy and no extra
     forward pass is spent. Later updates on the same batch reuse those log-probs, as PPO does.
-  * The prompt stream and the sampling noise are functions of (seed, step), so a resumed run
+  * The prompt stream and the sampling noise are functions of (seed, step) and the checkpointed
+    stream position (which --group-filter moves by more than B per step), so a resumed run
     samples exactly what an uninterrupted one would have, and evaluation (own generator) does
     not perturb training.
   * Entropy is the exact entropy of the full next-token distribution at the sampling
@@ -32,7 +34,6 @@ from pathlib import Path
 import torch
 
 from rlvr import __version__
-from rlvr.advantages import ADVANTAGES, zero_signal_fraction
 from rlvr.backends.tiny import ByteTokenizer, load_policy, save_policy
 from rlvr.checkpoint import (clean_temporaries, load_latest, replace_dir, rng_state, save_checkpoint, set_rng_state,
                              write_text_atomic)
@@ -42,8 +43,10 @@ from rlvr.entropy import (AdaptiveEntropyCoefficient, CollapseDetector, EntropyC
 from rlvr.evaluation import evaluate_policy, flat_eval_metrics, paired_bootstrap_gain, per_problem_values
 from rlvr.losses import LossSettings, policy_loss, top_entropy_select
 from rlvr.reward_pool import RewardPool, WorkerStartError
-from rlvr.rewards import ScoredBatch, answer_diversity, score_batch
-from rlvr.rollout import completion_logprobs, sample_groups
+from rlvr.rewards import RewardFailure
+from rlvr.verifiers import TIMEOUT
+from rlvr.rollout import completion_logprobs, select_rows
+from rlvr.sampling import Sampler, advantage_function, answer_diversity, group_advantages, select_for_training
 from rlvr.tasks import get_task
 
 EVAL_KS = (1, 4, 8)
@@ -145,9 +148,11 @@ class RunDir:
         if not self.config_file.is_file() or cfg.force:
             return
         old = json.loads(self.config_file.read_text()).get("config", {})
-        new = to_dict(cfg)
-        diffs = [f"{name}: {old.get(name)!r} -> {new[name]!r}" for name in new
-                 if name not in cfg.RESUMABLE_CHANGES and old.get(name) != new[name]]
+        new, defaults = to_dict(cfg), to_dict(type(cfg)())
+        # A setting added since that run was made is taken at its default, which is what it ran with.
+        old = {name: old.get(name, defaults[name]) for name in new}
+        diffs = [f"{name}: {old[name]!r} -> {new[name]!r}" for name in new
+                 if name not in cfg.RESUMABLE_CHANGES and old[name] != new[name]]
         if diffs:
             raise ConfigError("out", f"{cfg.out} holds a run with a different config ({'; '.join(diffs)}); "
                                      "use another --out, or --force to start over there")
@@ -277,6 +282,13 @@ def train_step(model, optimizer, batch, advantages, cfg: TrainConfig, ref_model=
     return StepResult(metrics, skipped)
 
 
+def no_update() -> StepResult:
+    """The metrics of a step that trained on nothing (no group had signal): no update is made."""
+    keys = ("loss/policy", "loss/entropy", "loss/kl", "clip/frac", "grad/norm", "clip/cov_tokens",
+            "clip/kl_cov_tokens", "tokens/trained_frac")
+    return StepResult({key: 0.0 for key in keys}, skipped=None)
+
+
 def make_entropy_controller(cfg: TrainConfig) -> EntropyCoefficient:
     if cfg.entropy_target > 0:
         return AdaptiveEntropyCoefficient(cfg.entropy_coef, cfg.entropy_target, cfg.entropy_coef_step, cfg.entropy_coef_max)
@@ -296,6 +308,7 @@ class RunState:
         self.monitor = EntropyMonitor(half_life=10)
         self.controller = make_entropy_controller(cfg)
         self.detector = CollapseDetector(cfg.collapse_ratio, cfg.collapse_patience)
+        self.sampler = Sampler(cfg)  # prompt stream position, --adaptive-k's estimator
         self.baseline_eval: list[dict] | None = None  # step-0 per-problem results, for paired gains
         self.step = 0
         self.rollbacks = 0  # run-level: survives rollbacks, restored on resume
@@ -314,7 +327,7 @@ class RunState:
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "entropy_monitor": self.monitor.state_dict(), "entropy_controller": self.controller.state_dict(),
-                "collapse_detector": self.detector.state_dict(), "rng": rng_state(),
+                "collapse_detector": self.detector.state_dict(), "sampler": self.sampler.state_dict(), "rng": rng_state(),
                 "baseline_eval": self.baseline_eval, "rollbacks": self.rollbacks, "stopped": self.stopped,
                 "bad_steps": self.bad_steps}
 
@@ -325,6 +338,7 @@ class RunState:
         self.monitor.load_state_dict(state["entropy_monitor"])
         self.controller.load_state_dict(state["entropy_controller"])
         self.detector.load_state_dict(state["collapse_detector"])
+        self.sampler.load_state_dict(state.get("sampler"), state["step"])
         set_rng_state(state["rng"])
         self.baseline_eval = state["baseline_eval"]
         self.step = state["step"]
@@ -415,43 +429,44 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                 group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
             memory_before = memory.start()
             started = time.perf_counter()
-            items = [task.item("train", (step - 1) * cfg.prompts_per_step + j) for j in range(cfg.prompts_per_step)]
             generator = torch.Generator(device=device).manual_seed(st.sampling_seed(step, 0))
             st.model.eval()
-            batch = sample_groups(st.model, tokenizer, items, cfg.k, max_new_tokens=cfg.max_new_tokens,
-                                  temperature=cfg.temperature, generator=generator)
+            generated = st.sampler.collect(st.model, tokenizer, task, pool, generator)  # all N samples, rewards (N,)
             st.model.train()
-            rollout_seconds = time.perf_counter() - started
+            check_reward_failures(generated.failures, generated.batch.num_rows, cfg, step, events_log)
+            selected = select_for_training(generated, cfg)  # --group-filter, --downsample: N' ≤ N rows
+            batch = generated.batch if selected.rows is None else select_rows(generated.batch, selected.rows)
+            advantages = group_advantages(advantage_function(cfg), selected.rewards, selected.group_sizes)  # (N',)
 
-            scored = score_batch(pool, task, batch.texts, items, cfg.k, cfg.reward_error_value)
-            check_reward_failures(scored, cfg, step, events_log)
-            rewards = scored.rewards.to(device)  # (B, K)
-            advantages = ADVANTAGES.get(cfg.advantage)(rewards).reshape(-1)  # (N,)
-
-            entropy = masked_mean(batch.entropy, batch.completion_mask)
+            # Entropy, lengths and rewards describe the policy: every generated sample counts.
+            sampled = generated.batch
+            entropy = masked_mean(sampled.entropy, sampled.completion_mask)
             st.controller.update(entropy)  # the coefficient of this step's loss reacts to its own entropy
             loss_generator = torch.Generator().manual_seed(st.sampling_seed(step, 2))
-            result = train_step(st.model, st.optimizer, batch, advantages, cfg, ref_model,
-                                entropy_coef=st.entropy_coef, generator=loss_generator)
+            if batch.num_rows:
+                result = train_step(st.model, st.optimizer, batch, advantages, cfg, ref_model,
+                                    entropy_coef=st.entropy_coef, generator=loss_generator)
+            else:  # --group-filter found no group with signal within its budget: nothing to learn from
+                result = no_update()
             st.bad_steps = st.bad_steps + 1 if result.skipped else 0
             if result.skipped:
                 events_log.write({"event": "nan_skip", "step": step, "cause": result.skipped, "in_a_row": st.bad_steps,
                                   "message": f"non-finite {result.skipped}; the update was not applied"})
-            p10, p50, p90 = masked_quantiles(batch.entropy, batch.completion_mask)
-            lengths = batch.completion_mask.sum(dim=1).float()  # (N,)
-            truncated = ~(batch.completion_ids == tokenizer.eos_id).any(dim=1)  # (N,)
+            p10, p50, p90 = masked_quantiles(sampled.entropy, sampled.completion_mask)
+            lengths = sampled.completion_mask.sum(dim=1).float()  # (N,)
+            truncated = ~(sampled.completion_ids == tokenizer.eos_id).any(dim=1)  # (N,)
             seconds = time.perf_counter() - started
             row = {
                 "step": step,
-                "reward/mean": float(rewards.mean()),
-                "reward/std": float(rewards.std(unbiased=False)),
-                "reward/zero_signal_frac": zero_signal_fraction(rewards),
-                "reward/errors": len(scored.failures),
-                "reward/timeouts": scored.timeouts,
+                "reward/mean": generated.reward_mean(),
+                "reward/std": float(generated.task_rewards.std(unbiased=False)),
+                "reward/zero_signal_frac": generated.zero_signal_frac(),
+                "reward/errors": len(generated.failures),
+                "reward/timeouts": sum(f.kind == TIMEOUT for f in generated.failures),
                 "entropy/mean": entropy,
                 **st.monitor.update(entropy),
                 "entropy/p10": p10, "entropy/p50": p50, "entropy/p90": p90,
-                "diversity/answers": answer_diversity(scored.answers, cfg.k),
+                "diversity/answers": answer_diversity(generated.answers, generated.group_sizes),
                 **result.metrics,
                 "control/entropy_coef": st.entropy_coef,
                 "control/rollbacks": st.rollbacks,
@@ -460,10 +475,11 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                 "completion/mean_length": float(lengths.mean()),
                 "completion/truncated_frac": float(truncated.float().mean()),
                 "perf/step_seconds": seconds,
-                "perf/rollout_seconds": rollout_seconds,
-                "perf/rollout_tokens_per_s": batch.generated_tokens() / max(rollout_seconds, 1e-9),
+                "perf/rollout_seconds": generated.sampling_seconds,
+                "perf/rollout_tokens_per_s": sampled.generated_tokens() / max(generated.sampling_seconds, 1e-9),
                 "perf/peak_memory_mib": memory.peak(),
                 "perf/memory_before_step_mib": memory_before,
+                **generated.metrics, **selected.metrics,
             }
             if cfg.eval_every and step % cfg.eval_every == 0:
                 last_eval = evaluate(step)
@@ -506,19 +522,18 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
     return summary
 
 
-def check_reward_failures(scored: ScoredBatch, cfg: TrainConfig, step: int, events_log) -> None:
+def check_reward_failures(failures: list[RewardFailure], calls: int, cfg: TrainConfig, step: int, events_log) -> None:
     """One `reward_error` event per failure kind of the step (count, first item id, its message);
-    stops the run when the step's failed share exceeds --max-reward-error-frac."""
+    stops the run when the step's failed share of its `calls` exceeds --max-reward-error-frac."""
     first_of_kind: dict = {}
-    for failure in scored.failures:
-        first_of_kind.setdefault(failure.kind, (failure, sum(f.kind == failure.kind for f in scored.failures)))
+    for failure in failures:
+        first_of_kind.setdefault(failure.kind, (failure, sum(f.kind == failure.kind for f in failures)))
     for kind, (failure, count) in first_of_kind.items():
         events_log.write({"event": "reward_error", "step": step, "kind": kind, "count": count,
                           "item": failure.item_id, "message": failure.detail})
-    calls = scored.rewards.numel()
-    if len(scored.failures) > cfg.max_reward_error_frac * calls:
+    if len(failures) > cfg.max_reward_error_frac * calls:
         kinds = ", ".join(f"{count} {kind}" for kind, (_, count) in first_of_kind.items())
-        stop_failed(events_log, step, f"--max-reward-error-frac: {len(scored.failures)} of {calls} verifier calls "
+        stop_failed(events_log, step, f"--max-reward-error-frac: {len(failures)} of {calls} verifier calls "
                     f"failed at step {step} ({kinds}), more than {cfg.max_reward_error_frac:g} of them; see the "
                     "reward_error events in events.jsonl, fix the verifier (or raise --reward-timeout or "
                     "--max-reward-error-frac) and re-run the same command to resume")
@@ -578,6 +593,7 @@ def summarize(run: RunDir, cfg: TrainConfig, already_done: bool = False) -> dict
         "entropy_retention_final": steps[-1]["entropy/retention"],
         "step_seconds_median": seconds[len(seconds) // 2],
         "peak_memory_mib": max(r["perf/peak_memory_mib"] for r in steps),
+        "samples_generated": steps[-1].get("sampling/generated_total"),  # None for runs before it was logged
     }
     evals = [r for r in rows if f"eval/{HEADLINE}" in r]
     line = (f"{'already complete: ' if already_done else ''}{len(steps)} steps, K={cfg.k}, "

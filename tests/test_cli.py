@@ -53,6 +53,8 @@ def test_train_writes_a_run_directory_that_parses(model_dir, tmp_path, capsys):
     (["--max-new-tokens", "500"], "--max-new-tokens"),
     (["--reward", "nomodule_xyz:f"], "--reward"),
     (["--clip-low", "1.5"], "--clip-low"),
+    (["--k", "4", "--downsample", "8"], "--downsample"),
+    (["--reward-shaping", "passk", "--passk-k", "9"], "--passk-k"),
 ])
 def test_bad_config_exits_2_naming_the_field(args, field, tmp_path, capsys):
     code = main(["train", "--out", str(tmp_path / "run"), "--steps", "1", *args])
@@ -60,6 +62,20 @@ def test_bad_config_exits_2_naming_the_field(args, field, tmp_path, capsys):
     assert code == 2
     assert field in err and "Traceback" not in err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before any work
+
+
+def test_sampling_strategies_are_plain_train_flags(model_dir, tmp_path):
+    """What `rlvr compare --variant NAME="FLAGS"` passes on: every strategy is a train flag."""
+    out = tmp_path / "run"
+    code = main(["train", "--model", model_dir, "--steps", "2", "--out", str(out), "--group-filter",
+                 "--downsample", "2", "--overlong-buffer", "2", *SMALL])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["group_filter"] is True and config["downsample"] == 2
+    for row in read_jsonl(out / "metrics.jsonl"):
+        assert row["sampling/effective_k"] in (0.0, 2.0) and row["sampling/generated"] >= 8
+        for key in ("sampling/trained", "sampling/groups_dropped", "sampling/extra_seconds", "reward/overlong_penalty"):
+            assert key in row, key
 
 
 def test_bad_toml_value_and_unknown_key(tmp_path, capsys):

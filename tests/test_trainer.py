@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from rlvr.config import ConfigError, TrainConfig
 from rlvr.trainer import train
 
-TIMING = ("perf/", )
+TIMING = ("perf/", "sampling/extra_seconds")
 
 
 def config(model_dir, out, **overrides) -> TrainConfig:
@@ -27,14 +27,30 @@ def weights(out):
     return load_file(str(out / "final" / "model.safetensors"))
 
 
-def test_interrupted_run_resumes_exactly(model_dir, tmp_path):
+STRATEGIES = {
+    "plain": {},
+    # has_digit is rare for a random model: most groups lack signal, so the filter moves the
+    # prompt stream by more than B a step and adaptive K's estimator has levels to tell apart
+    "filter+adaptive": dict(group_filter=True, adaptive_k=True, task="arith", reward="shaped_rewards:has_digit"),
+    "downsample+overlong": dict(downsample=2, overlong_buffer=3),
+}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_interrupted_run_resumes_exactly(model_dir, tmp_path, strategy):
     straight = tmp_path / "straight"
-    train(config(model_dir, straight), progress=False)
+    train(config(model_dir, straight, **STRATEGIES[strategy]), progress=False)
     resumed = tmp_path / "resumed"
-    train(config(model_dir, resumed, steps=2), progress=False)  # stops after the step-2 checkpoint
-    summary = train(config(model_dir, resumed), progress=False)  # same command with more steps: resumes
+    train(config(model_dir, resumed, steps=2, **STRATEGIES[strategy]), progress=False)  # stops after the step-2 checkpoint
+    summary = train(config(model_dir, resumed, **STRATEGIES[strategy]), progress=False)  # same command, more steps: resumes
     assert summary["steps"] == 4
     assert rows_without_timing(straight) == rows_without_timing(resumed)
+    if strategy == "filter+adaptive":
+        rows = rows_without_timing(straight)
+        assert any(r["sampling/prompts"] > 3 for r in rows[:2])  # the resumed steps start mid-stream
+        # sampling/expected_signal_groups is computed from the success estimator's state, so
+        # the equal rows above also show that state survived the checkpoint
+        assert len({r["sampling/expected_signal_groups"] for r in rows}) == 4
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     events = [json.loads(line)["event"] for line in (resumed / "events.jsonl").read_text().splitlines()]
@@ -86,3 +102,24 @@ def test_updates_per_step_reuses_the_batch_with_clipping(model_dir, tmp_path):
     rows = rows_without_timing(out)
     assert all(0.0 <= r["clip/frac"] <= 1.0 for r in rows)
     assert any(r["clip/frac"] > 0 for r in rows)  # reused rollouts drift off-policy and get clipped
+
+
+def test_group_filter_without_any_signal_makes_no_update(model_dir, tmp_path):
+    out = tmp_path / "run"
+    train(config(model_dir, out, steps=2, group_filter=True, max_extra_rollouts=8, reward="shaped_rewards:always_zero"),
+          progress=False)
+    rows = rows_without_timing(out)
+    assert [r["sampling/generated"] for r in rows] == [12 + 8, 12 + 8]  # B·K, then 2 prompts of K=4
+    assert all(r["sampling/trained"] == 0 and r["sampling/groups_missing"] == 3 for r in rows)
+    start = load_file(model_dir + "/model.safetensors")
+    assert all(torch.equal(weights(out)[k], start[k]) for k in start)
+
+
+def test_adaptive_k_starts_as_plain_k(model_dir, tmp_path):
+    """Before any evidence every level's estimate is 1/2, so step 1 gives every prompt K."""
+    plain, adaptive = tmp_path / "plain", tmp_path / "adaptive"
+    train(config(model_dir, plain, steps=1, task="arith"), progress=False)
+    train(config(model_dir, adaptive, steps=1, task="arith", adaptive_k=True), progress=False)
+    a, b = rows_without_timing(plain)[0], rows_without_timing(adaptive)[0]
+    assert b.pop("sampling/expected_signal_groups") == pytest.approx(3 * (1 - 2 * 0.5**4))
+    assert a == b

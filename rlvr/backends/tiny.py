@@ -60,8 +60,9 @@ class KVCache:
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0  # positions filled so far
 
-    def repeat_interleave(self, k: int) -> "KVCache":
-        """Each row copied k times in place order: prefill a prompt once, sample it K times."""
+    def repeat_interleave(self, k: "int | torch.Tensor") -> "KVCache":
+        """Each row copied k times in place order: prefill a prompt once, sample it K times
+        (k may be a (N,) tensor of per-row counts, for groups of different sizes)."""
         out = KVCache.__new__(KVCache)
         out.keys = self.keys.repeat_interleave(k, dim=1)  # (L, N*k, H, S, D)
         out.values = self.values.repeat_interleave(k, dim=1)
