@@ -6,12 +6,11 @@ import math
 import pytest
 import torch
 
-from rlvr.reward_pool import RewardPool
-
 from conftest import make_model
 from rlvr.advantages import ADVANTAGES, pass_at_k_advantage
 from rlvr.backends.tiny import ByteTokenizer
 from rlvr.config import ConfigError, TrainConfig
+from rlvr.reward_pool import RewardPool
 from rlvr.rollout import completion_logprobs, concat_batches, sample_groups, select_rows
 from rlvr.sampling import (Sampler, allocate_group_sizes, group_advantages, groups_with_signal, max_variance_subset,
                            overlong_penalty, select_for_training, signal_probability)
