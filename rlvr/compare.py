@@ -311,7 +311,8 @@ def run_compare(cc: CompareConfig, base: dict, command: str = "", progress: bool
             _write_arm_meta(plan, cc)
     display = _Display(plans, done, enabled=progress and sys.stderr.isatty())
     failed: list = []
-    queue = [p for p in plans if id(p) not in done]
+    # seed-major: all arms of the first seed, then the next, so a stopped compare leaves comparable arms
+    queue = sorted((p for p in plans if id(p) not in done), key=lambda p: (p.config.seed, p.order))
     running: list[_Job] = []
     try:
         while queue or running:

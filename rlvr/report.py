@@ -235,6 +235,12 @@ def arm_numbers(arm: Arm) -> dict:
         "step_seconds_median": float(np.median(seconds)) if seconds else None,
         "peak_memory_mib": max((row["perf/peak_memory_mib"] for r in runs for row in r.rows), default=None),
         "memory_before_step_mib": _mean_or_none([r.rows[0].get("perf/memory_before_step_mib") for r in runs]),
+        # what sampling strategies really spend: generated vs trained samples per step (nominal B·K before
+        # the sampling/* keys existed)
+        "generated_per_step": _mean_or_none([float(np.mean([x.get("sampling/generated", r.config["prompts_per_step"] *
+                                                                r.config["k"]) for x in r.rows])) for r in runs]),
+        "trained_per_step": _mean_or_none([float(np.mean([x.get("sampling/trained", r.config["prompts_per_step"] *
+                                                              r.config["k"]) for x in r.rows])) for r in runs]),
     }
 
 
@@ -625,7 +631,7 @@ def markdown(arms: list[Arm], numbers: dict[str, dict], summary: dict, plots: li
 
     lines += ["## Effective settings per arm", "",
               "The confounders that published K comparisons disagree through, as each arm ran them.", "",
-              "| arm | variant | K | prompts/step | samples/step | lr | lr scaling | loss agg | updates/step | temperature | advantage | entropy control |",
+              "| arm | variant | K | prompts/step | samples/step generated / trained (measured mean) | lr | lr scaling | loss agg | updates/step | temperature | advantage | entropy control |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         c = arm.config
@@ -633,7 +639,7 @@ def markdown(arms: list[Arm], numbers: dict[str, dict], summary: dict, plots: li
         if c.get("clip_high", 0) > c.get("clip_low", 0):
             control += f", clip-high {c['clip_high']}"
         lines.append(f"| {arm.name} | `{variant_flags(arm, arms[0]) or '-'}` | {c['k']} | {c['prompts_per_step']} | "
-                     f"{c['k'] * c['prompts_per_step']} | {c['lr']:g} | {arm.meta.get('lr_scaling', 'none')} | "
+                     f"{_fmt(numbers[arm.name]['generated_per_step'], '.0f')} / {_fmt(numbers[arm.name]['trained_per_step'], '.0f')} | {c['lr']:g} | {arm.meta.get('lr_scaling', 'none')} | "
                      f"{c['loss_agg']} | {c['updates_per_step']} | {c['temperature']} | {c['advantage']} | {control} |")
     lines += ["", "Each arm's runs are reproduced by (add `--seed N --out DIR`):", ""]
     lines += [f"- {arm.name}: `{train_command(arm)}`" for arm in arms]
