@@ -1,7 +1,7 @@
 """`rlvr compare`: train several arms (K values, variants) on the same seeds and prompt stream,
 then write the report (rlvr/report.py).
 
-Run it:  rlvr compare                       (K=8, K=16, K=16 + entropy control; 3 seeds)
+Run it:  rlvr compare                       (K=8, K=16, K=16 + entropy control; 4 seeds × 250 steps)
          rlvr compare --k 8 16 32 --variant filt="--group-filter" --seeds 2 --steps 300
 
 How the arms are made fair. Every arm of a seed starts from the same weights and sees the same
@@ -50,8 +50,8 @@ class CompareConfig:
     variant: list = opt([DEFAULT_CONTROL], "extra arms NAME=\"FLAGS\" (rlvr train flags on top of the first arm); "
                                            "giving any replaces the default; --variant with no value: none",
                         item=str)
-    seeds: int = opt(3, "seeds per arm: --seed, --seed+1, ...")
-    steps: int = opt(200, "optimizer steps per run")
+    seeds: int = opt(4, "seeds per arm: --seed, --seed+1, ...")
+    steps: int = opt(250, "optimizer steps per run")
     eval_every: int = opt(25, "held-out evaluation every N steps and at step 0 (0 = never; the report needs it)")
     match: str = opt("prompts", "prompts: equal prompts per step; samples: equal samples per step (K=16 gets half "
                                 "the prompts of K=8)")

@@ -357,7 +357,7 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
         steady, collapsed = _stable(n, ratio)
         late = max(n["steps_done"], default=0) > MIDPOINT
         evidence = (f"K=16 entropy retention at step 100 {_fmt(n['retention_at_100'])}, at the end "
-                    f"{_fmt(n['retention_final'])}; collapse onsets per seed {n['collapse_onsets']} (detector: EMA below "
+                    f"{_fmt(n['retention_final'])} (per seed {[_fmt(r) for r in n['retention_final_per_seed']]}); collapse onsets per seed {n['collapse_onsets']} (detector: EMA below "
                     f"{ratio} × step-0 for {k16.config.get('collapse_patience')} steps)")
         if not late:
             add(claim, "inconclusive", evidence + f"; the runs stop by step {MIDPOINT}, so a later decay cannot be seen")
@@ -397,7 +397,8 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
         _, base_collapsed = _stable(base, ratio)
         diff = arm_difference(control, k16)
         evidence = (f"'{control.name}' ({variant_flags(control, arms[0])}): retention at the end "
-                    f"{_fmt(n['retention_final'])} vs {_fmt(base['retention_final'])} without it; collapse onsets "
+                    f"{_fmt(n['retention_final'])} (per seed {[_fmt(r) for r in n['retention_final_per_seed']]}) vs "
+                    f"{_fmt(base['retention_final'])} without it; collapse onsets "
                     f"{n['collapse_onsets']} vs {base['collapse_onsets']}; hm@4 at the last evaluation minus plain K=16: "
                     f"{_fmt_ci(diff)}")
         if max(n["steps_done"], default=0) <= MIDPOINT:
@@ -507,8 +508,8 @@ def make_plots(arms: list[Arm], numbers: dict[str, dict], out: Path) -> list[Pat
                 ax.fill_between(steps, lo, hi, color=colors[i % len(colors)], alpha=0.18, lw=0)
         if key == "entropy/mean":
             onsets = {o for a in arms for o in numbers[a.name]["collapse_onsets"] if o is not None}
-            for o in sorted(onsets):
-                ax.axvline(o, color="0.4", ls=":", lw=1)
+            for i, o in enumerate(sorted(onsets)):
+                ax.axvline(o, color="0.4", ls=":", lw=1, label="collapse onset (a seed)" if i == 0 else None)
         ax.set(xlabel="training step", ylabel=ylabel, title=f"{title}\n{band}")
         ax.grid(alpha=0.3)
         ax.legend()
