@@ -239,6 +239,8 @@ def arm_numbers(arm: Arm) -> dict:
         # the sampling/* keys existed)
         "generated_per_step": _mean_or_none([float(np.mean([x.get("sampling/generated", r.config["prompts_per_step"] *
                                                                 r.config["k"]) for x in r.rows])) for r in runs]),
+        "zero_signal_mean": _mean_or_none([float(np.mean([x["reward/zero_signal_frac"] for x in r.rows])) for r in runs]),
+        "train_seconds": _mean_or_none([float(sum(x["perf/step_seconds"] for x in r.rows)) for r in runs]),
         "trained_per_step": _mean_or_none([float(np.mean([x.get("sampling/trained", r.config["prompts_per_step"] *
                                                               r.config["k"]) for x in r.rows])) for r in runs]),
     }
@@ -615,8 +617,8 @@ def markdown(arms: list[Arm], numbers: dict[str, dict], summary: dict, plots: li
     lines += ["", f"## Results per arm", "",
               f"| arm | K | {METRIC} @0 | {METRIC} @100 | {METRIC} @last | gain @100 [pts] | gain @last [pts] | "
               "entropy retention @100 | retention @last | collapse onset (per seed) | reward, last 20 steps | "
-              "s/step (median) | × first | peak MiB | × first |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "zero-signal groups (mean) | s/step (median) | × first | training s per run | peak MiB | × first |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         n = numbers[arm.name]
         onsets = ", ".join("none" if o is None else str(o) for o in n["collapse_onsets"]) or "n/a"
@@ -624,8 +626,8 @@ def markdown(arms: list[Arm], numbers: dict[str, dict], summary: dict, plots: li
             f"| {arm.name} | {arm.config['k']} | {_fmt_ci(n['metric_at_0'], 'frac')} | {_fmt_ci(n['metric_at_100'], 'frac')} | "
             f"{_fmt_ci(n['metric_last'], 'frac')} | {_fmt_ci(n['gain_at_100'])} | {_fmt_ci(n['gain_last'])} | "
             f"{_fmt(n['retention_at_100'])} | {_fmt(n['retention_final'])} | {onsets} | {_fmt(n['reward_last20'], '.3f')} | "
-            f"{_fmt(n['step_seconds_median'], '.3f')} | {_fmt(_ratio(n['step_seconds_median'], first['step_seconds_median']))} | "
-            f"{_fmt(n['peak_memory_mib'], '.0f')} | {_fmt(_ratio(n['peak_memory_mib'], first['peak_memory_mib']))} |")
+            f"{_fmt(n['zero_signal_mean'])} | {_fmt(n['step_seconds_median'], '.3f')} | {_fmt(_ratio(n['step_seconds_median'], first['step_seconds_median']))} | "
+            f"{_fmt(n['train_seconds'], '.1f')} | {_fmt(n['peak_memory_mib'], '.0f')} | {_fmt(_ratio(n['peak_memory_mib'], first['peak_memory_mib']))} |")
     lines += ["", "Peak memory is the process's resident memory during a training step (evaluation excluded), "
                   f"including ~{_fmt(first['memory_before_step_mib'], '.0f')} MiB (first arm) already in use before the "
                   "step: runtime, model and optimizer.", ""]
