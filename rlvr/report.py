@@ -301,14 +301,17 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _onsets(n: dict) -> str:
+    return "[" + ", ".join("none" if o is None else str(o) for o in n["collapse_onsets"]) + "]"
+
+
 def _stable(n: dict, ratio: float) -> tuple[bool, bool]:
-    """(steady, collapsed): steady = no seed's detector fired and every seed keeps ≥ 0.5 of its
-    step-0 entropy at the end; collapsed = the detector fired in at least half the seeds or the
-    mean retention ended below the collapse ratio."""
+    """(steady, collapsed): steady = the collapse detector (TERMS.md) fired in no seed and the
+    seeds keep on average ≥ 0.5 of their step-0 entropy at the end; collapsed = the detector
+    fired in at least half the seeds or the mean retention ended below the collapse ratio."""
     seeds = len(n["collapse_onsets"]) or 1
     fired = sum(o is not None for o in n["collapse_onsets"])
-    per_seed = [r for r in n["retention_final_per_seed"] if r is not None]
-    steady = fired == 0 and bool(per_seed) and min(per_seed) >= 0.5
+    steady = fired == 0 and n["retention_final"] is not None and n["retention_final"] >= 0.5
     collapsed = fired * 2 >= seeds and fired > 0 or (n["retention_final"] is not None and n["retention_final"] < ratio)
     return steady, collapsed
 
@@ -348,7 +351,7 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
             f"K=8 entropy retention at step 100 {_fmt(n['retention_at_100'])}, at the end {_fmt(n['retention_final'])} "
             f"(per seed {[_fmt(r) for r in n['retention_final_per_seed']]}); collapse detector fired in "
             f"{sum(o is not None for o in n['collapse_onsets'])} of {len(n['collapse_onsets'])} seed(s). Steady = no "
-            f"collapse and every seed ≥ 0.5 of its step-0 entropy; refuted = collapse in ≥ half the seeds or mean "
+            f"collapse in any seed and mean retention ≥ 0.5 of the step-0 entropy; refuted = collapse in ≥ half the seeds or mean "
             f"retention < {ratio}")
 
     claim = "(c) K=16 policy entropy decays after ~100 steps and training collapses"
@@ -359,14 +362,14 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
         steady, collapsed = _stable(n, ratio)
         late = max(n["steps_done"], default=0) > MIDPOINT
         evidence = (f"K=16 entropy retention at step 100 {_fmt(n['retention_at_100'])}, at the end "
-                    f"{_fmt(n['retention_final'])} (per seed {[_fmt(r) for r in n['retention_final_per_seed']]}); collapse onsets per seed {n['collapse_onsets']} (detector: EMA below "
+                    f"{_fmt(n['retention_final'])} (per seed {[_fmt(r) for r in n['retention_final_per_seed']]}); collapse onsets per seed {_onsets(n)} (detector: EMA below "
                     f"{ratio} × step-0 for {k16.config.get('collapse_patience')} steps)")
         if not late:
             add(claim, "inconclusive", evidence + f"; the runs stop by step {MIDPOINT}, so a later decay cannot be seen")
         else:
             add(claim, "supported" if collapsed else "refuted" if steady else "inconclusive",
-                evidence + "; supported = collapse in ≥ half the seeds, refuted = no collapse and every seed ≥ 0.5 "
-                           "retention, otherwise inconclusive (entropy fell without a detected collapse)")
+                evidence + "; supported = collapse in ≥ half the seeds, refuted = no collapse and mean retention ≥ "
+                           "0.5, otherwise inconclusive (entropy fell without a detected collapse)")
 
     claim = "(d) K=16 costs about twice the memory and compute per step of K=8"
     if k8 is None or k16 is None:
@@ -401,13 +404,13 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
         evidence = (f"'{control.name}' ({variant_flags(control, arms[0])}): retention at the end "
                     f"{_fmt(n['retention_final'])} (per seed {[_fmt(r) for r in n['retention_final_per_seed']]}) vs "
                     f"{_fmt(base['retention_final'])} without it; collapse onsets "
-                    f"{n['collapse_onsets']} vs {base['collapse_onsets']}; hm@4 at the last evaluation minus plain K=16: "
+                    f"{_onsets(n)} vs {_onsets(base)}; hm@4 at the last evaluation minus plain K=16: "
                     f"{_fmt_ci(diff)}")
         if max(n["steps_done"], default=0) <= MIDPOINT:
             add(claim, "inconclusive", evidence + f"; the runs stop by step {MIDPOINT}, before the reported decay")
         elif not steady:
-            add(claim, "refuted", evidence + "; the controlled arm did not stay steady (no collapse and ≥ 0.5 retention "
-                                             "in every seed)")
+            add(claim, "refuted", evidence + "; the controlled arm did not stay steady (no collapse in any seed and "
+                                             "mean retention ≥ 0.5)")
         elif diff is not None and diff["ci"][1] < 0:
             add(claim, "refuted", evidence + "; entropy held, but hm@4 is significantly worse than without the control")
         elif not base_collapsed:
