@@ -111,8 +111,9 @@ class TrainConfig:
 
     # Fields that may change between an interrupted run and its resumption.
     # The guards and the worker count change no step that succeeds; a stopped run may raise them.
+    # `out` is among them: a run directory that was moved or copied is still the same run.
     RESUMABLE_CHANGES = ("steps", "quiet", "force", "threads", "log", "reward_workers", "reward_timeout",
-                         "max_reward_error_frac", "max_bad_steps")
+                         "max_reward_error_frac", "max_bad_steps", "out")
 
     def validate(self) -> None:
         """Raises ConfigError for the first bad field, before any work starts."""
