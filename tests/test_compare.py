@@ -145,13 +145,19 @@ def test_a_failed_run_is_reported_and_the_others_finish(model_dir, tmp_path, cap
     shutil.copytree(model_dir, broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     out = tmp_path / "cmp"
-    code = main(["compare", "--model", model_dir, "--k", "4", "--variant", f"bad=--model {broken}", "--out", str(out),
-                 *SMALL])
+    code = main(["compare", "--model", model_dir, "--k", "4", "--variant", f"bad=--model {broken}",
+                 "pods=--k 8 --downsample 4 --group-filter", "--out", str(out), *SMALL])
     assert code == 1
     err = capsys.readouterr().err
     assert "bad seed 0 FAILED" in err
     summary = json.loads((out / "summary.json").read_text())
-    assert [a["name"] for a in summary["arms"]] == ["k4"]
+    assert [a["name"] for a in summary["arms"]] == ["k4", "pods"]
+    assert summary["arms"][1]["variant"] == "--k 8 --downsample 4 --group-filter" and summary["arms"][1]["k"] == 8
+    # the effective settings list the variant and what it really generated and trained per step
+    pods_row = next(line for line in (out / "report.md").read_text().splitlines()
+                    if line.startswith("| pods | `--k 8 --downsample 4 --group-filter` | 8 | 2 |"))
+    generated, trained = (float(x) for x in pods_row.split(" | ")[4].split(" / "))
+    assert generated >= 16 and trained <= generated
     assert "bad seed 0" in (out / "report.md").read_text()
     assert json.loads((out / "bad" / "seed0" / "arm.json").read_text())["failed"] is True
 
