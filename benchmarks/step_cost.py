@@ -37,9 +37,10 @@ def main() -> None:
                                 "--out", str(out), "--quiet", "--checkpoint-every", "0", *args.extra.split()],
                                check=True, stdout=subprocess.DEVNULL)
                 rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-                times[k] += [r["perf/step_seconds"] for r in rows if r["step"] > 5]
+                times[k] += [r["perf/step_seconds"] for r in rows if r["step"] > 5 and "perf/memory_before_step_mib" not in r]
                 memory[k].append(max(r["perf/peak_memory_mib"] for r in rows if r["step"] > 0))
-                working[k] += [r["perf/peak_memory_mib"] - r["perf/memory_before_step_mib"] for r in rows if r["step"] > 5]
+                working[k] += [r["perf/peak_memory_mib"] - r["perf/memory_before_step_mib"] for r in rows
+                               if "perf/memory_before_step_mib" in r]  # the probe steps (trainer.StepMemory)
     base = args.k[0]
     base_time, base_mem = statistics.median(times[base]), statistics.median(memory[base])
     base_work = statistics.median(working[base])

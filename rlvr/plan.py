@@ -4,8 +4,9 @@ Run it:  rlvr plan --k 4 8 16 32          (the built-in model and task)
 
 Two measurements, both on the user's model and task:
   * cost: a few real training steps per K (the same `train()` as `rlvr train`, in a temporary
-    directory, no evaluation), reporting the median step time and the step's working memory
-    (peak minus the memory in use before the step), with ratios to the first K;
+    directory, no evaluation), reporting the median step time (after the first, warm-up, step)
+    and the step's working memory (peak minus the memory in use before the step, measured on
+    the first step: see trainer.StepMemory), with ratios to the first K;
   * signal: one pilot of n samples for each of P training prompts, scored by the verifier. A
     group of K samples carries no signal when all K rewards are equal. For a prompt with c
     correct of n samples, C(c, K)/C(n, K) and C(n−c, K)/C(n, K) are the unbiased estimates of
@@ -105,11 +106,12 @@ def measure_cost(cfg: PlanConfig, k: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="rlvr-plan-") as tmp:
         train(cfg.train_config(k, str(Path(tmp) / "run")), progress=False)
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-    timed = [r for r in rows if r.get("step", 0) >= 2]
+    timed = [r for r in rows if r.get("step", 0) >= 2 and "perf/memory_before_step_mib" not in r]
+    probed = [r for r in rows if "perf/memory_before_step_mib" in r]  # step 1 (see trainer.StepMemory)
     return {"step_seconds": statistics.median(r["perf/step_seconds"] for r in timed),
             "step_memory_mib": statistics.median(r["perf/peak_memory_mib"] - r["perf/memory_before_step_mib"]
-                                                 for r in timed),
-            "peak_memory_mib": max(r["perf/peak_memory_mib"] for r in timed)}
+                                                 for r in probed) if probed else 0.0,
+            "peak_memory_mib": max(r["perf/peak_memory_mib"] for r in rows if "perf/peak_memory_mib" in r)}
 
 
 def run_plan(cfg: PlanConfig) -> list[dict]:

@@ -234,7 +234,12 @@ def arm_numbers(arm: Arm) -> dict:
         "collapse_step": min([o for o in onsets if o is not None], default=None),
         "step_seconds_median": float(np.median(seconds)) if seconds else None,
         "peak_memory_mib": max((row["perf/peak_memory_mib"] for r in runs for row in r.rows), default=None),
-        "memory_before_step_mib": _mean_or_none([r.rows[0].get("perf/memory_before_step_mib") for r in runs]),
+        "memory_before_step_mib": _mean_or_none([_median_or_none([x["perf/memory_before_step_mib"] for x in r.rows
+                                                                  if "perf/memory_before_step_mib" in x]) for r in runs]),
+        # the memory a step itself needs: peak minus memory in use before, on the probe steps that measure it
+        "step_memory_mib": _mean_or_none([_median_or_none([x["perf/peak_memory_mib"] - x["perf/memory_before_step_mib"]
+                                                           for x in r.rows if "perf/memory_before_step_mib" in x])
+                                          for r in runs]),
         # what sampling strategies really spend: generated vs trained samples per step (nominal B·K before
         # the sampling/* keys existed)
         "generated_per_step": _mean_or_none([float(np.mean([x.get("sampling/generated", r.config["prompts_per_step"] *
@@ -246,11 +251,13 @@ def arm_numbers(arm: Arm) -> dict:
     }
 
 
+def _median_or_none(values: list) -> float | None:
+    return float(np.median(values)) if values else None
+
+
 def _added_memory(n: dict) -> float | None:
     """Peak memory of a step minus the memory in use before it: what the step itself needs."""
-    if n["peak_memory_mib"] is None or n["memory_before_step_mib"] is None:
-        return None
-    return max(0.0, n["peak_memory_mib"] - n["memory_before_step_mib"])
+    return n["step_memory_mib"]
 
 
 def _ratio(value: float | None, reference: float | None) -> float | None:
@@ -542,7 +549,7 @@ def make_plots(arms: list[Arm], numbers: dict[str, dict], out: Path) -> list[Pat
     names = [a.name for a in arms]
     secs = np.array([numbers[a]["step_seconds_median"] or 0.0 for a in names])
     peak = np.array([numbers[a]["peak_memory_mib"] or 0.0 for a in names])
-    base = np.array([numbers[a]["memory_before_step_mib"] or 0.0 for a in names])
+    base = np.array([peak[i] - (numbers[a]["step_memory_mib"] or 0.0) for i, a in enumerate(names)])
     bar_colors = [colors[i % len(colors)] for i in range(len(names))]
     ax1.bar(names, secs, color=bar_colors)
     ax1.set(ylabel="median step time [s]", title="Step time (rollouts + rewards + update)")
