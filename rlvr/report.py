@@ -297,11 +297,13 @@ def has_entropy_control(config: dict) -> bool:
 
 
 def _fmt_ci(x: dict | None, scale: str = "pts") -> str:
+    """'+15.1 pts [+11.3, +19.3]' for a gain in points, '0.612 [0.559, 0.666]' for a fraction."""
     if x is None:
         return "n/a"
-    unit = " pts" if scale == "pts" else ""
-    return f"{x['value']:+.1f}{unit} [{x['ci'][0]:+.1f}, {x['ci'][1]:+.1f}]" if scale == "pts" else \
-        f"{x['value']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}]"
+    value, (low, high) = x["value"], x["ci"]
+    if scale == "pts":
+        return f"{value:+.1f} pts [{low:+.1f}, {high:+.1f}]"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def _fmt(x: float | None, spec: str = ".2f") -> str:
