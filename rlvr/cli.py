@@ -177,7 +177,9 @@ def cmd_report(args) -> int:
     context = {}
     compare_file = Path(args.dirs[0]) / "compare.json"
     if len(args.dirs) == 1 and compare_file.is_file():
-        context = {k: v for k, v in json.loads(compare_file.read_text()).items() if k in ("command", "machine")}
+        recorded = json.loads(compare_file.read_text())
+        context = {"command": recorded.get("command"), "machine": recorded.get("machine"),
+                   "jobs": recorded.get("compare", {}).get("jobs", 1)}
     try:
         summary = build_report(args.dirs, out, context)
     except ReportError as err:  # names the directory and what is missing; no option to name

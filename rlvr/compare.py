@@ -353,7 +353,7 @@ def run_compare(cc: CompareConfig, base: dict, command: str = "", progress: bool
     try:
         if not readable:
             raise ReportError("no run got far enough to be reported")
-        summary = build_report(readable, str(root), context={"command": command, "machine": machine,
+        summary = build_report(readable, str(root), context={"command": command, "machine": machine, "jobs": cc.jobs,
                                                               "unreadable": unread})
     except ReportError as err:
         print(f"rlvr compare: no report: {err}", file=sys.stderr)

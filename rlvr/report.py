@@ -608,7 +608,10 @@ def markdown(arms: list[Arm], numbers: dict[str, dict], summary: dict, plots: li
     lines = [f"# rlvr K comparison: {', '.join(a.name for a in arms)}", ""]
     if context.get("command"):
         lines += [f"Command: `{context['command']}`", ""]
-    lines += [f"Machine: {context.get('machine') or machine_line()}", "",
+    jobs = context.get("jobs", 1)
+    lines += [f"Machine: {context.get('machine') or machine_line()}"
+              + (f". Runs went {jobs} at a time, so step times include their contention for the cores." if jobs > 1 else ""),
+              "",
               f"Task `{arms[0].config['task']}`, model `{arms[0].config['model']}`, {summary['steps']} steps, "
               f"{summary['seeds']} seed(s) per arm, matched by **{summary['match']}** "
               f"({'every arm samples the same prompts per step' if summary['match'] == 'prompts' else 'every arm generates the same number of samples per step'}). "

@@ -100,6 +100,7 @@ def test_two_arm_compare_writes_the_report_and_rlvr_report_rebuilds_it(model_dir
     assert html.count("data:image/png;base64,") == len(plots) and "src=\"plots/" not in html
     md = (out / "report.md").read_text()
     assert "| k4 | 4 |" in md and "matched by **prompts**" in md and "rlvr compare --model" in md
+    assert "Runs went 2 at a time" in md
     # every run is a normal run directory, tagged with its arm
     assert json.loads((out / "k8" / "seed0" / "arm.json").read_text())["arm"] == "k8"
     assert (out / "k8" / "seed0" / "final" / "model.safetensors").is_file()
