@@ -193,7 +193,7 @@ class _Job:
         self.plan = plan
         _write_arm_meta(plan, cc)
         toml_file = plan.dir / "train.toml"
-        toml_file.write_text(to_toml({k: v for k, v in to_dict(plan.config).items()}))
+        toml_file.write_text(to_toml(to_dict(plan.config)))
         self.log = open(plan.dir / "train.log", "a")
         self.proc = subprocess.Popen([sys.executable, "-m", "rlvr.cli", "train", "--config", str(toml_file)],
                                      stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -206,13 +206,15 @@ class _Job:
         path = self.plan.dir / "metrics.jsonl"
         if not path.is_file():
             return 0
-        with open(path) as fh:
+        if path.stat().st_size < self.offset:  # rewritten shorter (a rollback truncated it): read it again
+            self.offset = 0
+        with open(path, "rb") as fh:
             fh.seek(self.offset)
             chunk = fh.read()
-        complete = chunk[: chunk.rfind("\n") + 1]
-        self.offset += len(complete.encode())
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
         added = 0
-        for line in complete.splitlines():
+        for line in complete.decode("utf-8", errors="replace").splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
