@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlvr.config import (ConfigError, RunFailed, TrainConfig, check_basic_values, check_model_path, check_task,
-                         check_writable, config_fields, load_toml, opt)
+                         check_writable, config_fields, load_toml, opt, require_positive)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,9 +82,7 @@ class EvalConfig:
     def validate(self) -> None:
         check_basic_values(self)
         self.resolve_run()
-        for name in ("samples", "problems", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        require_positive(self, ("samples", "problems", "max_new_tokens"))
         if not self.k:
             raise ConfigError("k", "give at least one k")
         for k in self.k:
@@ -232,46 +230,62 @@ def cmd_tasks(args) -> int:
     return 0
 
 
+def _fields_of(load_class):
+    """Options generated from a config class; `load_class` imports it only when the parser is built."""
+    return lambda parser: _add_fields(parser, load_class())
+
+
+def _compare_options(parser: argparse.ArgumentParser) -> None:
+    from rlvr.compare import OWNED, CompareConfig
+
+    _add_fields(parser, CompareConfig, config_flag=False)
+    _add_fields(parser, TrainConfig, skip=tuple(OWNED) + ("seed",))
+    parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="first seed (default: 0)")
+
+
+def _report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="comparison or run directories")
+    parser.add_argument("--out", default=None, help="where to write the report (default: DIR when one is given, "
+                                                    "else ./report)")
+
+
+def _pretrain_config():
+    from rlvr.pretrain import PretrainConfig
+
+    return PretrainConfig
+
+
+def _plan_config():
+    from rlvr.plan import PlanConfig
+
+    return PlanConfig
+
+
+# name -> (handler, how its options are added, one-line doc)
 COMMANDS = {
-    "train": (cmd_train, TrainConfig, "one RL run -> a run directory"),
-    "eval": (cmd_eval, EvalConfig, "HM@k / pass@k of a model or run on a task's held-out split -> eval.json"),
-    "pretrain": (None, None, "reproduce the shipped tiny checkpoint from scratch"),
-    "tasks": (cmd_tasks, None, "list the tasks"),
-    "plan": (cmd_plan, "plan", "per K: measured step time and memory, expected share of groups with no signal"),
-    "compare": (cmd_compare, None, "train K=8 vs K=16 (and variants) on the same seeds and prompts -> report"),
-    "report": (cmd_report, None, "(re)build a comparison report from run directories"),
+    "train": (cmd_train, _fields_of(lambda: TrainConfig), "one RL run -> a run directory"),
+    "eval": (cmd_eval, _fields_of(lambda: EvalConfig),
+             "HM@k / pass@k of a model or run on a task's held-out split -> eval.json"),
+    "pretrain": (cmd_pretrain, _fields_of(_pretrain_config), "reproduce the shipped tiny checkpoint from scratch"),
+    "tasks": (cmd_tasks, lambda parser: None, "list the tasks"),
+    "plan": (cmd_plan, _fields_of(_plan_config),
+             "per K: measured step time and memory, expected share of groups with no signal"),
+    "compare": (cmd_compare, _compare_options,
+                "train K=8 vs K=16 (and variants) on the same seeds and prompts -> report"),
+    "report": (cmd_report, _report_options, "(re)build a comparison report from run directories"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     from rlvr import __version__
-    from rlvr.pretrain import PretrainConfig
 
     parser = _Parser(prog="rlvr", description="Reinforcement learning with verifiable rewards; see README.md.")
     parser.add_argument("--version", action="version", version=f"rlvr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name, (handler, cls, doc) in COMMANDS.items():
-        if name == "pretrain":
-            handler, cls = cmd_pretrain, PretrainConfig
-        if name == "plan":
-            from rlvr.plan import PlanConfig
-
-            cls = PlanConfig
-        p = sub.add_parser(name, help=doc, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-                           if cls is None else argparse.HelpFormatter)
-        if cls is not None:
-            _add_fields(p, cls)
-        elif name == "compare":
-            from rlvr.compare import OWNED, CompareConfig
-
-            _add_fields(p, CompareConfig, config_flag=False)
-            _add_fields(p, TrainConfig, skip=tuple(OWNED) + ("seed",))
-            p.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="first seed (default: 0)")
-        elif name == "report":
-            p.add_argument("dirs", nargs="+", metavar="DIR", help="comparison or run directories")
-            p.add_argument("--out", default=None, help="where to write the report (default: DIR when one is given, "
-                                                       "else ./report)")
-        p.set_defaults(handler=handler)
+    for name, (handler, add_options, doc) in COMMANDS.items():
+        command = sub.add_parser(name, help=doc, description=doc)
+        add_options(command)
+        command.set_defaults(handler=handler)
     return parser
 
 

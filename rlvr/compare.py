@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlvr.config import ConfigError, TrainConfig, opt, to_dict, to_toml
+from rlvr.config import ConfigError, TrainConfig, opt, require_positive, to_dict, to_toml
 
 DEFAULT_CONTROL = "k16-ent=--k 16 --entropy-target 1.2"  # the best control of docs/entropy.md's study
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -68,9 +68,7 @@ class CompareConfig:
                 raise ConfigError("k", f"every K must be at least 2, got {k}")
         if len(set(self.k)) != len(self.k):
             raise ConfigError("k", f"each K once, got {self.k}")
-        for name in ("seeds", "steps", "jobs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        require_positive(self, ("seeds", "steps", "jobs"))
         if self.eval_every < 0:
             raise ConfigError("eval_every", f"must be 0 or more, got {self.eval_every}")
         if self.match not in ("prompts", "samples"):

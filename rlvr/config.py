@@ -120,9 +120,7 @@ class TrainConfig:
         check_basic_values(self)
         positive_ints = ("steps", "k", "prompts_per_step", "max_new_tokens", "updates_per_step",
                          "eval_problems", "eval_samples", "keep_checkpoints")
-        for name in positive_ints:
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        require_positive(self, positive_ints)
         for name in ("micro_batch_size", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed",
                      "reward_workers", "max_bad_steps"):
             if getattr(self, name) < 0:
@@ -232,6 +230,13 @@ class TrainConfig:
 
 
 MAX_INT = 2**31 - 1  # no setting needs more; beyond it seeds and counters overflow
+
+
+def require_positive(cfg, names) -> None:
+    """ConfigError for the first of `names` (int fields) below 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(name, f"must be at least 1, got {getattr(cfg, name)}")
 
 
 def check_basic_values(cfg) -> None:

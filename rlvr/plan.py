@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlvr.config import ConfigError, TrainConfig, opt
+from rlvr.config import ConfigError, TrainConfig, opt, require_positive
 
 
 @dataclass
@@ -48,9 +48,7 @@ class PlanConfig:
     def validate(self) -> None:
         if not self.k or min(self.k) < 2:
             raise ConfigError("k", f"give group sizes of at least 2, got {self.k}")
-        for name in ("prompts_per_step", "pilot_prompts", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        require_positive(self, ("prompts_per_step", "pilot_prompts", "max_new_tokens"))
         if self.steps < 2:
             raise ConfigError("steps", f"needs at least 2 (one warm-up, one timed), got {self.steps}")
         if self.pilot_samples and self.pilot_samples < max(self.k):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from rlvr.backends.tiny import ByteTokenizer, TinyConfig, TinyLM, save_policy
-from rlvr.config import ConfigError, check_writable, opt, to_dict
+from rlvr.config import ConfigError, check_writable, opt, require_positive, to_dict
 from rlvr.rollout import sample_groups
 
 
@@ -41,9 +41,7 @@ class PretrainConfig:
     threads: int = opt(0, "torch CPU threads (0 = torch's default)")
 
     def validate(self) -> None:
-        for name in ("max_steps", "batch_size", "eval_every", "eval_problems", "d_model", "n_layer", "n_head"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        require_positive(self, ("max_steps", "batch_size", "eval_every", "eval_problems", "d_model", "n_layer", "n_head"))
         if self.d_model % self.n_head:
             raise ConfigError("n_head", f"must divide --d-model ({self.d_model}), got {self.n_head}")
         if not 0 < self.target_accuracy <= 1:

@@ -443,24 +443,26 @@ def _rounded(x):
     return x
 
 
-def build_summary(arms: list[Arm], numbers: dict[str, dict]) -> dict:
-    first = numbers[arms[0].name]
+def build_summary(arms: list[Arm], numbers: dict[str, dict | None]) -> dict:
+    """summary.json (INTERFACE.md). `arms` lists the arms with completed steps first; an arm with
+    none (numbers None) is listed with null values and left out of the verdicts."""
+    usable = [a for a in arms if numbers[a.name] is not None]
+    first = numbers[usable[0].name]
     entries = []
     for arm in arms:
-        n = numbers[arm.name]
-        gain = n["gain_at_100"]
+        n = numbers[arm.name] or {}
         entries.append({
             "name": arm.name, "k": arm.config["k"], "variant": variant_flags(arm, arms[0]),
-            "hm@4_gain_at_100": gain if gain is not None else {"value": None, "ci": None},
-            "entropy_retention_at_100": n["retention_at_100"], "entropy_retention_final": n["retention_final"],
-            "collapse_step": n["collapse_step"], "step_seconds_median": n["step_seconds_median"],
-            "peak_memory_mib": n["peak_memory_mib"],
-            "step_time_ratio": _ratio(n["step_seconds_median"], first["step_seconds_median"]),
-            "memory_ratio": _ratio(n["peak_memory_mib"], first["peak_memory_mib"]),
+            "hm@4_gain_at_100": n.get("gain_at_100") or {"value": None, "ci": None},
+            "entropy_retention_at_100": n.get("retention_at_100"), "entropy_retention_final": n.get("retention_final"),
+            "collapse_step": n.get("collapse_step"), "step_seconds_median": n.get("step_seconds_median"),
+            "peak_memory_mib": n.get("peak_memory_mib"),
+            "step_time_ratio": _ratio(n.get("step_seconds_median"), first["step_seconds_median"]),
+            "memory_ratio": _ratio(n.get("peak_memory_mib"), first["peak_memory_mib"]),
         })
-    seeds = max(len(a.runs) for a in arms)
-    return _rounded({"match": match_mode(arms), "steps": max(a.config["steps"] for a in arms), "seeds": seeds,
-                     "arms": entries, "verdicts": verdicts(arms, numbers)})
+    seeds = max(len(a.runs) for a in usable)
+    return _rounded({"match": match_mode(usable), "steps": max(a.config["steps"] for a in usable), "seeds": seeds,
+                     "arms": entries, "verdicts": verdicts(usable, numbers)})
 
 
 # ----------------------------------------------------------------------------------------
@@ -723,12 +725,7 @@ def build_report(dirs: list[str], out: str, context: dict | None = None) -> dict
     arms = [a for a in arms if a.usable] + [a for a in arms if not a.usable]
     numbers = {a.name: arm_numbers(a) if a.usable else None for a in arms}
     usable = [a for a in arms if a.usable]
-    summary = build_summary(usable, numbers)
-    summary["arms"] += [{"name": a.name, "k": a.config["k"], "variant": a.meta.get("variant", ""),
-                         "hm@4_gain_at_100": {"value": None, "ci": None}, "entropy_retention_at_100": None,
-                         "entropy_retention_final": None, "collapse_step": None, "step_seconds_median": None,
-                         "peak_memory_mib": None, "step_time_ratio": None, "memory_ratio": None}
-                        for a in arms if not a.usable]
+    summary = build_summary(arms, numbers)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     plots = make_plots(usable, numbers, root / "plots")
