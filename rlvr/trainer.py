@@ -411,7 +411,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         eval_json = {"model": cfg.model, "task": cfg.task, "split": "heldout", "step": step,
                      "n_samples": cfg.eval_samples, "temperature": cfg.eval_temperature,
                      "n_problems": cfg.eval_problems, **result}
-        (run.root / "eval.json").write_text(json.dumps(eval_json) + "\n")
+        write_text_atomic(run.root / "eval.json", json.dumps(eval_json) + "\n")
         evals_log.write(eval_json)
         events_log.write({"event": "eval", "step": step, "message": ", ".join(
             f"{name} {m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" for name, m in result["metrics"].items())})
