@@ -230,6 +230,7 @@ def arm_numbers(arm: Arm) -> dict:
         "retention_final": _mean_or_none([row.get("entropy/retention") for row in last_rows]),
         "retention_final_per_seed": [row.get("entropy/retention") for row in last_rows],
         "reward_last20": _mean_or_none([float(np.mean([x["reward/mean"] for x in r.rows[-20:]])) for r in runs]),
+        "reward_last20_by_seed": {r.seed: float(np.mean([x["reward/mean"] for x in r.rows[-20:]])) for r in runs},
         "collapse_onsets": onsets,
         "collapse_step": min([o for o in onsets if o is not None], default=None),
         "step_seconds_median": float(np.median(seconds)) if seconds else None,
@@ -325,6 +326,15 @@ def _stable(n: dict, ratio: float) -> tuple[bool, bool]:
     return steady, collapsed
 
 
+def _paired_reward_diffs(n: dict, base: dict) -> str:
+    """'per seed −0.015, +0.004' : the arm's last-20-step reward minus the base arm's, seed by seed."""
+    seeds = [s for s in n["reward_last20_by_seed"] if s in base["reward_last20_by_seed"]]
+    if not seeds:
+        return "no common seeds"
+    diffs = [n["reward_last20_by_seed"][s] - base["reward_last20_by_seed"][s] for s in seeds]
+    return "difference per seed " + ", ".join(f"{d:+.3f}" for d in diffs)
+
+
 def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
     """The seed's claims (a)-(e), each supported / refuted / inconclusive with its numbers."""
     k8 = next((a for a in arms if _is_plain(a, 8)), None)
@@ -414,7 +424,8 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
                     f"{_fmt(n['retention_final'])} (per seed {[_fmt(r) for r in n['retention_final_per_seed']]}) vs "
                     f"{_fmt(base['retention_final'])} without it; collapse onsets "
                     f"{_onsets(n)} vs {_onsets(base)}; hm@4 at the last evaluation minus plain K=16: "
-                    f"{_fmt_ci(diff)}")
+                    f"{_fmt_ci(diff)}; training reward over the last 20 steps {_fmt(n['reward_last20'], '.3f')} vs "
+                    f"{_fmt(base['reward_last20'], '.3f')} ({_paired_reward_diffs(n, base)})")
         if max(n["steps_done"], default=0) <= MIDPOINT:
             add(claim, "inconclusive", evidence + f"; the runs stop by step {MIDPOINT}, before the reported decay")
         elif not steady:

@@ -166,7 +166,7 @@ def test_a_failed_run_is_reported_and_the_others_finish(model_dir, tmp_path, cap
 # ---------------------------------------------------------------------------------------- verdict rules
 
 def write_run(root: Path, arm: str, seed: int, k: int, steps: int, entropy: list, correct0: list, correct100: list,
-              collapse_onset=None, seconds=0.1, peak=400.0, before=300.0, extra=None):
+              collapse_onset=None, seconds=0.1, peak=400.0, before=300.0, extra=None, reward=0.5):
     """A hand-made run directory: per-step entropy and the per-problem correct counts (of n=4)
     at steps 0 and 100."""
     from rlvr.config import TrainConfig, to_dict
@@ -176,7 +176,7 @@ def write_run(root: Path, arm: str, seed: int, k: int, steps: int, entropy: list
     config = {**to_dict(TrainConfig()), "k": k, "seed": seed, "steps": steps, **(extra or {})}
     (run / "config.json").write_text(json.dumps({"config": config}))
     (run / "arm.json").write_text(json.dumps({"arm": arm, "variant": "", "order": {"k8": 0, "k16": 1}.get(arm, 2)}))
-    rows = [{"step": s, "reward/mean": 0.5, "entropy/mean": entropy[s - 1], "entropy/retention": entropy[s - 1] / entropy[0],
+    rows = [{"step": s, "reward/mean": reward, "entropy/mean": entropy[s - 1], "entropy/retention": entropy[s - 1] / entropy[0],
              "reward/zero_signal_frac": 0.1, "diversity/answers": 0.5, "perf/step_seconds": seconds,
              "perf/peak_memory_mib": peak, "perf/memory_before_step_mib": before} for s in range(1, steps + 1)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -199,9 +199,12 @@ def test_verdicts_follow_their_documented_rules(tmp_path):
         write_run(tmp_path, "k16", seed, 16, steps, decaying, [0] * 40, [4] * 20 + [0] * 20, collapse_onset=120,
                   seconds=0.2, peak=500, before=300)
         write_run(tmp_path, "ctl", seed, 16, steps, steady, [0] * 40, [4] * 20 + [0] * 20, seconds=0.2, peak=500,
-                  before=300, extra={"entropy_target": 1.2})
+                  before=300, extra={"entropy_target": 1.2}, reward=(0.45, 0.52)[seed])
     summary = build_report([str(tmp_path)], str(tmp_path / "report"))
     verdicts = {v["claim"][:3]: v["verdict"] for v in summary["verdicts"]}
+    # (e) shows the control's training-reward cost, paired by seed, next to its verdict
+    assert "training reward over the last 20 steps 0.485 vs 0.500 (difference per seed -0.050, +0.020)" in \
+        summary["verdicts"][4]["evidence"]
     assert verdicts == {"(a)": "supported", "(b)": "supported", "(c)": "supported", "(d)": "supported",
                         "(e)": "supported"}
     arms = {a["name"]: a for a in summary["arms"]}
