@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ class PretrainConfig:
     warmup_steps: int = opt(100, "learning-rate warm-up steps")
     target_accuracy: float = opt(0.5, "stop once greedy held-out accuracy reaches this (0-1)")
     label_smoothing: float = opt(0.2, "label smoothing of the answer tokens: keeps temperature-1 samples noisier than greedy")
+    answer_spellings: int = opt(1, "spell each training answer in one of this many equivalent ways the verifier accepts "
+                                   "(1 = plain; up to 4: '95', '095', ' 95', '95.'), so the model learns harmless diversity")
     eval_every: int = opt(100, "steps between held-out evaluations")
     eval_problems: int = opt(500, "held-out problems per evaluation")
     d_model: int = opt(128, "model width")
@@ -46,6 +49,8 @@ class PretrainConfig:
             raise ConfigError("n_head", f"must divide --d-model ({self.d_model}), got {self.n_head}")
         if not 0 < self.target_accuracy <= 1:
             raise ConfigError("target_accuracy", f"must be in (0, 1], got {self.target_accuracy}")
+        if not 1 <= self.answer_spellings <= len(SPELLINGS):
+            raise ConfigError("answer_spellings", f"must be in 1..{len(SPELLINGS)}, got {self.answer_spellings}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         if not self.lr > 0:
@@ -59,13 +64,31 @@ class PretrainConfig:
         check_writable(self.out)
 
 
-def _training_batch(task, tokenizer: ByteTokenizer, start: int, size: int):
+# Equivalent spellings of an integer answer: the verifier reads the last signed integer and
+# normalises it, so all four score the same. A leading zero goes after the sign ("-07").
+SPELLINGS = (
+    lambda a: a,
+    lambda a: a[0] + "0" + a[1:] if a.startswith("-") else "0" + a,
+    lambda a: " " + a,
+    lambda a: a + ".",
+)
+
+
+def spell_answer(answer: str, index: int, spellings: int) -> str:
+    """Training example `index`'s answer in one of the first `spellings` spellings, chosen by the index."""
+    if spellings == 1:
+        return answer
+    choice = random.Random(index).randrange(spellings)
+    return SPELLINGS[choice](answer)
+
+
+def _training_batch(task, tokenizer: ByteTokenizer, start: int, size: int, spellings: int = 1):
     """Sequences BOS prompt answer EOS, right-padded; the loss covers answer and EOS only."""
     rows = []
     for index in range(start, start + size):
         item = task.item("train", index)
         prompt = tokenizer.encode(item["prompt"])
-        answer = list(item["answer"].encode()) + [tokenizer.eos_id]
+        answer = list(spell_answer(item["answer"], index, spellings).encode()) + [tokenizer.eos_id]
         rows.append((prompt + answer, len(prompt)))
     width = max(len(seq) for seq, _ in rows)
     ids = torch.full((size, width), tokenizer.pad_id, dtype=torch.long)
@@ -105,7 +128,8 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     for step in range(1, cfg.max_steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
-        ids, loss_mask = _training_batch(task, tokenizer, (step - 1) * cfg.batch_size, cfg.batch_size)
+        ids, loss_mask = _training_batch(task, tokenizer, (step - 1) * cfg.batch_size, cfg.batch_size,
+                                         cfg.answer_spellings)
         positions = torch.arange(ids.shape[1]).expand_as(ids)
         attn = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril()[None, None]  # causal
         logits = model(ids[:, :-1], positions[:, :-1], attn[..., :-1, :-1])  # (N, L-1, V)
