@@ -327,7 +327,7 @@ def _stable(n: dict, ratio: float) -> tuple[bool, bool]:
 
 
 def _paired_reward_diffs(n: dict, base: dict) -> str:
-    """'per seed −0.015, +0.004' : the arm's last-20-step reward minus the base arm's, seed by seed."""
+    """'difference per seed -0.015, +0.004': the arm's last-20-step reward minus the base arm's, seed by seed."""
     seeds = [s for s in n["reward_last20_by_seed"] if s in base["reward_last20_by_seed"]]
     if not seeds:
         return "no common seeds"
