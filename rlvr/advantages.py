@@ -39,12 +39,6 @@ def rloo(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - others
 
 
-def zero_signal_fraction(rewards: torch.Tensor) -> float:
-    """Share of groups whose K rewards are all equal (they carry no policy-gradient signal)."""
-    equal = (rewards == rewards[:, :1]).all(dim=1)  # (B,)
-    return float(equal.float().mean())
-
-
 def pass_at_k_advantage(rewards: torch.Tensor, k: int) -> torch.Tensor:
     """Pass@k Training's analytic group advantage (Chen et al. 2025, arXiv 2508.10751, §3.3).
 

@@ -162,9 +162,7 @@ def cmd_compare(args) -> int:
     for arm, seed, message in failed:
         print(f"rlvr compare: {arm} seed {seed} FAILED: {message}", file=sys.stderr)
     if summary is not None:
-        for v in summary["verdicts"]:
-            print(f"  {v['verdict']:<12} {v['claim']}")
-        print(f"rlvr compare: report {Path(cc.out) / 'report.html'} (and report.md, summary.json, plots/)")
+        _print_report(summary, "rlvr compare: report", cc.out)
     return 1 if failed or summary is None else 0
 
 
@@ -183,10 +181,15 @@ def cmd_report(args) -> int:
     except ReportError as err:  # names the directory and what is missing; no option to name
         print(f"rlvr report: error: {err}", file=sys.stderr)
         return 2
+    _print_report(summary, "rlvr report:", out)
+    return 0
+
+
+def _print_report(summary: dict, prefix: str, out: str) -> None:
+    """The verdicts, one line each, then where the report is."""
     for v in summary["verdicts"]:
         print(f"  {v['verdict']:<12} {v['claim']}")
-    print(f"rlvr report: {Path(out) / 'report.html'} (and report.md, summary.json, plots/)")
-    return 0
+    print(f"{prefix} {Path(out) / 'report.html'} (and report.md, summary.json, plots/)")
 
 
 def cmd_plan(args) -> int:

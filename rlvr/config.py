@@ -119,7 +119,7 @@ class TrainConfig:
         """Raises ConfigError for the first bad field, before any work starts."""
         check_basic_values(self)
         positive_ints = ("steps", "k", "prompts_per_step", "max_new_tokens", "updates_per_step",
-                         "eval_problems", "eval_samples", "keep_checkpoints")
+                         "eval_problems", "eval_samples", "keep_checkpoints", "collapse_patience")
         require_positive(self, positive_ints)
         for name in ("micro_batch_size", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed",
                      "reward_workers", "max_bad_steps"):
@@ -144,8 +144,6 @@ class TrainConfig:
             raise ConfigError("on_collapse", f"must be warn, stop or rollback, got {self.on_collapse!r}")
         if not 0 < self.collapse_ratio < 1:
             raise ConfigError("collapse_ratio", f"must be in (0, 1), got {self.collapse_ratio}")
-        if self.collapse_patience < 1:
-            raise ConfigError("collapse_patience", f"must be at least 1, got {self.collapse_patience}")
         for name in ("max_rollbacks", "rollback_entropy_boost", "entropy_target", "entropy_coef_step",
                      "entropy_coef_max", "kl_cov_coef"):
             if not getattr(self, name) >= 0:

@@ -217,6 +217,7 @@ def arm_numbers(arm: Arm) -> dict:
     last_rows = [r.rows[-1] for r in runs]
     seconds = [row["perf/step_seconds"] for r in runs for row in r.rows]
     onsets = [r.collapse_onset for r in runs]
+    reward_last20 = {r.seed: float(np.mean([x["reward/mean"] for x in r.rows[-20:]])) for r in runs}
     return {
         "seeds": [r.seed for r in arm.runs],
         "status": {r.seed: r.status for r in arm.runs},
@@ -229,8 +230,8 @@ def arm_numbers(arm: Arm) -> dict:
         "retention_at_100": _mean_or_none([r.value_at("entropy/retention", MIDPOINT) for r in runs]),
         "retention_final": _mean_or_none([row.get("entropy/retention") for row in last_rows]),
         "retention_final_per_seed": [row.get("entropy/retention") for row in last_rows],
-        "reward_last20": _mean_or_none([float(np.mean([x["reward/mean"] for x in r.rows[-20:]])) for r in runs]),
-        "reward_last20_by_seed": {r.seed: float(np.mean([x["reward/mean"] for x in r.rows[-20:]])) for r in runs},
+        "reward_last20": _mean_or_none(list(reward_last20.values())),
+        "reward_last20_by_seed": reward_last20,
         "collapse_onsets": onsets,
         "collapse_step": min([o for o in onsets if o is not None], default=None),
         "step_seconds_median": float(np.median(seconds)) if seconds else None,

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import torch
 
 from rlvr.reward_pool import RewardPool
-from rlvr.verifiers import TIMEOUT
 
 
 @dataclass
@@ -27,10 +26,6 @@ class ScoredBatch:
     rewards: torch.Tensor  # (B, K) float32 in [0, 1]
     answers: list[str | None]  # N extracted final answers
     failures: list[RewardFailure] = field(default_factory=list)
-
-    @property
-    def timeouts(self) -> int:
-        return sum(f.kind == TIMEOUT for f in self.failures)
 
 
 def score_batch(pool: RewardPool, task, texts: list[str], items: list[dict], k: int,

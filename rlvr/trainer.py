@@ -28,6 +28,7 @@ import resource
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,6 +224,11 @@ class StepResult:
     skipped: str | None  # why the update was not applied ("loss" or "gradient" was non-finite), or None
 
 
+# What train_step reports per step, averaged over its updates (plus tokens/trained_frac).
+UPDATE_METRICS = ("loss/policy", "loss/entropy", "loss/kl", "clip/frac", "grad/norm", "clip/cov_tokens",
+                  "clip/kl_cov_tokens")
+
+
 def loss_settings(cfg: TrainConfig, entropy_coef: float) -> LossSettings:
     return LossSettings(
         clip_low=cfg.clip_low, clip_high=cfg.clip_high, aggregation=cfg.loss_agg, beta=cfg.beta,
@@ -255,8 +261,7 @@ def train_step(model, optimizer, batch, advantages, cfg: TrainConfig, ref_model=
             ref_logprobs = torch.cat([completion_logprobs(ref_model, batch.prompt_ids[c], batch.prompt_mask[c],
                                                           batch.completion_ids[c], batch.completion_mask[c],
                                                           cfg.temperature)[0] for c in chunks])
-    sums = {"loss/policy": 0.0, "loss/entropy": 0.0, "loss/kl": 0.0, "clip/frac": 0.0, "grad/norm": 0.0,
-            "clip/cov_tokens": 0.0, "clip/kl_cov_tokens": 0.0}
+    sums = dict.fromkeys(UPDATE_METRICS, 0.0)
     skipped = None
     params = [p for p in model.parameters() if p.requires_grad]
     for update in range(cfg.updates_per_step):
@@ -295,9 +300,7 @@ def train_step(model, optimizer, batch, advantages, cfg: TrainConfig, ref_model=
 
 def no_update() -> StepResult:
     """The metrics of a step that trained on nothing (no group had signal): no update is made."""
-    keys = ("loss/policy", "loss/entropy", "loss/kl", "clip/frac", "grad/norm", "clip/cov_tokens",
-            "clip/kl_cov_tokens", "tokens/trained_frac")
-    return StepResult({key: 0.0 for key in keys}, skipped=None)
+    return StepResult(dict.fromkeys((*UPDATE_METRICS, "tokens/trained_frac"), 0.0), skipped=None)
 
 
 def make_entropy_controller(cfg: TrainConfig) -> EntropyCoefficient:
@@ -537,14 +540,15 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
 def check_reward_failures(failures: list[RewardFailure], calls: int, cfg: TrainConfig, step: int, events_log) -> None:
     """One `reward_error` event per failure kind of the step (count, first item id, its message);
     stops the run when the step's failed share of its `calls` exceeds --max-reward-error-frac."""
+    counts = Counter(f.kind for f in failures)
     first_of_kind: dict = {}
     for failure in failures:
-        first_of_kind.setdefault(failure.kind, (failure, sum(f.kind == failure.kind for f in failures)))
-    for kind, (failure, count) in first_of_kind.items():
-        events_log.write({"event": "reward_error", "step": step, "kind": kind, "count": count,
+        first_of_kind.setdefault(failure.kind, failure)
+    for kind, failure in first_of_kind.items():
+        events_log.write({"event": "reward_error", "step": step, "kind": kind, "count": counts[kind],
                           "item": failure.item_id, "message": failure.detail})
     if len(failures) > cfg.max_reward_error_frac * calls:
-        kinds = ", ".join(f"{count} {kind}" for kind, (_, count) in first_of_kind.items())
+        kinds = ", ".join(f"{count} {kind}" for kind, count in counts.items())
         stop_failed(events_log, step, f"--max-reward-error-frac: {len(failures)} of {calls} verifier calls "
                     f"failed at step {step} ({kinds}), more than {cfg.max_reward_error_frac:g} of them; see the "
                     "reward_error events in events.jsonl, fix the verifier (or raise --reward-timeout or "
