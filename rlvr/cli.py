@@ -31,7 +31,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip: tuple = (), config_f
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        help_text = f"{f.metadata['help']} (default: {default})"
+        help_text = f"{f.metadata['help']} (default: {default})".replace("%", "%%")  # argparse %-formats help
         type_name = f.type if isinstance(f.type, str) else f.type.__name__
         if type_name == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
@@ -57,9 +57,16 @@ def _build(cls, args: argparse.Namespace):
 
 @dataclass
 class EvalConfig:
-    model: str = opt("tiny", "model to evaluate: 'tiny' (shipped) or a model directory (e.g. a run's final/)")
-    run: str = opt("", "a run directory: evaluates its final/ model on its task (overrides --model/--task)")
+    model: str = opt("tiny", "model to evaluate: 'tiny' (built-in), 'smollm2', a .gguf file, or a model directory "
+                             "(transformers, LoRA adapter, or a run's final/)")
+    run: str = opt("", "a run directory: evaluates its final/ model on its task with its prompt settings "
+                       "(overrides --model, --task, --answer-format, --chat-template, --system-prompt)")
     task: str = opt("arith", "task whose held-out split is evaluated")
+    answer_format: str = opt("auto", "how the final answer is stated and read: auto (the task's own), last-number, "
+                                     "boxed, answer-tag or last-line")
+    chat_template: str = opt("auto", "auto: chat models get the chat template and a natural-language question; "
+                                     "none: the raw prompt")
+    system_prompt: str = opt("", "system message for chat models ('' = the chat template's default)")
     samples: int = opt(16, "n: samples per problem")
     k: list = opt([1, 4, 8], "k values of pass@k / hm@k (each ≤ --samples)")
     temperature: float = opt(1.0, "sampling temperature (0 = greedy only makes pass@1 meaningful)")
@@ -78,6 +85,8 @@ class EvalConfig:
         run_cfg = json.loads(config_file.read_text())["config"]
         self.model, self.task = str(Path(self.run) / "final"), run_cfg["task"]
         self.max_new_tokens = run_cfg["max_new_tokens"]
+        for name in ("answer_format", "chat_template", "system_prompt"):  # absent from runs before they existed
+            setattr(self, name, run_cfg.get(name, getattr(self, name)))
 
     def validate(self) -> None:
         check_basic_values(self)
@@ -93,8 +102,8 @@ class EvalConfig:
             raise ConfigError("temperature", f"must be ≥ 0, got {self.temperature}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError("device", f"must be cpu or cuda, got {self.device!r}")
-        check_model_path(self.model)
-        check_task(self.task, self.seed, self.max_new_tokens, self.model)
+        check_model_path(self.model, self)
+        check_task(self.task, self.seed, self.max_new_tokens, self.model, prompts_of=self)
         check_writable(str(Path(self.out).parent) if Path(self.out).parent != Path("") else ".", "out")
 
 
@@ -108,19 +117,18 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
-    from rlvr.backends.tiny import ByteTokenizer, load_policy
+    from rlvr.backends import ModelSettings, load_policy
     from rlvr.evaluation import evaluate_policy
     from rlvr.tasks import get_task
 
     cfg = _build(EvalConfig, args)
     cfg.validate()
-    model = load_policy(cfg.model).to(torch.device(cfg.device))
-    task = get_task(cfg.task, seed=cfg.seed)
-    result = evaluate_policy(model, ByteTokenizer(), task, problems=cfg.problems, samples=cfg.samples, ks=cfg.k,
+    policy = load_policy(cfg.model, ModelSettings.of(cfg))
+    task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format)
+    result = evaluate_policy(policy, task, problems=cfg.problems, samples=cfg.samples, ks=cfg.k,
                              temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-    report = {"model": cfg.model, "task": cfg.task, "split": "heldout", "n_samples": cfg.samples,
+    report = {"model": cfg.model, "task": cfg.task, "answer_format": task.answer_format.name,
+              "split": "heldout", "n_samples": cfg.samples,
               "temperature": cfg.temperature, "n_problems": cfg.problems, **result}
     Path(cfg.out).write_text(json.dumps(report, indent=1) + "\n")
     from rich.console import Console

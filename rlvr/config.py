@@ -37,8 +37,14 @@ def opt(default: Any, doc: str, **meta: Any) -> Any:
 @dataclass
 class TrainConfig:
     # what to train
-    model: str = opt("tiny", "model to start from: 'tiny' (the shipped built-in model) or a directory holding one")
+    model: str = opt("tiny", "model to start from: 'tiny' (built-in), 'smollm2', a .gguf file, a transformers or LoRA "
+                             "adapter directory, or an rlvr run directory (docs/models.md)")
     task: str = opt("arith", "task: a built-in name (see `rlvr tasks`), rg:<name> (reasoning-gym) or jsonl:<path>")
+    answer_format: str = opt("auto", "how the final answer is stated and read: auto (the task's own), last-number, "
+                                     "boxed, answer-tag or last-line (docs/models.md)")
+    chat_template: str = opt("auto", "auto: prompt chat models through their chat template with a natural-language "
+                                     "question; none: the task's raw prompt")
+    system_prompt: str = opt("", "system message for chat models ('' = the chat template's default)")
     reward: str = opt("task", "verifier: 'task' (the task's own), 'code_exec' (runs the completion against the item's "
                               "tests; jsonl tasks) or module:function returning a float in [0, 1]")
     reward_workers: int = opt(2, "verifier worker processes (0 = call it in the training process: no timeout, "
@@ -74,6 +80,11 @@ class TrainConfig:
     top_entropy_tokens: float = opt(0.0, "train only on the top Q fraction of tokens by entropy, e.g. 0.2 (0 = all tokens)")
     updates_per_step: int = opt(1, "policy updates on one rollout batch (1 = on-policy; more reuses it with clipping)")
     micro_batch_size: int = opt(0, "rows per forward/backward chunk (0 = the whole batch); does not change the result")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (Hugging Face models): "
+                                              "less memory, ~30% more update time")
+    lora_rank: int = opt(0, "LoRA rank r (Hugging Face models; 0 = train every weight); only the adapter is trained and saved")
+    lora_alpha: float = opt(16.0, "LoRA alpha: the adapter's output is scaled by alpha / r")
+    lora_targets: str = opt("all-linear", "LoRA target modules: all-linear, or comma-separated names such as q_proj,v_proj")
     # sampling strategies and reward structures for large K (docs/sampling.md)
     group_filter: bool = opt(False, "DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts until B groups have signal")
     max_extra_rollouts: int = opt(-1, "--group-filter's budget: extra completions a step may sample beyond its B·K (-1 = 2·B·K; 0 = drop without refilling)")
@@ -121,7 +132,7 @@ class TrainConfig:
         positive_ints = ("steps", "k", "prompts_per_step", "max_new_tokens", "updates_per_step",
                          "eval_problems", "eval_samples", "keep_checkpoints", "collapse_patience")
         require_positive(self, positive_ints)
-        for name in ("micro_batch_size", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed",
+        for name in ("micro_batch_size", "lora_rank", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed",
                      "reward_workers", "max_bad_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be 0 or more, got {getattr(self, name)}")
@@ -181,8 +192,10 @@ class TrainConfig:
         for name in filter(None, (s.strip() for s in self.log.split(","))):
             if name not in known_loggers:
                 raise ConfigError("log", f"unknown logger {name!r}; available: {', '.join(sorted(known_loggers))}")
-        check_model_path(self.model)
-        check_task(self.task, self.seed, self.max_new_tokens, self.model)
+        if self.lora_rank and not self.lora_alpha > 0:
+            raise ConfigError("lora_alpha", f"must be > 0 with --lora-rank, got {self.lora_alpha}")
+        check_model_path(self.model, self)
+        check_task(self.task, self.seed, self.max_new_tokens, self.model, prompts_of=self)
         check_reward(self.reward, self.task)
         check_writable(self.out)
 
@@ -274,29 +287,49 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def check_model_path(model: str, field_name: str = "model") -> None:
-    if model == "tiny":
-        return
-    if not _is_file(Path(model) / "config.json"):
-        raise ConfigError(field_name, f"{model!r} is not 'tiny' nor a directory with config.json and "
-                                      "model.safetensors (a run's final/ or a checkpoint)")
-
-
-def check_task(name: str, seed: int, max_new_tokens: int, model: str, field_name: str = "task") -> None:
-    """The task must exist and its prompts plus completions must fit the model's context."""
-    from rlvr.tasks import get_task
+def check_model_path(model: str, cfg: Any = None, field_name: str = "model") -> None:
+    """`--model` must name something loadable, and its settings must suit the backend."""
+    from rlvr.backends import ModelError, resolve
 
     try:
-        task = get_task(name, seed=seed)
-        longest = max(len(task.item(split, i)["prompt"].encode()) for split in ("train", "heldout") for i in range(32))
+        ref = resolve(model)
+    except ModelError as err:
+        raise ConfigError(field_name, str(err)) from None
+    if cfg is None:
+        return
+    if ref.backend == "tiny":
+        for name in ("lora_rank", "gradient_checkpointing"):
+            if getattr(cfg, name, 0):
+                raise ConfigError(name, "is for Hugging Face models; the built-in model is small and trained in full")
+    if getattr(cfg, "chat_template", "auto") not in ("auto", "none"):
+        raise ConfigError("chat_template", f"must be auto or none, got {cfg.chat_template!r}")
+
+
+def check_task(name: str, seed: int, max_new_tokens: int, model: str, field_name: str = "task",
+               prompts_of: Any = None) -> None:
+    """The task and its answer format must exist, and its prompts (as the model will see them:
+    tokenized, through the chat template when there is one) plus completions must fit the
+    model's context. `prompts_of`: the config holding the prompt settings (chat template, ...)."""
+    from rlvr.answers import ANSWER_FORMATS
+    from rlvr.backends import ModelError, ModelSettings, load_prompts
+    from rlvr.tasks import get_task
+
+    answer_format = getattr(prompts_of, "answer_format", "auto")
+    if answer_format != "auto" and answer_format not in ANSWER_FORMATS:
+        raise ConfigError("answer_format", f"unknown {answer_format!r}; known: auto, {', '.join(ANSWER_FORMATS.names())}")
+    try:
+        task = get_task(name, seed=seed, answer_format=answer_format)
+        items = [task.item(split, i) for split in ("train", "heldout") for i in range(32)]
     except Exception as err:  # any failure to build the task is the user's task setting
         raise ConfigError(field_name, str(err)) from None
-    from rlvr.backends.tiny import load_policy_config
-
-    max_len = load_policy_config(model).max_seq_len
-    if longest + 1 + max_new_tokens > max_len:
-        raise ConfigError("max_new_tokens", f"prompts of {name!r} take up to {longest + 1} tokens; with "
-                          f"{max_new_tokens} new tokens that exceeds the model's context of {max_len}")
+    try:
+        prompts = load_prompts(model, ModelSettings.of(prompts_of))
+    except ModelError as err:
+        raise ConfigError("model", str(err)) from None
+    longest = max(len(prompts.encode_prompt(item)) for item in items)
+    if longest + max_new_tokens > prompts.max_seq_len:
+        raise ConfigError("max_new_tokens", f"prompts of {name!r} take up to {longest} tokens; with "
+                          f"{max_new_tokens} new tokens that exceeds the model's context of {prompts.max_seq_len}")
 
 
 def check_writable(out: str, field_name: str = "out") -> None:

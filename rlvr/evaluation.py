@@ -400,8 +400,7 @@ EVAL_BATCH_ROWS = 2048
 
 
 def evaluate_policy(
-    model,
-    tokenizer,
+    policy,
     task,
     *,
     problems: int,
@@ -411,7 +410,7 @@ def evaluate_policy(
     max_new_tokens: int,
     seed: int,
 ) -> dict:
-    """HM@k / pass@k of `model` on the first `problems` held-out items of `task`.
+    """HM@k / pass@k of `policy` (rlvr.backends.Policy) on the first `problems` held-out items of `task`.
 
     Uses its own torch.Generator (seeded by `seed`), never the global RNG, so evaluating
     inside a training run does not change what the run samples afterwards. All `samples`
@@ -425,17 +424,17 @@ def evaluate_policy(
     ks = sorted(set(int(k) for k in ks))
     for k in ks:
         _check_counts(samples, 0, k)
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator(device=model.tok_emb.weight.device).manual_seed(seed)
+    was_training = policy.module.training
+    policy.module.eval()
+    generator = torch.Generator(device=policy.device).manual_seed(seed)
     items = [task.item("heldout", i) for i in range(problems)]
     per_problem = []
     chunk = max(1, EVAL_BATCH_ROWS // samples)
     for start in range(0, problems, chunk):
         group = items[start : start + chunk]
-        sampled = sample_groups(model, tokenizer, group, samples, max_new_tokens=max_new_tokens,
+        sampled = sample_groups(policy, group, samples, max_new_tokens=max_new_tokens,
                                 temperature=temperature, generator=generator)
-        greedy = sample_groups(model, tokenizer, group, 1, max_new_tokens=max_new_tokens,
+        greedy = sample_groups(policy, group, 1, max_new_tokens=max_new_tokens,
                                temperature=0.0, generator=generator)
         seq_logprobs = sampled.logprobs.sum(dim=1).tolist()  # (N,) log-prob of each whole completion
         for g, item in enumerate(group):
@@ -450,7 +449,7 @@ def evaluate_policy(
             for k in ks:
                 record[f"hm@{k}_ranked"] = hm_at_k_ranked(answers, correct, [seq_logprobs[i] for i in rows], k)
             per_problem.append(record)
-    model.train(was_training)
+    policy.module.train(was_training)
     return {"metrics": metrics_from_per_problem(per_problem, ks, seed), "per_problem": per_problem}
 
 

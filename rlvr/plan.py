@@ -31,8 +31,14 @@ from rlvr.config import ConfigError, TrainConfig, opt, require_positive
 @dataclass
 class PlanConfig:
     k: list = opt([4, 8, 16, 32], "group sizes K to plan for")
-    model: str = opt("tiny", "model: 'tiny' (shipped) or a model directory")
+    model: str = opt("tiny", "model, as rlvr train --model (docs/models.md)")
     task: str = opt("arith", "task (see `rlvr tasks`)")
+    answer_format: str = opt("auto", "answer format, as rlvr train --answer-format")
+    chat_template: str = opt("auto", "auto or none, as rlvr train --chat-template")
+    system_prompt: str = opt("", "system message for chat models, as rlvr train --system-prompt")
+    micro_batch_size: int = opt(0, "rows per forward/backward chunk of the timed steps (0 = the whole batch)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (Hugging Face models)")
+    lora_rank: int = opt(0, "LoRA rank of the timed steps (0 = full fine-tuning)")
     reward: str = opt("task", "verifier: 'task' or module:function")
     prompts_per_step: int = opt(8, "B: prompts per training step (as rlvr train)")
     steps: int = opt(6, "training steps timed per K (the first is a warm-up and not counted)")
@@ -58,7 +64,10 @@ class PlanConfig:
         self.train_config(self.k[0], "plan-check").validate()
 
     def train_config(self, k: int, out: str) -> TrainConfig:
-        return TrainConfig(model=self.model, task=self.task, reward=self.reward, k=k, prompts_per_step=self.prompts_per_step,
+        return TrainConfig(model=self.model, task=self.task, answer_format=self.answer_format,
+                           chat_template=self.chat_template, system_prompt=self.system_prompt,
+                           micro_batch_size=self.micro_batch_size, gradient_checkpointing=self.gradient_checkpointing,
+                           lora_rank=self.lora_rank, reward=self.reward, k=k, prompts_per_step=self.prompts_per_step,
                            steps=self.steps, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
                            seed=self.seed, threads=self.threads, device=self.device, out=out, eval_every=0,
                            checkpoint_every=0, keep_checkpoints=1, quiet=True)
@@ -75,23 +84,25 @@ def pilot(cfg: PlanConfig) -> tuple[np.ndarray, int]:
     """Correct counts (P,) out of n samples per prompt."""
     import torch
 
-    from rlvr.backends.tiny import ByteTokenizer, load_policy
+    from rlvr.backends import ModelSettings, load_policy
     from rlvr.reward_pool import RewardPool
     from rlvr.rewards import score_batch
     from rlvr.rollout import sample_groups
     from rlvr.tasks import get_task
 
     n = cfg.pilot_samples or max(cfg.k)
-    task = get_task(cfg.task, seed=cfg.seed)
+    task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format)
     defaults = TrainConfig()
-    model = load_policy(cfg.model).to(torch.device(cfg.device)).eval()
+    policy = load_policy(cfg.model, ModelSettings.of(cfg))
+    policy.module.eval()
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     items = [task.item("train", i) for i in range(cfg.pilot_prompts)]
     correct = []
-    with RewardPool(cfg.reward, cfg.task, cfg.seed, defaults.reward_workers, defaults.reward_timeout) as pool:
+    with RewardPool(cfg.reward, cfg.task, cfg.seed, defaults.reward_workers, defaults.reward_timeout,
+                    cfg.answer_format) as pool:
         for start in range(0, len(items), 16):
             chunk = items[start:start + 16]
-            batch = sample_groups(model, ByteTokenizer(), chunk, n, max_new_tokens=cfg.max_new_tokens,
+            batch = sample_groups(policy, chunk, n, max_new_tokens=cfg.max_new_tokens,
                                   temperature=cfg.temperature, generator=generator)
             rewards = score_batch(pool, task, batch.texts, chunk, n).rewards  # (chunk, n); failures score 0
             correct.extend((rewards >= 0.5).sum(dim=1).tolist())

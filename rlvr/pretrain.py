@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rlvr.backends.tiny import ByteTokenizer, TinyConfig, TinyLM, save_policy
+from rlvr.backends.tiny import ByteTokenizer, TinyConfig, TinyLM, TinyPolicy, save_policy
 from rlvr.config import ConfigError, check_writable, opt, require_positive, to_dict
 from rlvr.rollout import sample_groups
 
@@ -99,13 +99,14 @@ def _training_batch(task, tokenizer: ByteTokenizer, start: int, size: int, spell
     return ids, loss_mask
 
 
-def heldout_accuracy(model, tokenizer, task, problems: int, temperature: float, seed: int) -> float:
+def heldout_accuracy(model: TinyLM, task, problems: int, temperature: float, seed: int) -> float:
     """Share of held-out problems solved by one sample (greedy when temperature is 0)."""
+    policy = TinyPolicy(model)
     generator = torch.Generator().manual_seed(seed)
     solved = 0
     for start in range(0, problems, 256):
         items = [task.item("heldout", i) for i in range(start, min(problems, start + 256))]
-        batch = sample_groups(model, tokenizer, items, 1, max_new_tokens=8, temperature=temperature,
+        batch = sample_groups(policy, items, 1, max_new_tokens=8, temperature=temperature,
                               generator=generator)
         solved += sum(task.score(text, item) for text, item in zip(batch.texts, items))
     return solved / problems
@@ -142,8 +143,8 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         optimizer.step()
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             model.eval()
-            greedy = heldout_accuracy(model, tokenizer, task, cfg.eval_problems, 0.0, cfg.seed)
-            sampled = heldout_accuracy(model, tokenizer, task, cfg.eval_problems, 1.0, cfg.seed)
+            greedy = heldout_accuracy(model, task, cfg.eval_problems, 0.0, cfg.seed)
+            sampled = heldout_accuracy(model, task, cfg.eval_problems, 1.0, cfg.seed)
             model.train()
             record = {"step": step, "loss": round(float(loss.detach()), 4), "greedy_accuracy": greedy,
                       "sampled_accuracy": sampled, "seconds": round(time.time() - started, 1)}

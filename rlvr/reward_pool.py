@@ -100,8 +100,10 @@ class _Worker:
 class RewardPool:
     """Scores (completion, item) pairs with the verifier named `reward`; use as a context manager."""
 
-    def __init__(self, reward: str, task_name: str, seed: int, workers: int, timeout: float) -> None:
-        self.spec = {"reward": reward, "task": task_name, "seed": seed, "parent": os.getpid()}
+    def __init__(self, reward: str, task_name: str, seed: int, workers: int, timeout: float,
+                 answer_format: str = "auto") -> None:
+        self.spec = {"reward": reward, "task": task_name, "seed": seed, "answer_format": answer_format,
+                     "parent": os.getpid()}
         self.timeout = timeout
         self.verifier = _build_verifier(self.spec) if workers == 0 else None
         started = [self._spawn() for _ in range(workers)]
@@ -209,7 +211,7 @@ def _build_verifier(spec: dict):
     if needs_task(spec["reward"]):
         from rlvr.tasks import get_task
 
-        task = get_task(spec["task"], seed=spec["seed"])
+        task = get_task(spec["task"], seed=spec["seed"], answer_format=spec.get("answer_format", "auto"))
     return load_verifier(spec["reward"], task)
 
 

@@ -1,15 +1,17 @@
 """Prompts -> K samples each, as one batch, with exact per-token entropy at no extra cost.
 
 `sample_groups` prefills each distinct prompt once, copies its KV cache K times and decodes all
-B·K sequences together. The log-probability and the exact entropy of every generated token come
-from the logits the sampler computes anyway. `completion_logprobs` is the training-side forward
-over prompt + completion (with gradients) that the loss uses.
+B·K sequences together until every row has produced a stop token (EOS or the chat template's end
+of turn). The log-probability and the exact entropy of every generated token come from the
+logits the sampler computes anyway. `completion_logprobs` is the training-side forward over
+prompt + completion (with gradients) that the loss uses. Both only use the Policy interface
+(`rlvr.backends`), so they run on every backend.
 """
 from __future__ import annotations
 
 import torch
 
-from rlvr.backends.tiny import ByteTokenizer, TinyLM
+from rlvr.backends import Policy
 from rlvr.entropy import token_entropy
 from rlvr.types import RolloutBatch
 
@@ -31,19 +33,9 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def _causal_mask(valid: torch.Tensor) -> torch.Tensor:
-    """(N, L) bool -> (N, 1, L, L): causal, padding keys hidden. Each position may always see
-    itself so fully padded query rows stay finite; their outputs are never used."""
-    length = valid.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
-    eye = torch.eye(length, dtype=torch.bool, device=valid.device)
-    return ((causal & valid[:, None, None, :]) | eye)
-
-
 @torch.no_grad()
 def sample_groups(
-    model: TinyLM,
-    tokenizer: ByteTokenizer,
+    policy: Policy,
     items: list[dict],
     k: int | list[int],
     *,
@@ -54,8 +46,8 @@ def sample_groups(
     """Samples k completions for each item's prompt, or k[g] for item g when k is a list (group
     sizes of --adaptive-k). temperature 0 means greedy decoding (its log-probs and entropies are
     then those of the untempered distribution)."""
-    device = model.tok_emb.weight.device
-    prompt_ids, prompt_mask = left_pad([tokenizer.encode(it["prompt"]) for it in items], tokenizer.pad_id)
+    device = policy.device
+    prompt_ids, prompt_mask = left_pad([policy.encode_prompt(it) for it in items], policy.pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)  # (B, P)
     batch, width = prompt_ids.shape
     repeats = k if isinstance(k, int) else torch.tensor(k, device=device)  # int, or (B,) long
@@ -63,15 +55,19 @@ def sample_groups(
     scale = temperature if temperature > 0 else 1.0
 
     # Prefill each prompt once, then give every sample its own copy of the cache.
-    cache = model.new_cache(batch, width + max_new_tokens)
-    logits = model(prompt_ids, _positions(prompt_mask), _causal_mask(prompt_mask), cache)[:, -1]  # (B, V)
+    if width + max_new_tokens > policy.max_seq_len:
+        raise ValueError(f"prompts of up to {width} tokens plus {max_new_tokens} new tokens exceed the model's "
+                         f"context of {policy.max_seq_len}; use shorter prompts or a smaller --max-new-tokens")
+    cache = policy.new_cache(batch, width + max_new_tokens)
+    logits = policy.forward(prompt_ids, _positions(prompt_mask), prompt_mask, cache, logits_to_keep=1)[:, -1]  # (B, V)
     logits = logits.repeat_interleave(repeats, dim=0)  # (N, V)
-    cache = cache.repeat_interleave(repeats)
+    cache = policy.repeat_cache(cache, repeats)
     prompt_ids = prompt_ids.repeat_interleave(repeats, dim=0)  # (N, P)
     prompt_mask = prompt_mask.repeat_interleave(repeats, dim=0)
     next_position = prompt_mask.sum(dim=1, keepdim=True)  # (N, 1) position of the first new token
 
-    tokens = torch.full((rows, max_new_tokens), tokenizer.pad_id, dtype=torch.long, device=device)
+    stop_ids = torch.tensor(policy.stop_ids, device=device)
+    tokens = torch.full((rows, max_new_tokens), policy.pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((rows, max_new_tokens), device=device)
     entropy = torch.zeros((rows, max_new_tokens), device=device)
     generated = torch.zeros((rows, max_new_tokens), dtype=torch.bool, device=device)
@@ -84,20 +80,19 @@ def sample_groups(
             token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)  # (N,)
         else:
             token = logp.argmax(dim=-1)
-        token = torch.where(done, tokenizer.pad_id, token)
+        token = torch.where(done, policy.pad_id, token)
         tokens[:, t] = token
         generated[:, t] = ~done
         logprobs[:, t] = logp.gather(1, token[:, None]).squeeze(1)
         entropy[:, t] = -(logp.exp() * logp).sum(dim=-1)
-        done = done | (token == tokenizer.eos_id)
+        done = done | torch.isin(token, stop_ids)
         if bool(done.all()) or t == max_new_tokens - 1:
             break
-        attn = key_mask[:, None, None, : width + t + 1]  # (N, 1, 1, S)
-        logits = model(token[:, None], next_position + t, attn, cache)[:, -1]  # (N, V)
+        logits = policy.forward(token[:, None], next_position + t, key_mask[:, : width + t + 1], cache)[:, -1]  # (N, V)
 
     logprobs = logprobs * generated
     entropy = entropy * generated
-    texts = [tokenizer.decode(row) for row in tokens.tolist()]
+    texts = [policy.decode(row) for row in tokens.tolist()]
     group_ids = torch.arange(batch, device=device).repeat_interleave(repeats)
     return RolloutBatch(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=tokens,
@@ -154,7 +149,7 @@ def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
 
 
 def completion_logprobs(
-    model: TinyLM,
+    policy: Policy,
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     completion_ids: torch.Tensor,
@@ -162,14 +157,15 @@ def completion_logprobs(
     temperature: float,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (N, T) of the completion tokens under `model` at `temperature`, with gradients,
+    """Log-probs (N, T) of the completion tokens under `policy` at `temperature`, with gradients,
     and optionally their exact token entropies (N, T)."""
-    width = prompt_ids.shape[1]
+    completion_width = completion_ids.shape[1]
     ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+T)
     valid = torch.cat([prompt_mask, completion_mask], dim=1)
-    logits = model(ids, _positions(valid), _causal_mask(valid))  # (N, P+T, V)
-    # The logit at position i predicts token i+1: completion tokens are predicted from P-1 on.
-    logits = logits[:, width - 1 : -1].float() / (temperature if temperature > 0 else 1.0)  # (N, T, V)
+    # The logit at position i predicts token i+1: completion tokens are predicted from P-1 on, so
+    # only the last T+1 positions need the vocabulary projection (the largest tensor of the step).
+    logits = policy.forward(ids, _positions(valid), valid, logits_to_keep=completion_width + 1)  # (N, T+1, V)
+    logits = logits[:, :-1].float() / (temperature if temperature > 0 else 1.0)  # (N, T, V)
     logp = torch.log_softmax(logits, dim=-1).gather(2, completion_ids[..., None]).squeeze(2)  # (N, T)
     entropy = token_entropy(logits) if with_entropy else None
     return logp, entropy

@@ -261,7 +261,7 @@ class Sampler:
         min_size = max(2, cfg.passk_k) if cfg.reward_shaping == "passk" else 2
         return allocate_group_sizes(success, len(items) * cfg.k, min_size)
 
-    def collect(self, model, tokenizer, task, pool, generator: torch.Generator) -> Generated:
+    def collect(self, policy, task, pool, generator: torch.Generator) -> Generated:
         """Samples the step's groups. --group-filter: after each round, draw as many new prompts
         as groups with signal are still missing, while the extra budget allows (each new prompt
         costs K samples), so no group with signal is ever wasted."""
@@ -273,7 +273,7 @@ class Sampler:
         rounds: list[Round] = []
         prompts, with_signal = wanted, 0
         while prompts > 0:
-            rounds.append(self.sample_round(model, tokenizer, task, pool, generator, prompts))
+            rounds.append(self.sample_round(policy, task, pool, generator, prompts))
             if not cfg.group_filter:
                 break
             last = rounds[-1]
@@ -281,7 +281,7 @@ class Sampler:
             prompts = min(wanted - with_signal, budget // cfg.k)
             budget -= prompts * cfg.k
 
-        batch = concat_batches([r.batch for r in rounds], tokenizer.pad_id)
+        batch = concat_batches([r.batch for r in rounds], policy.pad_id)
         task_rewards = torch.cat([r.task_rewards for r in rounds])  # (N,)
         sizes = [size for r in rounds for size in r.sizes]
         penalty = self.penalty(batch)
@@ -305,13 +305,13 @@ class Sampler:
                          failures=[f for r in rounds for f in r.failures], metrics=metrics,
                          sampling_seconds=sum(r.sampling_seconds for r in rounds))
 
-    def sample_round(self, model, tokenizer, task, pool, generator: torch.Generator, prompts: int) -> Round:
+    def sample_round(self, policy, task, pool, generator: torch.Generator, prompts: int) -> Round:
         """The next `prompts` items of the stream, sampled and scored; feeds the estimator."""
         started = time.perf_counter()
         items = [task.item("train", self.position + j) for j in range(prompts)]
         self.position += prompts
         sizes = self.group_sizes(items)
-        batch = sample_groups(model, tokenizer, items, sizes, max_new_tokens=self.cfg.max_new_tokens,
+        batch = sample_groups(policy, items, sizes, max_new_tokens=self.cfg.max_new_tokens,
                               temperature=self.cfg.temperature, generator=generator)
         sampling_seconds = time.perf_counter() - started
         sizes = [sizes] * prompts if isinstance(sizes, int) else sizes

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from rlvr import __version__
-from rlvr.backends.tiny import ByteTokenizer, load_policy, save_policy
+from rlvr.backends import ModelSettings, load_policy
 from rlvr.checkpoint import (clean_temporaries, load_latest, replace_dir, rng_state, save_checkpoint, set_rng_state,
                              write_text_atomic)
 from rlvr.config import ConfigError, RunFailed, TrainConfig, to_dict
@@ -180,11 +180,11 @@ class RunDir:
         write_text_atomic(self.config_file, json.dumps({"rlvr_version": __version__, "config": to_dict(cfg)},
                                                        indent=2) + "\n")
 
-    def save_final(self, model, extra: dict) -> None:
+    def save_final(self, policy, extra: dict) -> None:
         """final/ appears complete or not at all: a re-run treats an existing final/ as done."""
         tmp = self.root / f".tmp-final-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_policy(model, tmp, extra=extra)
+        policy.save(tmp, extra=extra)
         replace_dir(tmp, self.final)
 
     def truncate_metrics(self, last_step: int) -> None:
@@ -238,7 +238,7 @@ def loss_settings(cfg: TrainConfig, entropy_coef: float) -> LossSettings:
     )
 
 
-def train_step(model, optimizer, batch, advantages, cfg: TrainConfig, ref_model=None, entropy_coef: float | None = None,
+def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference=None, entropy_coef: float | None = None,
                generator: torch.Generator | None = None) -> StepResult:
     """`updates_per_step` optimizer updates on one rollout batch; returns the step's loss metrics.
 
@@ -258,16 +258,16 @@ def train_step(model, optimizer, batch, advantages, cfg: TrainConfig, ref_model=
     ref_logprobs = None
     if cfg.beta > 0:
         with torch.no_grad():
-            ref_logprobs = torch.cat([completion_logprobs(ref_model, batch.prompt_ids[c], batch.prompt_mask[c],
+            ref_logprobs = torch.cat([completion_logprobs(reference, batch.prompt_ids[c], batch.prompt_mask[c],
                                                           batch.completion_ids[c], batch.completion_mask[c],
                                                           cfg.temperature)[0] for c in chunks])
     sums = dict.fromkeys(UPDATE_METRICS, 0.0)
     skipped = None
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in policy.module.parameters() if p.requires_grad]
     for update in range(cfg.updates_per_step):
         optimizer.zero_grad(set_to_none=True)
         for c in chunks:
-            logprobs, entropy = completion_logprobs(model, batch.prompt_ids[c], batch.prompt_mask[c],
+            logprobs, entropy = completion_logprobs(policy, batch.prompt_ids[c], batch.prompt_mask[c],
                                                     batch.completion_ids[c], batch.completion_mask[c],
                                                     cfg.temperature, with_entropy=entropy_coef != 0)
             if update == 0:
@@ -316,9 +316,10 @@ class RunState:
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         torch.manual_seed(cfg.seed)
-        self.model = load_policy(cfg.model).to(device).train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
-                                           weight_decay=cfg.weight_decay)
+        self.policy = load_policy(cfg.model, ModelSettings.of(cfg))
+        self.policy.module.train()
+        trainable = [p for p in self.policy.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         self.monitor = EntropyMonitor(half_life=10)
         self.controller = make_entropy_controller(cfg)
         self.detector = CollapseDetector(cfg.collapse_ratio, cfg.collapse_patience)
@@ -339,7 +340,7 @@ class RunState:
         return stream_seed(self.cfg.seed, step, stream if self.rollbacks == 0 else 100 * self.rollbacks + stream)
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": self.policy.trainable_state_dict(), "optimizer": self.optimizer.state_dict(),
                 "entropy_monitor": self.monitor.state_dict(), "entropy_controller": self.controller.state_dict(),
                 "collapse_detector": self.detector.state_dict(), "sampler": self.sampler.state_dict(), "rng": rng_state(),
                 "baseline_eval": self.baseline_eval, "rollbacks": self.rollbacks, "stopped": self.stopped,
@@ -347,7 +348,7 @@ class RunState:
 
     def load_state_dict(self, state: dict, *, keep_counters: bool = False) -> None:
         """keep_counters: a rollback restores the policy but not the run's rollback count."""
-        self.model.load_state_dict(state["model"])
+        self.policy.load_trainable_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.monitor.load_state_dict(state["entropy_monitor"])
         self.controller.load_state_dict(state["entropy_controller"])
@@ -377,10 +378,9 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    task = get_task(cfg.task, seed=cfg.seed)
-    tokenizer = ByteTokenizer()
+    task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format)
     st = RunState(cfg, device)
-    ref_model = load_policy(cfg.model).to(device).eval().requires_grad_(False) if cfg.beta > 0 else None
+    reference = st.policy.reference() if cfg.beta > 0 else None  # the start policy, taken before any resume
 
     clean_temporaries(run.checkpoints)
     clean_temporaries(run.root)
@@ -400,7 +400,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         return summarize(run, cfg, already_done=True)
 
     def evaluate(step: int) -> dict:
-        result = evaluate_policy(st.model, tokenizer, task, problems=cfg.eval_problems, samples=cfg.eval_samples,
+        result = evaluate_policy(st.policy, task, problems=cfg.eval_problems, samples=cfg.eval_samples,
                                  ks=[k for k in EVAL_KS if k <= cfg.eval_samples], temperature=cfg.eval_temperature,
                                  max_new_tokens=cfg.max_new_tokens, seed=stream_seed(cfg.seed, 0, 1))
         flat = flat_eval_metrics(result)
@@ -424,7 +424,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         save_checkpoint(run.checkpoints, st.step, st.state_dict(), keep=cfg.keep_checkpoints)
 
     try:
-        pool = RewardPool(cfg.reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout)
+        pool = RewardPool(cfg.reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout, cfg.answer_format)
     except WorkerStartError as err:
         metrics_log.close(), events_log.close()
         raise ConfigError("reward", f"the reward workers could not load it: {err}") from None
@@ -444,9 +444,9 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
             memory_before = memory.start(step)
             started = time.perf_counter()
             generator = torch.Generator(device=device).manual_seed(st.sampling_seed(step, 0))
-            st.model.eval()
-            generated = st.sampler.collect(st.model, tokenizer, task, pool, generator)  # all N samples, rewards (N,)
-            st.model.train()
+            st.policy.module.eval()
+            generated = st.sampler.collect(st.policy, task, pool, generator)  # all N samples, rewards (N,)
+            st.policy.module.train()
             check_reward_failures(generated.failures, generated.batch.num_rows, cfg, step, events_log)
             selected = select_for_training(generated, cfg)  # --group-filter, --downsample: N' ≤ N rows
             batch = generated.batch if selected.rows is None else select_rows(generated.batch, selected.rows)
@@ -458,7 +458,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
             st.controller.update(entropy)  # the coefficient of this step's loss reacts to its own entropy
             loss_generator = torch.Generator().manual_seed(st.sampling_seed(step, 2))
             if batch.num_rows:
-                result = train_step(st.model, st.optimizer, batch, advantages, cfg, ref_model,
+                result = train_step(st.policy, st.optimizer, batch, advantages, cfg, reference,
                                     entropy_coef=st.entropy_coef, generator=loss_generator)
             else:  # --group-filter found no group with signal within its budget: nothing to learn from
                 result = no_update()
@@ -468,7 +468,8 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                                   "message": f"non-finite {result.skipped}; the update was not applied"})
             p10, p50, p90 = masked_quantiles(sampled.entropy, sampled.completion_mask)
             lengths = sampled.completion_mask.sum(dim=1).float()  # (N,)
-            truncated = ~(sampled.completion_ids == tokenizer.eos_id).any(dim=1)  # (N,)
+            stops = torch.tensor(st.policy.stop_ids, device=sampled.completion_ids.device)
+            truncated = ~torch.isin(sampled.completion_ids, stops).any(dim=1)  # (N,) no stop token: cut at the limit
             seconds = time.perf_counter() - started
             row = {
                 "step": step,
@@ -527,7 +528,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         pool.close()
         bar.stop()
         metrics_log.close(), evals_log.close()
-    run.save_final(st.model, extra={"trained_by": "rlvr train", "steps": st.step, "config": to_dict(cfg)})
+    run.save_final(st.policy, extra={"trained_by": "rlvr train", "steps": st.step, "config": to_dict(cfg)})
     summary = summarize(run, cfg)
     if st.stopped:
         summary["stopped"] = st.stopped

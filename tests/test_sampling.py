@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_model
+from conftest import make_model, make_policy
 from rlvr.advantages import ADVANTAGES, pass_at_k_advantage
 from rlvr.backends.tiny import ByteTokenizer
 from rlvr.config import ConfigError, TrainConfig
@@ -110,7 +110,7 @@ def small_config(**overrides) -> TrainConfig:
 
 def collect(cfg: TrainConfig, verifier, seed: int = 0, sampler: Sampler | None = None):
     sampler = sampler or Sampler(cfg)
-    generated = sampler.collect(make_model().eval(), TOK, get_task(cfg.task, seed=0), RewardPool.in_process(verifier),
+    generated = sampler.collect(make_policy(), get_task(cfg.task, seed=0), RewardPool.in_process(verifier),
                                 torch.Generator().manual_seed(seed))
     return sampler, generated
 
@@ -207,17 +207,17 @@ def test_adaptive_k_respects_the_sample_budget_with_ragged_groups():
 # ---------------------------------------------------------------- ragged batches
 
 def test_sampling_ragged_groups_and_merging_rounds():
-    model = make_model().eval()
+    model = make_policy()
     items = [{"id": "a", "prompt": "12+3="}, {"id": "b", "prompt": "7-100="}, {"id": "c", "prompt": "1="}]
-    uniform = sample_groups(model, TOK, items, 3, max_new_tokens=5, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    as_list = sample_groups(model, TOK, items, [3, 3, 3], max_new_tokens=5, temperature=1.0,
+    uniform = sample_groups(model, items, 3, max_new_tokens=5, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    as_list = sample_groups(model, items, [3, 3, 3], max_new_tokens=5, temperature=1.0,
                             generator=torch.Generator().manual_seed(0))
     assert torch.equal(uniform.completion_ids, as_list.completion_ids) and torch.equal(uniform.logprobs, as_list.logprobs)
-    ragged = sample_groups(model, TOK, items, [2, 5, 1], max_new_tokens=5, temperature=1.0,
+    ragged = sample_groups(model, items, [2, 5, 1], max_new_tokens=5, temperature=1.0,
                            generator=torch.Generator().manual_seed(0))
     assert ragged.group_ids.tolist() == [0, 0, 1, 1, 1, 1, 1, 2] and ragged.group_sizes == [2, 5, 1]
     # rounds of different prompt widths merge with left padding that changes no log-prob
-    other = sample_groups(model, TOK, [{"id": "d", "prompt": "123+456="}], 2, max_new_tokens=5, temperature=1.0,
+    other = sample_groups(model, [{"id": "d", "prompt": "123+456="}], 2, max_new_tokens=5, temperature=1.0,
                           generator=torch.Generator().manual_seed(1))
     merged = concat_batches([ragged, other], TOK.pad_id)
     assert merged.group_sizes == [2, 5, 1, 2] and [it["id"] for it in merged.items] == ["a", "b", "c", "d"]

@@ -182,3 +182,84 @@ def load_policy(path: str | Path) -> TinyLM:
     model = TinyLM(load_policy_config(path))
     model.load_state_dict(load_file(str(directory / "model.safetensors")))
     return model
+
+
+class TinyPrompts:
+    """Prompts of the built-in model: the item's raw `prompt` as bytes (it has no chat template)."""
+
+    chat = False
+
+    def __init__(self, max_seq_len: int) -> None:
+        self.max_seq_len = max_seq_len
+        self.tokenizer = ByteTokenizer()
+
+    def encode_prompt(self, item: dict) -> list[int]:
+        return self.tokenizer.encode(item["prompt"])
+
+
+def attention_mask(key_mask: torch.Tensor, new: int) -> torch.Tensor:
+    """(N, S) bool keys, the last `new` of them the queries -> (N, 1, new, S): causal, padding keys
+    hidden. Each query may always see itself, so a fully padded row stays finite (never used)."""
+    keys = key_mask.shape[1]
+    query_at = torch.arange(keys - new, keys, device=key_mask.device)  # (new,) absolute query positions
+    key_at = torch.arange(keys, device=key_mask.device)
+    causal = key_at[None, :] <= query_at[:, None]  # (new, S)
+    itself = key_at[None, :] == query_at[:, None]
+    return (causal[None] & key_mask[:, None, :]) | itself[None]  # (N, new, S)
+
+
+class TinyPolicy:
+    """The built-in model behind the Policy interface (rlvr.backends.Policy)."""
+
+    def __init__(self, model: TinyLM) -> None:
+        self.module = model
+        self.prompts = TinyPrompts(model.config.max_seq_len)
+        self.tokenizer = self.prompts.tokenizer
+        self.pad_id = ByteTokenizer.pad_id
+        self.stop_ids = (ByteTokenizer.eos_id,)
+        self.max_seq_len = model.config.max_seq_len
+
+    @classmethod
+    def load(cls, path: str | Path, settings) -> "TinyPolicy":
+        if settings.lora_rank or settings.gradient_checkpointing:
+            what = "--lora-rank" if settings.lora_rank else "--gradient-checkpointing"
+            raise ValueError(f"{what} is for Hugging Face models; the built-in model is trained in full")
+        return cls(load_policy(path).to(torch.device(settings.device)))
+
+    @property
+    def device(self) -> torch.device:
+        return self.module.tok_emb.weight.device
+
+    def encode_prompt(self, item: dict) -> list[int]:
+        return self.prompts.encode_prompt(item)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids)
+
+    def forward(self, ids, positions, key_mask, cache: KVCache | None = None, logits_to_keep: int = 0):
+        logits = self.module(ids, positions, attention_mask(key_mask, ids.shape[1])[:, None], cache)
+        return logits[:, -logits_to_keep:] if logits_to_keep else logits
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return self.module.new_cache(batch, max_len)
+
+    def repeat_cache(self, cache: KVCache, repeats) -> KVCache:
+        return cache.repeat_interleave(repeats)
+
+    def trainable_state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_trainable_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)
+
+    def reference(self) -> "TinyPolicy":
+        import copy
+
+        return TinyPolicy(copy.deepcopy(self.module).eval().requires_grad_(False))
+
+    def save(self, directory: Path, extra: dict) -> None:
+        save_policy(self.module, directory, extra)
+
+    def describe(self) -> dict:
+        count = sum(p.numel() for p in self.module.parameters())
+        return {"backend": "tiny", "parameters": count, "trainable_parameters": count, "dtype": "float32"}

@@ -1,10 +1,12 @@
 """Tasks: problems with verifiers, looked up by name.
 
 A name is a built-in task (`add2`, `arith`, `mul`; see `list_tasks()`), `rg:<dataset>` for a
-reasoning-gym dataset, or `jsonl:<path>` for a file of the user's own problems.
+reasoning-gym dataset, or `jsonl:<path>` for a file of the user's own problems. `answer_format`
+names how the final answer is stated and read (rlvr.answers); "auto" is each task's default.
 """
 from __future__ import annotations
 
+from rlvr.answers import AUTO
 from rlvr.registry import UnknownNameError
 from rlvr.tasks import arithmetic  # noqa: F401  (registers the built-in tasks)
 from rlvr.tasks.base import HELDOUT_FRACTION, SPLITS, TASKS, Task, split_of
@@ -31,22 +33,22 @@ __all__ = [
 ]
 
 
-def get_task(name: str, seed: int = 0) -> Task:
-    """The task called `name`, streaming problems chosen by `seed`."""
+def get_task(name: str, seed: int = 0, answer_format: str = AUTO) -> Task:
+    """The task called `name`, streaming problems chosen by `seed`, reading `answer_format`."""
     if name.startswith(RG_PREFIX):
-        return ReasoningGymTask(name[len(RG_PREFIX) :], seed=seed)
+        return ReasoningGymTask(name[len(RG_PREFIX) :], seed=seed, answer_format=answer_format)
     if name.startswith(JSONL_PREFIX):
         path = name[len(JSONL_PREFIX) :]
         if not path:
             raise ValueError("task 'jsonl:' names no file; write jsonl:<path to a .jsonl file>")
-        return JsonlTask(path, seed=seed)
+        return JsonlTask(path, seed=seed, answer_format=answer_format)
     try:
         factory = TASKS.get(name)
     except UnknownNameError as error:
         raise UnknownNameError(
             f"{error}; or rg:<reasoning-gym dataset>, or jsonl:<path> (`rlvr tasks` lists them)"
         ) from None
-    return factory(seed=seed)
+    return factory(seed=seed, answer_format=answer_format)
 
 
 def list_tasks() -> list[tuple[str, str]]:

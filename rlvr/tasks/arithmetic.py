@@ -3,8 +3,13 @@
 Three difficulties, easiest first: `add2` (a+b with a, b in 0..99), `arith` (the default: a+b or
 a-b with 1- to 3-digit operands, negative results allowed) and `mul` (a 1-2 digit number times a
 1 digit number). Prompts are short ASCII with no spaces ("37+58="), answers a few characters
-("95"); the verifier reads the last signed integer of a completion, so chatty models that reason
-before answering are scored fairly too.
+("95"); each item's `question` asks the same for chat models ("What is 37 + 58? Answer with just
+the number.").
+
+The verifier reads the answer in the task's answer format (rlvr.answers; by default `last-number`,
+so chatty models that reason before answering are scored fairly too) and compares the last signed
+integer of that text with the answer: "\\boxed{95}" in format `boxed` scores 1 for 37+58, and a
+reply whose extraction holds no integer scores 0.
 
 The canonical key of a problem is its prompt without "=" ("37+58"), shared by all three tasks:
 a problem held out in one of them is held out in the others too.
@@ -25,6 +30,9 @@ OPERATIONS: dict[str, Callable[[int, int], int]] = {
     "-": operator.sub,
     "*": operator.mul,
 }
+
+# How each operator is written in a question for chat models.
+SPOKEN_OPERATORS = {"+": "+", "-": "-", "*": "×"}
 
 # The lookbehind keeps the "-" of "12-40" from being read as a minus sign of 40.
 _SIGNED_INTEGER = re.compile(r"(?<!\d)-?\d+")
@@ -107,11 +115,13 @@ class ArithmeticTask(Task):
     """Shared item building and verification; subclasses say how a problem is drawn."""
 
     config_class: type
+    default_answer_format = "last-number"
 
-    def __init__(self, config=None, seed: int = 0) -> None:
+    def __init__(self, config=None, seed: int = 0, answer_format: str = "auto") -> None:
         self.config = config if config is not None else self.config_class()
         self.config.validate()
         self.seed = seed
+        self.use_answer_format(answer_format)
 
     @abstractmethod
     def draw(self, rng: Random) -> tuple[int, str, int]:
@@ -128,13 +138,17 @@ class ArithmeticTask(Task):
         return {
             "id": f"{self.name}/{split}/{index}",
             "prompt": key + "=",
+            "question": (
+                f"What is {left} {SPOKEN_OPERATORS[op]} {right}? {self.answer_format.instruction}"
+            ),
             "answer": str(OPERATIONS[op](left, right)),
             "level": self.level(left, right),
             "key": key,
         }
 
     def extract_answer(self, completion: str) -> str | None:
-        return last_integer(completion)
+        extracted = self.answer_format.extract(completion)
+        return None if extracted is None else last_integer(extracted)
 
     def score(self, completion: str, item: dict) -> float:
         answer = self.extract_answer(completion)

@@ -1,7 +1,9 @@
 """The Task contract, the train/held-out split every task shares, and the task registry.
 
 A task turns (split, index) into an item -- a JSON-serialisable dict with at least `id`,
-`prompt`, `answer` and `level` -- and scores completions against it with a verifier in [0, 1].
+`prompt` (raw text for completion models), `question` (the user message for chat models, ending
+with the answer format's instruction), `answer` and `level` -- and scores completions against it
+with a verifier in [0, 1]. How the final answer is read is an answer format (rlvr.answers).
 
 The split of a problem is decided by a SHA-256 hash of its canonical key (for example "37+58"),
 never by the seed or the index, so every run's held-out problems are disjoint from every run's
@@ -14,6 +16,8 @@ from abc import ABC, abstractmethod
 from random import Random
 from typing import Callable, TypeVar
 
+from rlvr.answers import AUTO, AnswerFormat, resolve_answer_format
+from rlvr.answers import last_line  # noqa: F401  (re-exported: it lived here before rlvr.answers)
 from rlvr.registry import Registry
 
 SPLITS = ("train", "heldout")
@@ -34,12 +38,6 @@ def split_of(key: str) -> str:
     digest = hashlib.sha256(key.encode("utf-8")).digest()
     bucket = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
     return "heldout" if bucket < HELDOUT_FRACTION else "train"
-
-
-def last_line(text: str) -> str | None:
-    """The last non-empty line of `text`, stripped, or None if every line is blank."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else None
 
 
 def check_split(split: str) -> None:
@@ -75,10 +73,22 @@ def draw_in_split(
 
 
 class Task(ABC):
-    """A source of problems with a verifier. Subclasses set `name` and `description`."""
+    """A source of problems with a verifier.
+
+    Subclasses set `name`, `description` and `default_answer_format`, and call
+    `use_answer_format(name)` in their constructor.
+    """
 
     name: str = ""
     description: str = ""  # one line, shown by `rlvr tasks`
+    default_answer_format: str  # the rlvr.answers format that "auto" means for this task
+    answer_format: AnswerFormat  # set by use_answer_format
+    answer_format_is_default: bool  # True when chosen as "auto"; a task may read looser then
+
+    def use_answer_format(self, name: str) -> None:
+        """Read answers in the format called `name`, or in this task's default for "auto"."""
+        self.answer_format = resolve_answer_format(name, self)
+        self.answer_format_is_default = name == AUTO
 
     @abstractmethod
     def item(self, split: str, index: int) -> dict:
@@ -93,5 +103,6 @@ class Task(ABC):
         """The verifier: reward in [0, 1] for `completion` as an answer to `item`."""
 
 
-# Built-in task classes by name; each is called as cls(seed=...) and builds its default config.
+# Built-in task classes by name; each is called as cls(seed=..., answer_format=...) and builds
+# its default config.
 TASKS: Registry[Callable[..., Task]] = Registry("task")

@@ -1,13 +1,18 @@
 """The `jsonl:<path>` task: a user's own problems, one JSON object per line.
 
-Each line holds "prompt" and "answer" (optional "id", "level"; any other fields are kept in the
-item, where a custom `--reward module:function` can read them). A problem's split follows the
-hash of its prompt; the seed shuffles the order each split is shown in, and `item(split, i)`
-wraps around when i passes the split's size.
+Each line holds "prompt" and "answer" (optional "id", "level", and "question": the user message
+for chat models, which defaults to the prompt; any other fields are kept in the item, where a
+custom `--reward module:function` can read them). A problem's split follows the hash of its
+prompt; the seed shuffles the order each split is shown in, and `item(split, i)` wraps around
+when i passes the split's size.
 
-Verification: an answer that is a number is compared numerically with the last number of the
-completion; any other answer is compared with the completion's last non-empty line, stripped
-and case-insensitively.
+Verification reads the answer text in the task's answer format (rlvr.answers), then compares:
+an answer that is a number numerically with the last number of that text; any other answer with
+its last non-empty line, stripped and case-insensitively. The default format ("auto") is
+`whole`, the whole reply, so by default the last number or last line of the completion is read.
+A format can't depend on the problem's answer, which is why the default is not `last-number` or
+`last-line`. The item's `question` gains the format's instruction only when a format other than
+"auto" is chosen: the file's own wording says how to answer otherwise.
 """
 from __future__ import annotations
 
@@ -17,10 +22,12 @@ import re
 from pathlib import Path
 from random import Random
 
-from rlvr.tasks.base import SPLITS, Task, check_split, last_line, split_of
+from rlvr.answers import last_line
+from rlvr.tasks.base import SPLITS, Task, check_split, split_of
 
 EXPECTED = (
-    'one JSON object per line like {"prompt": "2+2=", "answer": "4"} (optional "id", "level")'
+    'one JSON object per line like {"prompt": "2+2=", "answer": "4"} '
+    '(optional "id", "level", "question")'
 )
 
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
@@ -79,6 +86,9 @@ def load_problems(path: Path) -> list[dict]:
             answer = record.get("answer")
             if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
                 raise _bad_line(path, line_number, '"answer" is missing or not a string or number')
+            question = record.get("question", prompt)
+            if not isinstance(question, str) or not question:
+                raise _bad_line(path, line_number, '"question" is not a non-empty string')
             level = record.get("level", 0)
             if isinstance(level, bool) or not isinstance(level, int):
                 raise _bad_line(path, line_number, f'"level" must be an integer, got {level!r}')
@@ -104,7 +114,10 @@ def load_problems(path: Path) -> list[dict]:
 class JsonlTask(Task):
     """Problems read from a .jsonl file, named `jsonl:<path>`."""
 
-    def __init__(self, path: str | Path, seed: int = 0) -> None:
+    default_answer_format = "whole"
+
+    def __init__(self, path: str | Path, seed: int = 0, answer_format: str = "auto") -> None:
+        self.use_answer_format(answer_format)
         self.path = Path(path)
         self.name = f"jsonl:{path}"
         self.description = f"problems from {path}"
@@ -130,20 +143,31 @@ class JsonlTask(Task):
         if index < 0:
             raise ValueError(f"item index must be >= 0, got {index}")
         members = self.splits[split]
-        return dict(members[index % len(members)])
+        item = dict(members[index % len(members)])
+        question = item.get("question", item["prompt"])
+        if not self.answer_format_is_default:
+            question = f"{question}\n\n{self.answer_format.instruction}"
+        item["question"] = question
+        return item
 
     def extract_answer(self, completion: str) -> str | None:
-        return last_number(completion) if self.numeric else last_line(completion)
+        text = self.answer_format.extract(completion)
+        if text is None:
+            return None
+        return last_number(text) if self.numeric else last_line(text)
 
     def score(self, completion: str, item: dict) -> float:
+        text = self.answer_format.extract(completion)
+        if text is None:
+            return 0.0
         expected = parse_number(item["answer"])
         if expected is not None:
-            found = last_number(completion)
+            found = last_number(text)
             if found is None:
                 return 0.0
             correct = math.isclose(float(found), expected, rel_tol=1e-9, abs_tol=1e-9)
             return 1.0 if correct else 0.0
-        line = last_line(completion)
+        line = last_line(text)
         if line is None:
             return 0.0
         return 1.0 if line.casefold() == item["answer"].strip().casefold() else 0.0

