@@ -395,10 +395,6 @@ def summarize_metric(
 # runner: sample a model on held-out problems and compute the metrics above
 # ======================================================================================
 
-#: rows (problems × samples) decoded together; big enough to amortise per-token overhead
-EVAL_BATCH_ROWS = 2048
-
-
 def evaluate_policy(
     policy,
     task,
@@ -429,7 +425,7 @@ def evaluate_policy(
     generator = torch.Generator(device=policy.device).manual_seed(seed)
     items = [task.item("heldout", i) for i in range(problems)]
     per_problem = []
-    chunk = max(1, EVAL_BATCH_ROWS // samples)
+    chunk = max(1, policy.decode_batch_rows // samples)
     for start in range(0, problems, chunk):
         group = items[start : start + chunk]
         sampled = sample_groups(policy, group, samples, max_new_tokens=max_new_tokens,

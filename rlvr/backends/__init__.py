@@ -81,6 +81,7 @@ class Policy(Protocol):
     stop_ids: tuple[int, ...]  # ids that end a completion: EOS, and the chat template's end of turn
     max_seq_len: int
     device: torch.device
+    decode_batch_rows: int  # rows evaluation decodes together: amortises per-token overhead within memory
 
     def encode_prompt(self, item: dict) -> list[int]: ...
 

@@ -109,7 +109,12 @@ def check_causal_lm(path: Path, config: dict) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     model_type = config.get("model_type")
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    architectures = config.get("architectures") or []
+    # The causal-LM mapping also lists encoder models (bert, roberta, ...) that only work as
+    # decoders when configured so; a saved BertModel would load with bidirectional attention.
+    causal_heads = any("CausalLM" in name or "LMHeadModel" in name for name in architectures)
+    encoder_only = architectures and not causal_heads and not config.get("is_decoder")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or encoder_only or config.get("is_encoder_decoder"):
         raise ModelError(f"{str(path)!r} holds a {model_type!r} model ({', '.join(config.get('architectures') or [])}), "
                          f"which is not a causal LM transformers {transformers.__version__} can load with "
                          "AutoModelForCausalLM; rlvr trains decoder-only causal language models")
@@ -222,6 +227,9 @@ class HFPolicy:
         self.pad_id = int(pad if pad is not None else self.stop_ids[0])
         self.max_seq_len = prompts.max_seq_len
         self.adapter_enabled = True
+        # Each row holds a KV cache of every layer (SmolLM2-135M: ~46 KB per token) and its logits:
+        # 256 rows stay near 2 GiB on CPU.
+        self.decode_batch_rows = 256 if settings.device == "cpu" else 1024
 
     @classmethod
     def load(cls, ref: ModelRef, settings: ModelSettings) -> "HFPolicy":

@@ -218,6 +218,7 @@ class TinyPolicy:
         self.pad_id = ByteTokenizer.pad_id
         self.stop_ids = (ByteTokenizer.eos_id,)
         self.max_seq_len = model.config.max_seq_len
+        self.decode_batch_rows = 2048
 
     @classmethod
     def load(cls, path: str | Path, settings) -> "TinyPolicy":
