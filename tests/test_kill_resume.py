@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -20,11 +21,11 @@ COMMAND = ["train", "--steps", str(STEPS), "--checkpoint-every", "1", "--prompts
            "--eval-every", "0", "--threads", "1", "--quiet"]
 
 
-def launch(out: Path, slow_checkpoint: bool = False) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+def launch(out: Path, slow_checkpoint: bool = False, extra: tuple = ()) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     if slow_checkpoint:
         env[SLOW_CHECKPOINT_ENV] = "0.3"
-    return subprocess.Popen([sys.executable, "-m", "rlvr.cli", *COMMAND, "--out", str(out)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "rlvr.cli", *COMMAND, *extra, "--out", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -67,16 +68,16 @@ def rows(out: Path) -> list[dict]:
             for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def run_with_kills(tmp_path: Path, moments: list[str], seed: int) -> None:
+def run_with_kills(tmp_path: Path, moments: list[str], seed: int, extra: tuple = ()) -> None:
     straight = tmp_path / "straight"
-    assert launch(straight).wait() == 0
+    assert launch(straight, extra=extra).wait() == 0
     killed = tmp_path / "killed"
     rng = random.Random(seed)
     kills = 0
     for moment in moments:
-        process = launch(killed, slow_checkpoint=moment == "checkpoint")
+        process = launch(killed, slow_checkpoint=moment == "checkpoint", extra=extra)
         kills += kill_at(process, killed, moment, rng)
-    final = launch(killed)
+    final = launch(killed, extra=extra)
     assert final.wait() == 0, final.stderr.read().decode()
     assert kills == len(moments)  # every kill hit a live run
     assert rows(killed) == rows(straight)
@@ -91,3 +92,12 @@ def run_with_kills(tmp_path: Path, moments: list[str], seed: int) -> None:
 def test_sigkill_at_ten_random_moments_then_resume_is_exact(tmp_path):
     moments = ["startup", "step", "checkpoint", "step", "step", "checkpoint", "startup", "step", "checkpoint", "step"]
     run_with_kills(tmp_path, moments, seed=7)
+
+
+def test_sigkill_then_resume_is_exact_on_a_transformers_model(tmp_path):
+    pytest.importorskip("transformers")
+    from hf_models import make_hf_model_dir
+
+    model = make_hf_model_dir(tmp_path / "model", arch="llama")
+    run_with_kills(tmp_path, ["step", "checkpoint", "step"], seed=3,
+                   extra=("--model", str(model), "--max-new-tokens", "6", "--reward", "shaped_rewards:digit_share"))
