@@ -393,6 +393,10 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
     run.write_config(cfg)
     metrics_log, events_log = JsonlWriter(run.metrics_file), JsonlWriter(run.events_file)
     evals_log = JsonlWriter(run.evals_file)
+    model = st.policy.describe()
+    events_log.write({"event": "model", "step": st.step, **model,
+                      "message": f"{cfg.model}: {model['backend']} backend, {model['parameters']:,} parameters, "
+                                 f"{model['trainable_parameters']:,} trained"})
     if st.step:
         events_log.write({"event": "resume", "step": st.step, "message": f"resumed from checkpoint at step {st.step}"})
     if (st.step >= cfg.steps or st.stopped) and run.final.is_dir():

@@ -35,7 +35,8 @@ def test_train_writes_a_run_directory_that_parses(model_dir, tmp_path, capsys):
                     "eval/pass@1_greedy", "eval/n_problems"):
             assert key in step_row, key
     events = read_jsonl(out / "events.jsonl")
-    assert [e["event"] for e in events] == ["eval", "eval", "done"]
+    assert [e["event"] for e in events] == ["model", "eval", "eval", "done"]
+    assert events[0]["backend"] == "tiny" and events[0]["trainable_parameters"] == events[0]["parameters"] > 0
     assert (out / "final" / "model.safetensors").is_file() and (out / "final" / "config.json").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000002", "step_000003"]
     eval_json = json.loads((out / "eval.json").read_text())

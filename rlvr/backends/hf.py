@@ -331,16 +331,14 @@ class HFPolicy:
         (directory / RLVR_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
     def describe(self) -> dict:
-        params = list(self.module.parameters())
+        total = sum(p.numel() for p in self.module.parameters())
+        trainable = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+        lora = self.peft_model is not None
         return {"backend": "hf", "architecture": type(self.model).__name__,
-                "parameters": sum(p.numel() for p in params if not _is_lora(p, self)),
-                "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+                "parameters": total - trainable if lora else total,  # the model's own, adapter excluded
+                "trainable_parameters": trainable,
                 "dtype": "float32" + (" (bf16 autocast)" if self.device.type == "cuda" else ""),
-                "lora": self.peft_model is not None, "chat": self.prompts.chat}
-
-
-def _is_lora(parameter, policy: HFPolicy) -> bool:
-    return policy.peft_model is not None and parameter.requires_grad
+                "lora": lora, "chat": self.prompts.chat}
 
 
 def _add_lora(model, settings: ModelSettings):
