@@ -7,9 +7,11 @@ Both sample K completions for each chat prompt ("What is a + b? Answer with just
 entropy of every generated token's full next-token distribution (rlvr records it while sampling;
 for generate() it is computed from `output_scores`, which are the raw logits when every logits
 processor is off). rlvr prefills each prompt once and shares its cache among the K samples;
-generate() prefills all B·K rows. Runs alternate (rlvr, generate, rlvr, ...) in one process so
+generate() prefills all B·K rows. With the same seed both draw the same tokens (the same
+probabilities through torch.multinomial, rows in the same order), so they do identical work; the
+printed token counts per run show it. Runs alternate (rlvr, generate, rlvr, ...) in one process so
 machine noise hits both alike. Prints the median seconds and completions per second of each,
-their ratio, and the generated tokens (the samples differ, so tokens/s is the common unit).
+their ratio, and the generated tokens.
 Do not run anything else on the machine meanwhile.
 """
 from __future__ import annotations
@@ -82,6 +84,7 @@ def main() -> None:
         print(f"  {name:<9} {seconds:7.2f} s  {rows / seconds:6.2f} completions/s  {tokens:6.0f} tokens  "
               f"{tokens / seconds:7.1f} tokens/s")
     print(f"  seconds per generated token, rlvr / generate(): {medians['rlvr'] / medians['generate']:.2f}")
+    print(f"  tokens per run: { {name: [t for _, t in runs] for name, runs in results.items()} }")
 
 
 if __name__ == "__main__":

@@ -250,8 +250,8 @@ class HFPolicy:
             base_spec = str(ref.path)
             if settings.lora_rank:
                 peft_model = _add_lora(model, settings)
-        if settings.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if settings.gradient_checkpointing:  # transformers 5.24's name; gradient_checkpointing_enable warns
+            model.activation_checkpointing_enable({"use_reentrant": False})
         model.config.use_cache = False  # the training forward needs no cache; sampling passes its own
         policy = cls(model, prompts, settings, base_spec, peft_model)
         policy.module.to(torch.device(settings.device))
