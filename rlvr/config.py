@@ -188,10 +188,12 @@ class TrainConfig:
             raise ConfigError("advantage", f"unknown {self.advantage!r}; known: {', '.join(ADVANTAGES.names())}")
         if self.loss_agg not in AGGREGATIONS:
             raise ConfigError("loss_agg", f"unknown {self.loss_agg!r}; known: {', '.join(AGGREGATIONS.names())}")
-        known_loggers = {"jsonl"}
-        for name in filter(None, (s.strip() for s in self.log.split(","))):
-            if name not in known_loggers:
-                raise ConfigError("log", f"unknown logger {name!r}; available: {', '.join(sorted(known_loggers))}")
+        from rlvr.loggers import check_loggers
+
+        try:
+            check_loggers(self.log)
+        except ValueError as err:
+            raise ConfigError("log", str(err)) from None
         if self.lora_rank and not self.lora_alpha > 0:
             raise ConfigError("lora_alpha", f"must be > 0 with --lora-rank, got {self.lora_alpha}")
         check_model_path(self.model, self)

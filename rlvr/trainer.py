@@ -42,6 +42,7 @@ from rlvr.config import ConfigError, RunFailed, TrainConfig, to_dict
 from rlvr.entropy import (AdaptiveEntropyCoefficient, CollapseDetector, EntropyCoefficient, EntropyMonitor,
                           masked_mean, masked_quantiles)
 from rlvr.evaluation import evaluate_policy, flat_eval_metrics, paired_bootstrap_gain, per_problem_values
+from rlvr.loggers import Trackers
 from rlvr.losses import LossSettings, policy_loss, top_entropy_select
 from rlvr.reward_pool import RewardPool, WorkerStartError
 from rlvr.rewards import RewardFailure
@@ -218,6 +219,31 @@ class JsonlWriter:
         self.handle.close()
 
 
+class MetricsLog:
+    """metrics.jsonl plus the --log trackers (rlvr/loggers.py): every row goes to all of them, and
+    a rollback rewinds all of them. A resumed run's trackers start after its checkpoint's step."""
+
+    def __init__(self, run: RunDir, cfg: TrainConfig, start_step: int) -> None:
+        self.run = run
+        self.jsonl = JsonlWriter(run.metrics_file)
+        self.trackers = Trackers(cfg.log, run.root, to_dict(cfg), start_step)
+
+    def write(self, row: dict) -> None:
+        self.jsonl.write(row)
+        self.trackers.log(row)
+
+    def rewind(self, step: int) -> None:
+        """Drops the rows after `step` everywhere (with evals.jsonl's)."""
+        self.jsonl.close()
+        self.run.truncate_metrics(step)
+        self.jsonl = JsonlWriter(self.run.metrics_file)
+        self.trackers.rewind(step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        self.trackers.close()
+
+
 @dataclass
 class StepResult:
     metrics: dict
@@ -391,7 +417,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         st.load_state_dict(state)
         run.truncate_metrics(st.step)
     run.write_config(cfg)
-    metrics_log, events_log = JsonlWriter(run.metrics_file), JsonlWriter(run.events_file)
+    metrics_log, events_log = MetricsLog(run, cfg, st.step), JsonlWriter(run.events_file)
     evals_log = JsonlWriter(run.evals_file)
     model = st.policy.describe()
     events_log.write({"event": "model", "step": st.step, **model,
@@ -518,9 +544,9 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                     checkpoint()
                     break
                 if action == "rollback":
-                    metrics_log.close(), evals_log.close()
-                    run.truncate_metrics(st.step)
-                    metrics_log, evals_log = JsonlWriter(run.metrics_file), JsonlWriter(run.evals_file)
+                    evals_log.close()
+                    metrics_log.rewind(st.step)
+                    evals_log = JsonlWriter(run.evals_file)
                     bar.update(st.step, row, last_eval)
                     continue
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
