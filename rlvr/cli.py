@@ -174,6 +174,22 @@ def cmd_compare(args) -> int:
     return 1 if failed or summary is None else 0
 
 
+def cmd_export(args) -> int:
+    from rlvr.export import export_run, from_args
+
+    done = export_run(from_args(args))
+    step = "" if done["step"] is None else f" (step {done['step']})"
+    print(f"rlvr export: {args.run} {done['source']}{step} -> {done['to']}: {done['kind']}; "
+          f"load it with --model {done['to']}")
+    return 0
+
+
+def _export_options(parser: argparse.ArgumentParser) -> None:
+    from rlvr.export import add_options
+
+    add_options(parser)
+
+
 def cmd_report(args) -> int:
     from rlvr.report import ReportError, build_report
 
@@ -284,6 +300,8 @@ COMMANDS = {
     "compare": (cmd_compare, _compare_options,
                 "train K=8 vs K=16 (and variants) on the same seeds and prompts -> report"),
     "report": (cmd_report, _report_options, "(re)build a comparison report from run directories"),
+    "export": (cmd_export, _export_options,
+               "a run's final/, best/ or checkpoint -> a directory transformers or --model loads"),
 }
 
 

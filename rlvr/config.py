@@ -105,6 +105,9 @@ class TrainConfig:
     on_collapse: str = opt("warn", "what to do when entropy collapses: warn, stop or rollback")
     collapse_ratio: float = opt(0.3, "collapse when the entropy EMA falls below this fraction of its step-0 value ...")
     collapse_patience: int = opt(10, "... and stays there this many steps")
+    reward_collapse_ratio: float = opt(0.5, "reward collapse when the training-reward EMA falls below this fraction of "
+                                             "its best so far ... (0 = off; --on-collapse acts on it too)")
+    reward_collapse_patience: int = opt(20, "... and stays there this many steps")
     max_rollbacks: int = opt(2, "rollbacks at most; a collapse after that stops the run")
     rollback_entropy_boost: float = opt(0.01, "each rollback adds this to the entropy coefficient in force")
     # evaluation, checkpoints, logging
@@ -112,9 +115,20 @@ class TrainConfig:
     eval_problems: int = opt(200, "held-out problems per in-training evaluation")
     eval_samples: int = opt(16, "samples per problem in evaluation (n of pass@k)")
     eval_temperature: float = opt(1.0, "sampling temperature of evaluation samples")
+    eval_show: int = opt(4, "held-out problems whose greedy and first sampled completions each evaluation writes "
+                            "to samples.jsonl")
+    keep_best: str = opt("hm@4", "with --eval-every: keep the model of the best evaluation by this metric in best/ "
+                                 "(none = off)")
+    select_split: str = opt("heldout", "where --keep-best and --early-stop measure: heldout (the reported problems: "
+                                       "the best value is then biased upward) or validation (a disjoint slice)")
+    early_stop: int = opt(0, "stop after this many evaluations in a row without a significant gain over the best "
+                             "(paired bootstrap, 95%) (0 = never)")
     checkpoint_every: int = opt(50, "write a checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = opt(2, "how many of the newest checkpoints to keep")
-    log: str = opt("jsonl", "loggers, comma-separated; jsonl is always on")
+    log: str = opt("jsonl", "loggers, comma-separated: jsonl (always on), tensorboard, wandb, mlflow "
+                            "(docs/training.md, Trackers)")
+    mlflow_uri: str = opt("", "MLflow tracking server for --log mlflow (default: a file store in the run "
+                              "directory, file:OUT/mlruns)")
     device: str = opt("cpu", "cpu or cuda")
     threads: int = opt(0, "torch CPU threads (0 = torch's default)")
     quiet: bool = opt(False, "no progress bar (the summary line is still printed)")
@@ -123,8 +137,9 @@ class TrainConfig:
     # Fields that may change between an interrupted run and its resumption.
     # The guards and the worker count change no step that succeeds; a stopped run may raise them.
     # `out` is among them: a run directory that was moved or copied is still the same run.
+    # `log` and `mlflow_uri` only say where the metrics go (a tracker added on resume gets the rows after it).
     RESUMABLE_CHANGES = ("steps", "quiet", "force", "threads", "log", "reward_workers", "reward_timeout",
-                         "max_reward_error_frac", "max_bad_steps", "out")
+                         "max_reward_error_frac", "max_bad_steps", "out", "mlflow_uri")
 
     def validate(self) -> None:
         """Raises ConfigError for the first bad field, before any work starts."""
@@ -132,7 +147,7 @@ class TrainConfig:
         positive_ints = ("steps", "k", "prompts_per_step", "max_new_tokens", "updates_per_step",
                          "eval_problems", "eval_samples", "keep_checkpoints", "collapse_patience")
         require_positive(self, positive_ints)
-        for name in ("micro_batch_size", "lora_rank", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed",
+        for name in ("micro_batch_size", "lora_rank", "eval_show", "early_stop", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed",
                      "reward_workers", "max_bad_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be 0 or more, got {getattr(self, name)}")
@@ -155,6 +170,10 @@ class TrainConfig:
             raise ConfigError("on_collapse", f"must be warn, stop or rollback, got {self.on_collapse!r}")
         if not 0 < self.collapse_ratio < 1:
             raise ConfigError("collapse_ratio", f"must be in (0, 1), got {self.collapse_ratio}")
+        if not 0 <= self.reward_collapse_ratio < 1:
+            raise ConfigError("reward_collapse_ratio", f"must be in [0, 1) (0 = off), got {self.reward_collapse_ratio}")
+        require_positive(self, ("reward_collapse_patience",))
+        self.validate_selection()
         for name in ("max_rollbacks", "rollback_entropy_boost", "entropy_target", "entropy_coef_step",
                      "entropy_coef_max", "kl_cov_coef"):
             if not getattr(self, name) >= 0:
@@ -198,9 +217,36 @@ class TrainConfig:
             raise ConfigError("lora_alpha", f"must be > 0 with --lora-rank, got {self.lora_alpha}")
         check_model_path(self.model, self)
         check_task(self.task, self.seed, self.max_new_tokens, self.model, prompts_of=self)
+        if self.select_split == "validation" and self.eval_every:
+            from rlvr.evaluation import validation_items
+            from rlvr.tasks import get_task
+
+            try:
+                validation_items(get_task(self.task, seed=self.seed), self.eval_problems, self.eval_problems)
+            except ValueError as err:
+                raise ConfigError("select_split", str(err)) from None
         check_reward(self.reward, self.task)
         check_writable(self.out)
 
+
+    def selection_metrics(self) -> list[str]:
+        """Derived: the evaluation metrics --keep-best may name (those an evaluation reports)."""
+        ks = [k for k in (4, 8) if k <= self.eval_samples]
+        ranked = [f"hm@{k}_ranked" for k in (1, *ks)]
+        return ["pass@1", *(f"hm@{k}" for k in ks), *ranked, "pass@1_greedy"]
+
+    def validate_selection(self) -> None:
+        """--keep-best, --early-stop and --select-split."""
+        if self.keep_best != "none" and self.keep_best not in self.selection_metrics():
+            raise ConfigError("keep_best", f"unknown metric {self.keep_best!r}; with --eval-samples "
+                                           f"{self.eval_samples} it is one of {', '.join(self.selection_metrics())}, "
+                                           "or none")
+        if self.early_stop and not self.eval_every:
+            raise ConfigError("early_stop", "counts evaluations; give --eval-every N")
+        if self.early_stop and self.keep_best == "none":
+            raise ConfigError("early_stop", "needs the metric to judge gains by: give --keep-best METRIC")
+        if self.select_split not in ("heldout", "validation"):
+            raise ConfigError("select_split", f"must be heldout or validation, got {self.select_split!r}")
 
     def validate_sampling(self) -> None:
         """The sampling strategies and reward structures, alone and in combination."""

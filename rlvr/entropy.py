@@ -58,9 +58,31 @@ class EntropyMonitor:
         self.ema, self.initial, self.decay = state["ema"], state["initial"], state["decay"]
 
 
+class RewardMonitor:
+    """Smooths the step's mean training reward (EMA, same half-life as entropy's) and keeps the
+    best EMA so far: the reference of the reward-collapse detector."""
+
+    def __init__(self, half_life: float = 10.0) -> None:
+        self.decay = 0.5 ** (1.0 / half_life)
+        self.ema: float | None = None
+        self.best: float | None = None
+
+    def update(self, reward: float) -> dict[str, float]:
+        self.ema = reward if self.ema is None else self.decay * self.ema + (1.0 - self.decay) * reward
+        self.best = self.ema if self.best is None else max(self.best, self.ema)
+        return {"reward/ema": self.ema, "reward/ema_best": self.best}
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema, "best": self.best, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema, self.best, self.decay = state["ema"], state["best"], state["decay"]
+
+
 class CollapseDetector:
     """Entropy collapse as TERMS.md defines it: the EMA falls below `ratio` × the step-0 entropy
-    and stays below for `patience` consecutive steps.
+    and stays below for `patience` consecutive steps. The reward-collapse detector is the same
+    rule with the best reward EMA so far as the reference.
 
     `update` returns the onset step (the first step below) on the step the condition is met,
     i.e. at onset + patience − 1, and None otherwise. It fires once per collapse; recovering

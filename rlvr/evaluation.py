@@ -405,6 +405,8 @@ def evaluate_policy(
     temperature: float,
     max_new_tokens: int,
     seed: int,
+    items: list[dict] | None = None,
+    show: int = 0,
 ) -> dict:
     """HM@k / pass@k of `policy` (rlvr.backends.Policy) on the first `problems` held-out items of `task`.
 
@@ -412,6 +414,9 @@ def evaluate_policy(
     inside a training run does not change what the run samples afterwards. All `samples`
     completions of many problems are decoded as one batch, like training rollouts.
     Returns {"metrics": {name: {"value", "ci", "n"}}, "per_problem": [...]} as in eval.json.
+    `items` replaces the held-out problems (e.g. a validation slice). `show` > 0 adds "samples":
+    the greedy and the first sampled completion of the first `show` problems, with the answer
+    read from each and its score, so a person can see what the numbers are made of.
     """
     import torch
 
@@ -423,8 +428,8 @@ def evaluate_policy(
     was_training = policy.module.training
     policy.module.eval()
     generator = torch.Generator(device=policy.device).manual_seed(seed)
-    items = [task.item("heldout", i) for i in range(problems)]
-    per_problem = []
+    items = items if items is not None else [task.item("heldout", i) for i in range(problems)]
+    per_problem, shown = [], []
     chunk = max(1, policy.decode_batch_rows // samples)
     for start in range(0, problems, chunk):
         group = items[start : start + chunk]
@@ -445,8 +450,38 @@ def evaluate_policy(
             for k in ks:
                 record[f"hm@{k}_ranked"] = hm_at_k_ranked(answers, correct, [seq_logprobs[i] for i in rows], k)
             per_problem.append(record)
+            if len(shown) < 2 * show:  # two completions per shown problem
+                for kind, text in (("greedy", greedy.texts[g]), ("sampled", texts[0])):
+                    shown.append({"id": item["id"], "question": item.get("question", item["prompt"]),
+                                  "answer": item["answer"], "kind": kind, "completion": text,
+                                  "extracted": task.extract_answer(text), "score": task.score(text, item)})
     policy.module.train(was_training)
-    return {"metrics": metrics_from_per_problem(per_problem, ks, seed), "per_problem": per_problem}
+    result = {"metrics": metrics_from_per_problem(per_problem, ks, seed), "per_problem": per_problem}
+    if show:
+        result["samples"] = shown
+    return result
+
+
+def validation_items(task, evaluation_problems: int, count: int) -> list[dict]:
+    """`count` held-out problems disjoint from the first `evaluation_problems` (the reported ones),
+    by problem key: where --keep-best and --early-stop measure with --select-split validation, so
+    the reported numbers are not the ones the best checkpoint was chosen on. ValueError when the
+    task's held-out split has too few distinct problems."""
+    key = lambda item: item.get("key", item["prompt"])  # noqa: E731
+    taken = {key(task.item("heldout", i)) for i in range(evaluation_problems)}
+    chosen: list[dict] = []
+    index = evaluation_problems
+    while len(chosen) < count and index < evaluation_problems + 20 * count:
+        item = task.item("heldout", index)
+        if key(item) not in taken:
+            taken.add(key(item))
+            chosen.append(item)
+        index += 1
+    if len(chosen) < count:
+        raise ValueError(f"the task's held-out split has fewer than {evaluation_problems + count} distinct problems, "
+                         f"so no validation slice of {count} is disjoint from the {evaluation_problems} evaluated ones; "
+                         "lower --eval-problems or use --select-split heldout")
+    return chosen
 
 
 def metrics_from_per_problem(per_problem: list[dict], ks: Sequence[int], seed: int = 0) -> dict:

@@ -132,9 +132,10 @@ def find_runs(dirs: list[str]) -> list[Run]:
         root = Path(d)
         if not root.is_dir():
             raise ReportError(f"{d} is not a directory")
+        # A run directory holds config.json and metrics.jsonl; model directories inside it
+        # (final/, best/, exports) hold a config.json of their own and no metrics.
         found = [root] if (root / "config.json").is_file() else sorted(p.parent for p in root.glob("**/config.json")
-                                                                        if "checkpoints" not in p.parts
-                                                                        and "final" not in p.parts)
+                                                                        if (p.parent / "metrics.jsonl").is_file())
         if not found:
             raise ReportError(f"no run directories (holding config.json) under {d}")
         runs.extend(read_run(p) for p in found)

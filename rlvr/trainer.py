@@ -40,8 +40,9 @@ from rlvr.checkpoint import (clean_temporaries, load_latest, replace_dir, rng_st
                              write_text_atomic)
 from rlvr.config import ConfigError, RunFailed, TrainConfig, to_dict
 from rlvr.entropy import (AdaptiveEntropyCoefficient, CollapseDetector, EntropyCoefficient, EntropyMonitor,
-                          masked_mean, masked_quantiles)
-from rlvr.evaluation import evaluate_policy, flat_eval_metrics, paired_bootstrap_gain, per_problem_values
+                          RewardMonitor, masked_mean, masked_quantiles)
+from rlvr.evaluation import (evaluate_policy, flat_eval_metrics, paired_bootstrap_gain, per_problem_values,
+                             validation_items)
 from rlvr.loggers import Trackers
 from rlvr.losses import LossSettings, policy_loss, top_entropy_select
 from rlvr.reward_pool import RewardPool, WorkerStartError
@@ -153,6 +154,8 @@ class RunDir:
         self.metrics_file = self.root / "metrics.jsonl"
         self.events_file = self.root / "events.jsonl"
         self.evals_file = self.root / "evals.jsonl"  # every evaluation in full, per-problem counts included
+        self.samples_file = self.root / "samples.jsonl"  # a few completions of every evaluation, for people
+        self.best = self.root / "best"  # --keep-best: the model of the best evaluation, and best.json
         self.checkpoints = self.root / "checkpoints"
         self.final = self.root / "final"
 
@@ -171,9 +174,9 @@ class RunDir:
                                      "use another --out, or --force to start over there")
 
     def start_fresh(self) -> None:
-        for path in (self.metrics_file, self.events_file, self.evals_file, self.root / "eval.json"):
+        for path in (self.metrics_file, self.events_file, self.evals_file, self.samples_file, self.root / "eval.json"):
             path.unlink(missing_ok=True)
-        for path in (self.checkpoints, self.final):
+        for path in (self.checkpoints, self.final, self.best):
             shutil.rmtree(path, ignore_errors=True)
 
     def write_config(self, cfg: TrainConfig) -> None:
@@ -188,10 +191,18 @@ class RunDir:
         policy.save(tmp, extra=extra)
         replace_dir(tmp, self.final)
 
+    def save_best(self, policy, best: dict, extra: dict) -> None:
+        """best/ holds the model of the best evaluation and best.json; replaced atomically."""
+        tmp = self.root / f".tmp-best-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy.save(tmp, extra=extra)
+        (tmp / "best.json").write_text(json.dumps({k: v for k, v in best.items() if k != "per_problem"}) + "\n")
+        replace_dir(tmp, self.best)
+
     def truncate_metrics(self, last_step: int) -> None:
         """Drops metric and evaluation rows after the checkpoint being resumed (or rolled back
         to): the resumed run re-creates them."""
-        for path in (self.metrics_file, self.evals_file):
+        for path in (self.metrics_file, self.evals_file, self.samples_file):
             if not path.is_file():
                 continue
             kept = []
@@ -349,6 +360,10 @@ class RunState:
         self.monitor = EntropyMonitor(half_life=10)
         self.controller = make_entropy_controller(cfg)
         self.detector = CollapseDetector(cfg.collapse_ratio, cfg.collapse_patience)
+        self.reward_monitor = RewardMonitor(half_life=10)
+        self.reward_detector = CollapseDetector(cfg.reward_collapse_ratio, cfg.reward_collapse_patience)
+        self.best: dict | None = None  # the best evaluation so far: step, value, per-problem values (--keep-best)
+        self.evals_without_gain = 0  # evaluations since the last significant gain over the best (--early-stop)
         self.sampler = Sampler(cfg)  # prompt stream position, --adaptive-k's estimator
         self.baseline_eval: list[dict] | None = None  # step-0 per-problem results, for paired gains
         self.step = 0
@@ -370,7 +385,9 @@ class RunState:
                 "entropy_monitor": self.monitor.state_dict(), "entropy_controller": self.controller.state_dict(),
                 "collapse_detector": self.detector.state_dict(), "sampler": self.sampler.state_dict(), "rng": rng_state(),
                 "baseline_eval": self.baseline_eval, "rollbacks": self.rollbacks, "stopped": self.stopped,
-                "bad_steps": self.bad_steps}
+                "bad_steps": self.bad_steps, "reward_monitor": self.reward_monitor.state_dict(),
+                "reward_detector": self.reward_detector.state_dict(), "best": self.best,
+                "evals_without_gain": self.evals_without_gain}
 
     def load_state_dict(self, state: dict, *, keep_counters: bool = False) -> None:
         """keep_counters: a rollback restores the policy but not the run's rollback count."""
@@ -384,14 +401,19 @@ class RunState:
         self.baseline_eval = state["baseline_eval"]
         self.step = state["step"]
         self.bad_steps = state.get("bad_steps", 0)  # absent from checkpoints of rlvr before 0.1.0's guards
+        if "reward_monitor" in state:  # absent from checkpoints written before the reward detector
+            self.reward_monitor.load_state_dict(state["reward_monitor"])
+            self.reward_detector.load_state_dict(state["reward_detector"])
+            if not keep_counters:  # a rollback keeps the best so far: best/ on disk is still that model
+                self.best, self.evals_without_gain = state["best"], state["evals_without_gain"]
         if not keep_counters:
             self.rollbacks, self.stopped = state["rollbacks"], state["stopped"]
 
     def reset_to_start(self) -> None:
         """Back to the starting model (a rollback with no checkpoint before the onset)."""
-        rollbacks, baseline = self.rollbacks, self.baseline_eval
+        kept = self.rollbacks, self.baseline_eval, self.best, self.evals_without_gain
         self.__init__(self.cfg, self.device)
-        self.rollbacks, self.baseline_eval = rollbacks, baseline
+        self.rollbacks, self.baseline_eval, self.best, self.evals_without_gain = kept
 
 
 def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
@@ -418,7 +440,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         run.truncate_metrics(st.step)
     run.write_config(cfg)
     metrics_log, events_log = MetricsLog(run, cfg, st.step), JsonlWriter(run.events_file)
-    evals_log = JsonlWriter(run.evals_file)
+    evals_log, samples_log = JsonlWriter(run.evals_file), JsonlWriter(run.samples_file)
     model = st.policy.describe()
     events_log.write({"event": "model", "step": st.step, **model,
                       "message": f"{cfg.model}: {model['backend']} backend, {model['parameters']:,} parameters, "
@@ -426,13 +448,19 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
     if st.step:
         events_log.write({"event": "resume", "step": st.step, "message": f"resumed from checkpoint at step {st.step}"})
     if (st.step >= cfg.steps or st.stopped) and run.final.is_dir():
-        metrics_log.close(), events_log.close(), evals_log.close()
+        metrics_log.close(), events_log.close(), evals_log.close(), samples_log.close()
         return summarize(run, cfg, already_done=True)
 
+    eval_settings = dict(problems=cfg.eval_problems, samples=cfg.eval_samples, temperature=cfg.eval_temperature,
+                         ks=[k for k in EVAL_KS if k <= cfg.eval_samples], max_new_tokens=cfg.max_new_tokens,
+                         seed=stream_seed(cfg.seed, 0, 1))
+    selection_items = validation_items(task, cfg.eval_problems, cfg.eval_problems) \
+        if cfg.select_split == "validation" and cfg.eval_every else None
+
     def evaluate(step: int) -> dict:
-        result = evaluate_policy(st.policy, task, problems=cfg.eval_problems, samples=cfg.eval_samples,
-                                 ks=[k for k in EVAL_KS if k <= cfg.eval_samples], temperature=cfg.eval_temperature,
-                                 max_new_tokens=cfg.max_new_tokens, seed=stream_seed(cfg.seed, 0, 1))
+        result = evaluate_policy(st.policy, task, show=cfg.eval_show, **eval_settings)
+        for sample in result.pop("samples", []):
+            samples_log.write({"step": step, **sample})
         flat = flat_eval_metrics(result)
         if st.baseline_eval is None:
             st.baseline_eval = result["per_problem"]
@@ -448,7 +476,25 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         evals_log.write(eval_json)
         events_log.write({"event": "eval", "step": step, "message": ", ".join(
             f"{name} {m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" for name, m in result["metrics"].items())})
+        if cfg.keep_best != "none":
+            selected = result if selection_items is None else \
+                evaluate_policy(st.policy, task, items=selection_items, **eval_settings)
+            flat.update(select_best(step, selected))
         return flat
+
+    def select_best(step: int, result: dict) -> dict:
+        """--keep-best and --early-stop: is this evaluation the best so far, and a significant gain?"""
+        metric = cfg.keep_best
+        value, values = result["metrics"][metric]["value"], per_problem_values(result["per_problem"], metric)
+        gain = None if st.best is None else paired_bootstrap_gain(st.best["values"], values)
+        if st.best is None or value > st.best["value"]:
+            st.best = {"step": step, "metric": metric, "value": value, "ci": result["metrics"][metric]["ci"],
+                       "split": cfg.select_split, "values": values.tolist()}
+            run.save_best(st.policy, st.best, extra={"trained_by": "rlvr train", "steps": step, "config": to_dict(cfg)})
+        significant = gain is None or gain["ci"][0] > 0
+        st.evals_without_gain = 0 if significant and st.best["step"] == step else st.evals_without_gain + 1
+        return {"eval/selected": value, "eval/best": st.best["value"], "eval/best_step": st.best["step"],
+                "eval/evals_without_gain": st.evals_without_gain}
 
     def checkpoint() -> None:
         save_checkpoint(run.checkpoints, st.step, st.state_dict(), keep=cfg.keep_checkpoints)
@@ -456,7 +502,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
     try:
         pool = RewardPool(cfg.reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout, cfg.answer_format)
     except WorkerStartError as err:
-        metrics_log.close(), events_log.close()
+        metrics_log.close(), events_log.close(), evals_log.close(), samples_log.close()
         raise ConfigError("reward", f"the reward workers could not load it: {err}") from None
     bar = _Progress(cfg, enabled=progress and not cfg.quiet, console=console)
     last_eval: dict = {}
@@ -508,6 +554,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                 "reward/zero_signal_frac": generated.zero_signal_frac(),
                 "reward/errors": len(generated.failures),
                 "reward/timeouts": sum(f.kind == TIMEOUT for f in generated.failures),
+                **st.reward_monitor.update(generated.reward_mean()),
                 "entropy/mean": entropy,
                 **st.monitor.update(entropy),
                 "entropy/p10": p10, "entropy/p50": p50, "entropy/p90": p90,
@@ -537,16 +584,30 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                             "had a non-finite loss or gradient and were skipped; the newest checkpoint holds the "
                             "last good weights. Lower --lr or --max-grad-norm, or raise --max-bad-steps")
 
-            onset = st.detector.update(step, st.monitor.ema, st.monitor.initial)
-            if onset is not None:
-                action = on_collapse(st, run, cfg, step, onset, events_log, bar)
+            if cfg.early_stop and st.evals_without_gain >= cfg.early_stop:
+                st.stopped = f"early stop at step {step}"
+                events_log.write({"event": "early_stop", "step": step, "best_step": st.best["step"],
+                                  "best_value": st.best["value"], "message": (
+                                      f"--early-stop: {st.evals_without_gain} evaluations without a significant gain "
+                                      f"over {cfg.keep_best} {st.best['value']:.3f} at step {st.best['step']}")})
+                checkpoint()
+                break
+            action = None
+            onsets = (("entropy", st.detector.update(step, st.monitor.ema, st.monitor.initial)),
+                      ("reward", st.reward_detector.update(step, st.reward_monitor.ema, st.reward_monitor.best)))
+            for kind, onset in onsets:
+                if onset is not None:
+                    action = on_collapse(st, run, cfg, step, onset, events_log, bar, kind)
+                    if action != "warn":
+                        break
+            if action is not None:
                 if action == "stop":
                     checkpoint()
                     break
                 if action == "rollback":
-                    evals_log.close()
+                    evals_log.close(), samples_log.close()
                     metrics_log.rewind(st.step)
-                    evals_log = JsonlWriter(run.evals_file)
+                    evals_log, samples_log = JsonlWriter(run.evals_file), JsonlWriter(run.samples_file)
                     bar.update(st.step, row, last_eval)
                     continue
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
@@ -557,7 +618,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
     finally:
         pool.close()
         bar.stop()
-        metrics_log.close(), evals_log.close()
+        metrics_log.close(), evals_log.close(), samples_log.close()
     run.save_final(st.policy, extra={"trained_by": "rlvr train", "steps": st.step, "config": to_dict(cfg)})
     summary = summarize(run, cfg)
     if st.stopped:
@@ -592,13 +653,22 @@ def stop_failed(events_log, step: int, message: str) -> None:
     raise RunFailed(message)
 
 
-def on_collapse(st: RunState, run: RunDir, cfg: TrainConfig, step: int, onset: int, events_log, bar) -> str:
-    """Acts on a detected entropy collapse per --on-collapse; returns the action taken."""
-    measured = {"onset": onset, "entropy_ema": st.monitor.ema, "entropy_initial": st.monitor.initial,
-                "collapse_ratio": cfg.collapse_ratio, "patience": cfg.collapse_patience}
-    message = (f"entropy collapse: EMA {st.monitor.ema:.4f} nats < {cfg.collapse_ratio} x step-0 "
-               f"{st.monitor.initial:.4f} since step {onset} ({cfg.collapse_patience} steps)")
-    events_log.write({"event": "collapse", "step": step, "message": message, **measured})
+def on_collapse(st: RunState, run: RunDir, cfg: TrainConfig, step: int, onset: int, events_log, bar,
+                kind: str = "entropy") -> str:
+    """Acts on a detected entropy (or, kind="reward", training-reward) collapse per --on-collapse;
+    returns the action taken. Events: `collapse` for entropy, `reward_collapse` for reward."""
+    if kind == "entropy":
+        measured = {"onset": onset, "entropy_ema": st.monitor.ema, "entropy_initial": st.monitor.initial,
+                    "collapse_ratio": cfg.collapse_ratio, "patience": cfg.collapse_patience}
+        message = (f"entropy collapse: EMA {st.monitor.ema:.4f} nats < {cfg.collapse_ratio} x step-0 "
+                   f"{st.monitor.initial:.4f} since step {onset} ({cfg.collapse_patience} steps)")
+    else:
+        measured = {"onset": onset, "reward_ema": st.reward_monitor.ema, "reward_ema_best": st.reward_monitor.best,
+                    "collapse_ratio": cfg.reward_collapse_ratio, "patience": cfg.reward_collapse_patience}
+        message = (f"reward collapse: training-reward EMA {st.reward_monitor.ema:.4f} < {cfg.reward_collapse_ratio} x "
+                   f"its best {st.reward_monitor.best:.4f} since step {onset} ({cfg.reward_collapse_patience} steps)")
+    events_log.write({"event": "collapse" if kind == "entropy" else "reward_collapse", "step": step,
+                      "message": message, **measured})
     action = cfg.on_collapse
     if action == "rollback" and st.rollbacks >= cfg.max_rollbacks:
         action = "stop"
@@ -607,7 +677,7 @@ def on_collapse(st: RunState, run: RunDir, cfg: TrainConfig, step: int, onset: i
         bar.warn(f"warning: {message} (step {step}); --on-collapse stop|rollback acts on it")
         return action
     if action == "stop":
-        st.stopped = f"entropy collapse at step {onset}"
+        st.stopped = f"{kind} collapse at step {onset}"
         events_log.write({"event": "stop", "step": step, "message": message + "; run stopped", **measured})
         bar.warn(f"stopping: {message}")
         return action

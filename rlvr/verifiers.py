@@ -1,7 +1,8 @@
 """Reward names -> verifier functions, and one verifier call with its failures caught.
 
 `--reward` is a registered name (`task`: the task's own score; `code_exec`: runs the completion
-as a program against the item's tests, see rlvr/code_exec.py) or `module:function` with the
+as a program against the item's tests, see rlvr/code_exec.py; `math_verify`: the completion's math
+answer against the item's with math-verify, see rlvr/math_answers.py) or `module:function` with the
 signature `f(completion: str, item: dict) -> float`, imported from the working directory or
 PYTHONPATH. This module is free of torch so that reward worker processes start fast.
 """
@@ -32,6 +33,14 @@ def _task_score(task) -> Verifier:
 def _code_exec(task) -> Verifier:
     from rlvr.code_exec import score
 
+    return score
+
+
+@REWARDS.register("math_verify")
+def _math_verify(task) -> Verifier:
+    from rlvr.math_answers import import_math_verify, score
+
+    import_math_verify()  # ValueError with the install line, before any work
     return score
 
 
