@@ -382,6 +382,8 @@ def check_task(name: str, seed: int, max_new_tokens: int, model: str, field_name
 
 def check_writable(out: str, field_name: str = "out") -> None:
     """The nearest existing ancestor of `out` must be a writable directory (nothing is created here)."""
+    import tempfile
+
     probe = Path(out)
     try:
         while not probe.exists():
@@ -389,8 +391,14 @@ def check_writable(out: str, field_name: str = "out") -> None:
         writable = probe.is_dir() and os.access(probe, os.W_OK)
     except OSError as err:  # e.g. a name longer than the file system allows
         raise ConfigError(field_name, f"cannot use {out!r}: {err.strerror}") from None
+    reason = "not a writable directory"
+    if writable:  # permission bits say yes, but /proc, read-only mounts and full disks still refuse: try
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".rlvr-probe-", dir=probe))
+        except OSError as err:
+            writable, reason = False, err.strerror
     if not writable:
-        raise ConfigError(field_name, f"cannot create or write {out!r} ({probe} is not a writable directory)")
+        raise ConfigError(field_name, f"cannot create or write {out!r} ({probe}: {reason}); choose another directory")
 
 
 def config_fields(cls) -> list[dataclasses.Field]:

@@ -116,3 +116,10 @@ def test_tasks_lists_builtin_tasks(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
     assert "arith" in out and "add2" in out and "mul" in out and "(default)" in out
+
+
+def test_an_out_the_os_refuses_is_refused_before_any_work(capsys):
+    """/proc passes the permission check for root, but nothing can be created there."""
+    assert main(["train", "--out", "/proc/forbidden", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--out: cannot create or write '/proc/forbidden'" in err and "Traceback" not in err
