@@ -452,7 +452,7 @@ def evaluate_policy(
             per_problem.append(record)
             if len(shown) < 2 * show:  # two completions per shown problem
                 for kind, text in (("greedy", greedy.texts[g]), ("sampled", texts[0])):
-                    shown.append({"id": item["id"], "question": item.get("question", item["prompt"]),
+                    shown.append({"id": item["id"], "question": policy.prompt_text(item),
                                   "answer": item["answer"], "kind": kind, "completion": text,
                                   "extracted": task.extract_answer(text), "score": task.score(text, item)})
     policy.module.train(was_training)

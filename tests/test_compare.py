@@ -20,7 +20,8 @@ from rlvr.report import build_report, to_html
 
 SUMMARY_KEYS = {"match", "steps", "seeds", "arms", "verdicts"}
 ARM_KEYS = {"name", "k", "variant", "hm@4_gain_at_100", "entropy_retention_at_100", "entropy_retention_final",
-            "collapse_step", "step_seconds_median", "peak_memory_mib", "step_time_ratio", "memory_ratio"}
+            "collapse_step", "step_seconds_median", "peak_memory_mib", "step_time_ratio", "memory_ratio",
+            "reward_collapse_step", "best_step", "best_value"}
 SMALL = ["--steps", "6", "--seeds", "1", "--eval-every", "3", "--eval-problems", "8", "--eval-samples", "4",
          "--prompts-per-step", "2", "--max-new-tokens", "6", "--checkpoint-every", "2"]
 
@@ -227,4 +228,4 @@ def test_verdicts_follow_their_documented_rules(tmp_path):
 def test_html_escapes_every_text():
     html = to_html("# <script>alert(1)</script>\n| a | `<b>` |\n|---|---|\n| x<y | **bold** & more |\n", Path("."))
     assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;" in html and "x&lt;y" in html
-    assert "<b>bold</b> &amp; more" in html
+    assert "<strong>bold</strong> &amp; more" in html

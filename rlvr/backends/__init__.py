@@ -85,6 +85,9 @@ class Policy(Protocol):
 
     def encode_prompt(self, item: dict) -> list[int]: ...
 
+    def prompt_text(self, item: dict) -> str:
+        """The item's text as this model is asked it: the chat question, or the raw prompt."""
+
     def decode(self, ids: list[int]) -> str:
         """Generated ids -> text, up to (not including) the first stop id."""
 

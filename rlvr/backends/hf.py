@@ -264,6 +264,9 @@ class HFPolicy:
     def encode_prompt(self, item: dict) -> list[int]:
         return self.prompts.encode_prompt(item)
 
+    def prompt_text(self, item: dict) -> str:
+        return self.prompts.messages(item)[-1]["content"] if self.prompts.chat else item["prompt"]
+
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]
         for position, token in enumerate(ids):

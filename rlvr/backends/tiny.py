@@ -234,6 +234,9 @@ class TinyPolicy:
     def encode_prompt(self, item: dict) -> list[int]:
         return self.prompts.encode_prompt(item)
 
+    def prompt_text(self, item: dict) -> str:
+        return item["prompt"]
+
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids)
 

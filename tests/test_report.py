@@ -1,0 +1,270 @@
+"""`rlvr report` on its own: model text escaped in report.md and report.html, tables that parse,
+best-checkpoint and reward-collapse columns, the reward-collapse verdict rules, and run
+directories older than samples.jsonl / best.json. Mirrors rlvr/report/."""
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlvr.cli import main
+from rlvr.report import build_report, to_html
+from rlvr.report.render import code_span, escape_text
+
+HOSTILE = ("<script>alert(1)</script> a|b `tick` ```fence``` **bold** [x](javascript:alert(1)) "
+           "<img src=x onerror=alert(1)> &amp; back\\slash\nsecond line \\")
+
+
+class Page(HTMLParser):
+    """report.html read back: its tags, and each table as header cells and body rows of cell text."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags, self.tables, self.cell, self.section = [], [], None, None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag == "table":
+            self.tables.append({"head": [], "rows": [], "thead": False})
+        elif tag in ("thead", "tbody"):
+            self.section = tag
+            self.tables[-1]["thead"] |= tag == "thead"
+        elif tag == "tr" and self.section == "tbody":
+            self.tables[-1]["rows"].append([])
+        elif tag in ("th", "td"):
+            self.cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("th", "td") and self.cell is not None:
+            text = "".join(self.cell)
+            if self.section == "thead":
+                self.tables[-1]["head"].append(text)
+            else:
+                self.tables[-1]["rows"][-1].append(text)
+            self.cell = None
+        elif tag == "table":
+            self.section = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def parse_page(text: str) -> Page:
+    page = Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+def md_row_cells(line: str) -> int:
+    """Cells of a markdown table row, splitting as the table parser does: a pipe right after a
+    backslash is text."""
+    return len(re.split(r"(?<!\\)\|", line.strip().strip("|")))
+
+
+def md_tables(md: str) -> list[list[str]]:
+    tables, current = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def assert_page_is_sound(page_text: str, md: str) -> Page:
+    """Every markdown table keeps one column count; every HTML table has a header row in <thead>
+    equal to the markdown's header, no dash-only body row, rows as wide as the header; nothing
+    executable on the page."""
+    page = parse_page(page_text)
+    tables = md_tables(md)
+    assert len(page.tables) == len(tables) > 0
+    for rows, table in zip(tables, page.tables):
+        widths = {md_row_cells(r) for r in rows}
+        assert len(widths) == 1, rows
+        assert table["thead"] and len(table["head"]) == widths.pop()
+        assert table["head"] == [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", rows[0].strip().strip("|"))]
+        for row in table["rows"]:
+            assert len(row) == len(table["head"])
+            assert not all(set(c.strip()) <= set("-:") for c in row), row
+    for tag, attrs in page.tags:
+        assert tag not in ("script", "iframe", "object", "embed", "a"), tag
+        assert not any(name.startswith("on") for name in attrs), (tag, attrs)
+        if tag == "img":
+            assert attrs["src"].startswith("data:image/png;base64,")
+    return page
+
+
+# ---------------------------------------------------------------------------------------- escaping
+
+def test_escape_text_keeps_text_literal_in_a_table_cell():
+    from markdown_it import MarkdownIt
+
+    parser = MarkdownIt("commonmark", {"html": False}).enable("table")
+    for text in (HOSTILE, "\\|", "x|", "|", "_a_ *b* x86_64", "1. item", "# head", "\r\n\t\x00\x1b"):
+        md = f"| h | i |\n|---|---|\n| {escape_text(text)} | {code_span(text, in_table=True)} |\n"
+        page = parse_page(parser.render(md))
+        (cell, code), = page.tables[0]["rows"]
+        shown = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}",
+                       text.replace("\r\n", "\n").replace("\t", " ")).replace("\n", " ⏎ ")
+        assert cell.strip() == shown.strip()
+        assert code.strip() == " ".join(text.splitlines()).strip() or "\x00" in text
+    assert escape_text("a" * 400, 300).endswith("… (100 more characters)")
+
+
+def test_html_tables_have_a_header_and_no_separator_row():
+    md = "# t\n\n| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n\ntext `<b>` **bold** & more\n"
+    page = parse_page(to_html(md, Path(".")))
+    (table,) = page.tables
+    assert table["thead"] and table["head"] == ["a", "b"] and table["rows"] == [["1", "2"], ["3", "4"]]
+    assert "&lt;b&gt;" in to_html(md, Path(".")) and "<strong>bold</strong> &amp; more" in to_html(md, Path("."))
+
+
+def test_report_of_a_real_run_with_hostile_completions_renders_escaped(model_dir, tmp_path, capsys):
+    run = tmp_path / "runs" / "k4" / "seed0"
+    assert main(["train", "--model", model_dir, "--k", "4", "--steps", "2", "--eval-every", "2", "--eval-problems", "4",
+                 "--eval-samples", "4", "--eval-show", "2", "--prompts-per-step", "2", "--max-new-tokens", "4",
+                 "--out", str(run)]) == 0, capsys.readouterr()
+    rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows} == {0, 2} and {r["kind"] for r in rows} == {"greedy", "sampled"}
+    for r in rows:
+        if r["step"] == 2:
+            r["completion"], r["extracted"] = HOSTILE, "</td><script>alert(2)</script>"
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    best = json.loads((run / "best" / "best.json").read_text())
+
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    page_text, md = (out / "report.html").read_text(), (out / "report.md").read_text()
+    assert "<script" not in page_text.lower() and "<img src=x" not in page_text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page_text
+    page = assert_page_is_sound(page_text, md)
+    samples = next(t for t in page.tables if t["head"][:3] == ["question", "answer", "kind"])
+    assert samples["head"][3:] == ["step 0 completion", "step 0 extracted, score", "step 2 completion",
+                                   "step 2 extracted, score"]
+    assert len(samples["rows"]) == 4  # 2 problems x greedy, sampled
+    shown = HOSTILE.replace("\n", " ⏎ ")
+    assert all(row[5].strip() == shown for row in samples["rows"])
+    assert all(row[6].startswith("</td><script>alert(2)</script>, ") for row in samples["rows"])
+    # the per-arm table: best step and value next to the last evaluation
+    results = next(t for t in page.tables if t["head"][0] == "arm" and "hm@4 @last" in t["head"])
+    best_cell = results["rows"][0][results["head"].index("best hm@4 (step per seed)")]
+    assert best_cell == f"{best['value']:.3f} (step {best['step']})"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["arms"][0]["best_step"] == [best["step"]] and summary["arms"][0]["best_value"] == pytest.approx(best["value"])
+    assert summary["arms"][0]["reward_collapse_step"] is None
+
+
+# ---------------------------------------------------------------------------------------- hand-made runs
+
+def write_run(root: Path, arm: str, seed: int, k: int, entropy: list, steps: int = 150, reward_onset=None,
+              entropy_onset=None, extra=None, best=None, samples=None, reward=0.5):
+    """A hand-made run directory: per-step entropy, hm@4 0 -> 0.5 between steps 0 and 100, the
+    events of both collapse detectors, and optionally best/best.json and samples.jsonl."""
+    from rlvr.config import TrainConfig, to_dict
+
+    run = root / arm / f"seed{seed}"
+    run.mkdir(parents=True)
+    config = {**to_dict(TrainConfig()), "k": k, "seed": seed, "steps": steps, **(extra or {})}
+    (run / "config.json").write_text(json.dumps({"config": config}))
+    (run / "arm.json").write_text(json.dumps({"arm": arm, "variant": "", "order": {"k8": 0, "k16": 1}.get(arm, 2)}))
+    rows = [{"step": s, "reward/mean": reward, "entropy/mean": entropy[s - 1], "entropy/retention": entropy[s - 1] / entropy[0],
+             "reward/zero_signal_frac": 0.1, "diversity/answers": 0.5, "perf/step_seconds": 0.1,
+             "perf/peak_memory_mib": 400.0, "perf/memory_before_step_mib": 300.0} for s in range(1, steps + 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    evals = [{"step": s, "n_problems": 40, "per_problem": [{"id": i, "n": 4, "correct": x, "greedy_correct": 0}
+                                                           for i, x in enumerate(c)]}
+             for s, c in ((0, [0] * 40), (100, [4] * 20 + [0] * 20))]
+    (run / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    events = []
+    if entropy_onset:
+        events.append({"event": "collapse", "step": entropy_onset + 10, "onset": entropy_onset})
+    if reward_onset:
+        events.append({"event": "reward_collapse", "step": reward_onset + 20, "onset": reward_onset, "reward_ema": 0.1,
+                       "reward_ema_best": 0.5, "collapse_ratio": 0.5, "patience": 20, "message": "reward collapse"})
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    if best:
+        (run / "best").mkdir()
+        (run / "best" / "best.json").write_text(json.dumps({"metric": "hm@4", "ci": [0, 1], "split": "heldout", **best}))
+    if samples:
+        (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
+    (run / "final").mkdir()
+
+
+STEADY, DECAYING = [1.0] * 150, list(np.linspace(1.0, 0.4, 150))  # retention 0.4: below 0.5, above the 0.3 ratio
+
+
+def verdicts_of(tmp_path: Path, name: str) -> tuple[dict, dict]:
+    summary = build_report([str(tmp_path / "runs")], str(tmp_path / name))
+    return {v["claim"][:3]: v for v in summary["verdicts"]}, {a["name"]: a for a in summary["arms"]}
+
+
+def test_reward_collapse_counts_where_the_claim_is_about_training_collapsing(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(runs, "k8", seed, 8, STEADY, reward_onset=90 if seed else None)
+        write_run(runs, "k16", seed, 16, STEADY, reward_onset=(120, 130)[seed])
+        write_run(runs, "ctl", seed, 16, STEADY, extra={"entropy_target": 1.2})
+    v, arms = verdicts_of(tmp_path, "r1")
+    # (c): training collapsed in reward while entropy stayed steady: not refuted any more, not supported
+    assert v["(c)"]["verdict"] == "inconclusive"
+    assert "reward-collapse onsets per seed [120, 130]" in v["(c)"]["evidence"]
+    # (e): the control kept K=16 stable where plain K=16 collapsed in reward
+    assert v["(e)"]["verdict"] == "supported" and "(in reward)" in v["(e)"]["evidence"]
+    assert "reward-collapse onsets [none, none] vs [120, 130]" in v["(e)"]["evidence"]
+    # (b) is about entropy: a reward collapse is mentioned, the verdict unchanged
+    assert v["(b)"]["verdict"] == "supported" and "fired in 1 of 2 seed(s)" in v["(b)"]["evidence"]
+    assert arms["k16"]["reward_collapse_step"] == 120 and arms["ctl"]["reward_collapse_step"] is None
+    md = (tmp_path / "r1" / "report.md").read_text()
+    k16_row = next(line for line in md.splitlines() if line.startswith("| k16 | 16 |"))
+    assert "| none, none | 120, 130 |" in k16_row
+
+    # entropy decayed (without a detected collapse) and reward collapsed: (c) supported; a control
+    # whose reward collapses is not stable: (e) refuted
+    for arm in ("k16", "ctl"):
+        for seed in (0, 1):
+            shutil.rmtree(runs / arm / f"seed{seed}")
+    for seed in (0, 1):
+        write_run(runs, "k16", seed, 16, DECAYING, reward_onset=120)
+        write_run(runs, "ctl", seed, 16, STEADY, extra={"entropy_target": 1.2}, reward_onset=140 if seed else None)
+    v, _ = verdicts_of(tmp_path, "r2")
+    assert v["(c)"]["verdict"] == "supported"
+    assert v["(e)"]["verdict"] == "refuted" and "training reward collapsed in 1 seed(s)" in v["(e)"]["evidence"]
+
+
+def test_without_reward_collapses_the_verdicts_keep_their_entropy_rules(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(runs, "k8", seed, 8, STEADY)
+        write_run(runs, "k16", seed, 16, STEADY)
+        write_run(runs, "ctl", seed, 16, STEADY, extra={"entropy_target": 1.2})
+    v, _ = verdicts_of(tmp_path, "r")
+    assert v["(c)"]["verdict"] == "refuted" and v["(e)"]["verdict"] == "inconclusive"
+    assert "reward-collapse onsets per seed [none, none]" in v["(c)"]["evidence"]
+
+
+def test_best_and_samples_columns_and_old_runs_without_them(tmp_path):
+    runs = tmp_path / "runs"
+    samples = [{"step": s, "id": "p0", "question": "1+1?", "answer": "2", "kind": kind,
+                "completion": f"{kind} at {s}", "extracted": None if s == 0 else "2", "score": float(s > 0)}
+               for s in (0, 50, 150) for kind in ("greedy", "sampled")]
+    write_run(runs, "k8", 0, 8, STEADY, best={"step": 100, "value": 0.6}, samples=samples)
+    write_run(runs, "k8", 1, 8, STEADY, best={"step": 125, "value": 0.7})
+    # a run from before best.json, samples.jsonl and the reward detector
+    write_run(runs, "k16", 0, 16, STEADY, extra={"reward_collapse_ratio": None, "reward_collapse_patience": None})
+    summary = build_report([str(runs)], str(tmp_path / "r"))
+    arms = {a["name"]: a for a in summary["arms"]}
+    assert arms["k8"]["best_step"] == [100, 125] and arms["k8"]["best_value"] == pytest.approx(0.65)
+    assert arms["k16"]["best_step"] == [None] and arms["k16"]["best_value"] is None
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| 0.650 (steps 100, 125) |" in md
+    k16_row = next(line for line in md.splitlines() if line.startswith("| k16 | 16 |"))
+    assert "| n/a |" in k16_row and "| none | off |" in k16_row
+    assert "| 1+1? | 2 | greedy | greedy at 0 | none, 0.00 | greedy at 150 | 2, 1.00 |" in md
+    assert "n/a: this run has no samples.jsonl" in md
+    assert_page_is_sound((tmp_path / "r" / "report.html").read_text(), md)
