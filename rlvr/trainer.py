@@ -725,6 +725,9 @@ def summarize(run: RunDir, cfg: TrainConfig, already_done: bool = False) -> dict
         if f"eval/{HEADLINE}_gain" in e:
             line += (f", gain {e[f'eval/{HEADLINE}_gain']:+.1f} pts [{e[f'eval/{HEADLINE}_gain_ci_low']:+.1f}, "
                      f"{e[f'eval/{HEADLINE}_gain_ci_high']:+.1f}]")
+    if (run.best / "best.json").is_file():
+        summary["best"] = json.loads((run.best / "best.json").read_text())
+        line += f" | best {summary['best']['metric']} {summary['best']['value']:.3f} at step {summary['best']['step']} (best/)"
     summary["line"] = line + f" | {run.root}"
     return summary
 
