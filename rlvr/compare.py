@@ -358,4 +358,17 @@ def run_compare(cc: CompareConfig, base: dict, command: str = "", progress: bool
     except ReportError as err:
         print(f"rlvr compare: no report: {err}", file=sys.stderr)
         summary = None
+    if summary is not None:
+        _attach_plots(plans, root)
     return summary, failed
+
+
+def _attach_plots(plans: list[RunPlan], root: Path) -> None:
+    """With --log trackers, the report's plots go to each run's tracker runs too (rlvr/loggers.py)."""
+    from rlvr.loggers import attach_files, parse
+
+    plots = sorted((root / "plots").glob("*.png"))
+    for plan in plans:
+        if plots and parse(plan.config.log) and (plan.dir / "config.json").is_file():
+            for problem in attach_files(plan.dir, to_dict(plan.config), plots):
+                print(f"rlvr compare: {problem}", file=sys.stderr)
