@@ -317,8 +317,9 @@ def check_reward(reward: str, task: str) -> None:
     from rlvr.verifiers import load_verifier, needs_task
 
     if reward == "code_exec" and not task.startswith("jsonl:"):
-        raise ConfigError("reward", "code_exec runs each item's answer as Python tests; use it with a "
-                                    "jsonl:<path> task whose answers are tests (docs/reliability.md)")
+        raise ConfigError("reward", "code_exec judges each completion as a program; use it with a jsonl:<path> "
+                                    "task whose items hold assert-style tests in \"answer\" or stdin/stdout pairs "
+                                    "in \"tests\" (docs/reliability.md)")
     if needs_task(reward):
         return
     try:

@@ -83,7 +83,8 @@ def load_problems(path: Path) -> list[dict]:
             prompt = record.get("prompt")
             if not isinstance(prompt, str) or not prompt:
                 raise _bad_line(path, line_number, '"prompt" is missing or not a non-empty string')
-            answer = record.get("answer")
+            # A code task's stdin/stdout "tests" are its answer (--reward code_exec); "answer" may then be absent.
+            answer = record.get("answer", "" if isinstance(record.get("tests"), list) else None)
             if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
                 raise _bad_line(path, line_number, '"answer" is missing or not a string or number')
             question = record.get("question", prompt)
