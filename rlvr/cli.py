@@ -6,7 +6,6 @@ and doc in --help. Exit codes: 0 done, 1 the run failed, 2 bad input (named fiel
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shlex
 import sys

@@ -328,14 +328,6 @@ def check_reward(reward: str, task: str) -> None:
         raise ConfigError("reward", str(err)) from None
 
 
-def _is_file(path: Path) -> bool:
-    """Path.is_file that answers False, not OSError, for names the OS refuses (too long, ...)."""
-    try:
-        return path.is_file()
-    except OSError:
-        return False
-
-
 def check_model_path(model: str, cfg: Any = None, field_name: str = "model") -> None:
     """`--model` must name something loadable, and its settings must suit the backend."""
     from rlvr.backends import ModelError, resolve

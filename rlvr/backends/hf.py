@@ -122,8 +122,9 @@ def check_causal_lm(path: Path, config: dict) -> None:
         raise ModelError(f"{str(path)!r} has a config.json but no weights ({' or '.join(WEIGHT_FILES[::2])})")
 
 
-def _base_of_adapter(ref: ModelRef) -> ModelRef:
-    """The base model a LoRA adapter directory was trained on."""
+def _base_of_adapter(ref: ModelRef) -> tuple[ModelRef, str]:
+    """The base model a LoRA adapter directory was trained on, and how rlvr named it (`--model`
+    of the run that trained it, e.g. smollm2; its resolved path when rlvr did not save it)."""
     adapter = json.loads((ref.path / "adapter_config.json").read_text())
     meta = json.loads((ref.path / RLVR_META).read_text()) if (ref.path / RLVR_META).is_file() else {}
     base = adapter.get("base_model_name_or_path") or ""
@@ -135,7 +136,7 @@ def _base_of_adapter(ref: ModelRef) -> ModelRef:
         raise ModelError(f"the LoRA adapter in {str(ref.path)!r} needs its base model {base!r}: {err}") from None
     if base_ref.backend != "hf" or base_ref.adapter:
         raise ModelError(f"the base model {base!r} of the adapter in {str(ref.path)!r} is not a transformers model")
-    return base_ref
+    return base_ref, meta.get("base_model", str(base_ref.path))
 
 
 def _has_tokenizer(path: Path) -> bool:
@@ -156,7 +157,7 @@ class HFPrompts:
 
     @classmethod
     def load(cls, ref: ModelRef, settings: ModelSettings) -> "HFPrompts":
-        model_ref = _base_of_adapter(ref) if ref.adapter else ref
+        model_ref = _base_of_adapter(ref)[0] if ref.adapter else ref
         tokenizer_dir = ref.path if _has_tokenizer(ref.path) else model_ref.path
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -238,11 +239,9 @@ class HFPolicy:
         if ref.adapter:
             from peft import PeftModel
 
-            base_ref = _base_of_adapter(ref)
+            base_ref, base_spec = _base_of_adapter(ref)
             model = _load_weights(base_ref.path)
             peft_model = PeftModel.from_pretrained(model, ref.path, is_trainable=True)
-            base_spec = json.loads((ref.path / RLVR_META).read_text()).get("base_model", str(base_ref.path)) \
-                if (ref.path / RLVR_META).is_file() else str(base_ref.path)
             if not settings.lora_rank:  # full fine-tuning from an adapter: train the merged weights
                 model, peft_model = peft_model.merge_and_unload(), None
         else:
