@@ -9,6 +9,8 @@ prompt + completion (with gradients) that the loss uses. Both only use the Polic
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from rlvr.backends import Policy
@@ -33,6 +35,26 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
+def _uniforms(generator, sizes: list[int], steps: int, device) -> torch.Tensor:
+    """(N, steps) uniform draws in [0, 1): one per row and decoding step, drawn up front. With one
+    generator per group, a group's draws come from its own generator only, so its samples do not
+    depend on which other groups share the batch (or the process)."""
+    if isinstance(generator, torch.Generator):
+        return torch.rand((sum(sizes), steps), generator=generator, device=generator.device).to(device)
+    if len(generator) != len(sizes):
+        raise ValueError(f"{len(generator)} generators for {len(sizes)} groups; give one per group")
+    return torch.cat([torch.rand((size, steps), generator=g, device=g.device).to(device)
+                      for g, size in zip(generator, sizes)])
+
+
+def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: (M, V) probabilities, (M,) uniforms -> (M,) token ids. The first token
+    whose cumulative probability exceeds u·total, so a zero-probability token is never drawn."""
+    cdf = probs.cumsum(dim=-1)
+    token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+    return token.clamp(max=probs.shape[-1] - 1)
+
+
 @torch.no_grad()
 def sample_groups(
     policy: Policy,
@@ -41,18 +63,24 @@ def sample_groups(
     *,
     max_new_tokens: int,
     temperature: float,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
 ) -> RolloutBatch:
     """Samples k completions for each item's prompt, or k[g] for item g when k is a list (group
     sizes of --adaptive-k). temperature 0 means greedy decoding (its log-probs and entropies are
-    then those of the untempered distribution)."""
+    then those of the untempered distribution). `generator` is one torch.Generator for the whole
+    batch, or one per item: then each group's samples depend only on its own generator.
+
+    Rows that have stopped leave the batch (their cache rows are dropped) once they are an eighth
+    of the rows still decoding, so short answers do not pay for long ones. Every row's noise is
+    drawn up front, so which rows share a forward never changes what a row samples."""
     device = policy.device
     prompt_ids, prompt_mask = left_pad([policy.encode_prompt(it) for it in items], policy.pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)  # (B, P)
     batch, width = prompt_ids.shape
-    repeats = k if isinstance(k, int) else torch.tensor(k, device=device)  # int, or (B,) long
-    rows = batch * k if isinstance(k, int) else int(repeats.sum())
+    sizes = [k] * batch if isinstance(k, int) else list(k)
+    rows = sum(sizes)
     scale = temperature if temperature > 0 else 1.0
+    uniforms = _uniforms(generator, sizes, max_new_tokens, device) if temperature > 0 else None  # (N, T)
 
     # Prefill each prompt once, then give every sample its own copy of the cache.
     if width + max_new_tokens > policy.max_seq_len:
@@ -60,44 +88,50 @@ def sample_groups(
                          f"context of {policy.max_seq_len}; use shorter prompts or a smaller --max-new-tokens")
     cache = policy.new_cache(batch, width + max_new_tokens)
     logits = policy.forward(prompt_ids, _positions(prompt_mask), prompt_mask, cache, logits_to_keep=1)[:, -1]  # (B, V)
-    logits = logits.repeat_interleave(repeats, dim=0)  # (N, V)
-    cache = policy.repeat_cache(cache, repeats)
-    prompt_ids = prompt_ids.repeat_interleave(repeats, dim=0)  # (N, P)
-    prompt_mask = prompt_mask.repeat_interleave(repeats, dim=0)
-    next_position = prompt_mask.sum(dim=1, keepdim=True)  # (N, 1) position of the first new token
+    group_of_row = torch.arange(batch, device=device).repeat_interleave(torch.tensor(sizes, device=device))  # (N,)
+    logits = logits[group_of_row]  # (N, V)
+    cache = policy.select_cache(cache, group_of_row)
+    prompt_ids, prompt_mask = prompt_ids[group_of_row], prompt_mask[group_of_row]  # (N, P)
 
     stop_ids = torch.tensor(policy.stop_ids, device=device)
     tokens = torch.full((rows, max_new_tokens), policy.pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((rows, max_new_tokens), device=device)
     entropy = torch.zeros((rows, max_new_tokens), device=device)
     generated = torch.zeros((rows, max_new_tokens), dtype=torch.bool, device=device)
+    # The rows still in the decoding batch: their index in the output, and per live row whether it
+    # has stopped, its next position and which keys are real.
+    live = torch.arange(rows, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
+    next_position = prompt_mask.sum(dim=1, keepdim=True)  # (M, 1) position of the first new token
     key_mask = torch.cat([prompt_mask, torch.ones(rows, max_new_tokens, dtype=torch.bool, device=device)], 1)
 
     for t in range(max_new_tokens):
-        logp = torch.log_softmax(logits.float() / scale, dim=-1)  # (N, V)
-        if temperature > 0:
-            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)  # (N,)
-        else:
-            token = logp.argmax(dim=-1)
+        logp = torch.log_softmax(logits.float() / scale, dim=-1)  # (M, V)
+        probs = logp.exp()
+        token = _draw(probs, uniforms[live, t]) if uniforms is not None else logp.argmax(dim=-1)  # (M,)
         token = torch.where(done, policy.pad_id, token)
-        tokens[:, t] = token
-        generated[:, t] = ~done
-        logprobs[:, t] = logp.gather(1, token[:, None]).squeeze(1)
-        entropy[:, t] = -(logp.exp() * logp).sum(dim=-1)
+        tokens[live, t] = token
+        generated[live, t] = ~done
+        logprobs[live, t] = logp.gather(1, token[:, None]).squeeze(1)
+        entropy[live, t] = -(probs * logp).sum(dim=-1)
         done = done | torch.isin(token, stop_ids)
-        if bool(done.all()) or t == max_new_tokens - 1:
+        finished = int(done.sum())
+        if finished == len(live) or t == max_new_tokens - 1:
             break
-        logits = policy.forward(token[:, None], next_position + t, key_mask[:, : width + t + 1], cache)[:, -1]  # (N, V)
+        if finished * 8 >= len(live):  # drop the stopped rows from the batch and the cache
+            keep = (~done).nonzero().squeeze(1)
+            cache = policy.select_cache(cache, keep)
+            live, done, token = live[keep], done[keep], token[keep]
+            next_position, key_mask = next_position[keep], key_mask[keep]
+        logits = policy.forward(token[:, None], next_position + t, key_mask[:, : width + t + 1], cache)[:, -1]  # (M, V)
 
     logprobs = logprobs * generated
     entropy = entropy * generated
     texts = [policy.decode(row) for row in tokens.tolist()]
-    group_ids = torch.arange(batch, device=device).repeat_interleave(repeats)
     return RolloutBatch(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=tokens,
         completion_mask=generated, logprobs=logprobs, entropy=entropy,
-        group_ids=group_ids, texts=texts, items=list(items), k=k if isinstance(k, int) else max(k),
+        group_ids=group_of_row, texts=texts, items=list(items), k=max(sizes),
     )
 
 

@@ -78,3 +78,36 @@ def test_attention_mask_is_causal_over_real_keys_and_a_query_sees_itself():
     assert mask[0].tolist() == [[False, True, True, False], [False, True, True, True]]
     padded_query = attention_mask(torch.tensor([[False, False]]), 2)[0]
     assert padded_query.tolist() == [[True, False], [False, True]]  # only itself: finite, never used
+
+
+def test_a_groups_samples_depend_only_on_its_own_generator():
+    """With one generator per group, a group samples the same completions alone or batched with
+    others (other prompt widths, other rows leaving the batch at other times)."""
+    model = make_policy(seed=6)
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    together = sample_groups(model, ITEMS, 4, max_new_tokens=8, temperature=1.0, generator=gens(10, 11, 12))
+    alone = sample_groups(model, ITEMS[1:2], 4, max_new_tokens=8, temperature=1.0, generator=gens(11))
+    rows = together.group_ids == 1
+    width = alone.completion_ids.shape[1]
+    assert torch.equal(together.completion_ids[rows][:, :width], alone.completion_ids)
+    assert torch.allclose(together.logprobs[rows][:, :width], alone.logprobs, atol=1e-5)
+    assert together.texts[4:8] == alone.texts
+    mixed = sample_groups(model, ITEMS, 4, max_new_tokens=8, temperature=1.0, generator=gens(10, 99, 12))
+    assert not torch.equal(mixed.completion_ids[rows], together.completion_ids[rows])
+    assert torch.equal(mixed.completion_ids[~rows], together.completion_ids[~rows])
+
+
+def test_inverse_cdf_draws_follow_the_probabilities_and_skip_zero_mass():
+    from rlvr.rollout import _draw
+
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
+    tokens = _draw(probs.expand(len(u), -1), u)
+    freq = torch.bincount(tokens, minlength=5).float() / len(u)
+    assert freq[1] == 0 and freq[4] == 0  # zero-probability tokens are never drawn
+    assert torch.allclose(freq, probs, atol=0.005)
+    edges = _draw(probs.expand(3, -1), torch.tensor([0.0, 0.5, 0.9999999]))
+    assert edges.tolist() == [0, 2, 3]

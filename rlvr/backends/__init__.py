@@ -97,8 +97,9 @@ class Policy(Protocol):
 
     def new_cache(self, batch: int, max_len: int) -> Any: ...
 
-    def repeat_cache(self, cache: Any, repeats: int | torch.Tensor) -> Any:
-        """Each row's cache copied `repeats` times in row order (an int, or (N,) per-row counts)."""
+    def select_cache(self, cache: Any, rows: torch.Tensor) -> Any:
+        """The cache of `rows` (M,) long, in that order; rows may repeat (a prompt's cache shared by
+        its K samples) or be left out (finished rows leave the decoding batch)."""
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must hold to restore the trained weights (all of them, or the adapter)."""

@@ -289,9 +289,9 @@ class HFPolicy:
     def new_cache(self, batch: int, max_len: int):
         return DynamicCache(config=self.model.config)
 
-    def repeat_cache(self, cache, repeats):
+    def select_cache(self, cache, rows):
         for layer in cache.layers:
-            layer.batch_repeat_interleave(repeats)  # torch.repeat_interleave: an int or per-row counts
+            layer.batch_select_indices(rows)  # plain indexing: rows may repeat
         return cache
 
     def trainable_state_dict(self) -> dict:

@@ -51,21 +51,32 @@ class TinyConfig:
 
 
 class KVCache:
-    """Preallocated keys/values for every layer: (layers, N, heads, max_len, head_dim) each."""
+    """Keys/values of every layer, (N, heads, S, head_dim) each. Without gradients new positions
+    are written in place into buffers preallocated to `max_len`; with gradients (the training
+    forward over a shared prompt) they are concatenated, so autograd sees no in-place writes."""
 
     def __init__(self, cfg: TinyConfig, batch: int, max_len: int, dtype, device) -> None:
-        head_dim = cfg.d_model // cfg.n_head
-        shape = (cfg.n_layer, batch, cfg.n_head, max_len, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (batch, cfg.n_head, max_len, cfg.d_model // cfg.n_head)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
         self.length = 0  # positions filled so far
 
-    def repeat_interleave(self, k: "int | torch.Tensor") -> "KVCache":
-        """Each row copied k times in place order: prefill a prompt once, sample it K times
-        (k may be a (N,) tensor of per-row counts, for groups of different sizes)."""
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Appends (N, H, L, D) new keys/values of `layer`; -> all keys/values so far (N, H, S, D)."""
+        start, end = self.length, self.length + k.shape[2]
+        if torch.is_grad_enabled() and (k.requires_grad or self.keys[layer].requires_grad):
+            self.keys[layer] = torch.cat([self.keys[layer][:, :, :start], k], dim=2)
+            self.values[layer] = torch.cat([self.values[layer][:, :, :start], v], dim=2)
+        else:
+            self.keys[layer][:, :, start:end] = k
+            self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def select(self, rows: torch.Tensor) -> "KVCache":
+        """The cache of `rows` (M,) long, in that order; a row may repeat (one prompt, K samples)."""
         out = KVCache.__new__(KVCache)
-        out.keys = self.keys.repeat_interleave(k, dim=1)  # (L, N*k, H, S, D)
-        out.values = self.values.repeat_interleave(k, dim=1)
+        out.keys = [k[rows] for k in self.keys]
+        out.values = [v[rows] for v in self.values]
         out.length = self.length
         return out
 
@@ -87,11 +98,7 @@ class Block(nn.Module):
         # (N, L, D) -> (N, H, L, D/H)
         q, k, v = (t.view(n, length, self.n_head, d // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
-            start = cache.length
-            cache.keys[layer, :, :, start : start + length] = k
-            cache.values[layer, :, :, start : start + length] = v
-            k = cache.keys[layer, :, :, : start + length]  # (N, H, S, D/H)
-            v = cache.values[layer, :, :, : start + length]
+            k, v = cache.update(layer, k, v)  # (N, H, S, D/H)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, H, L, D/H)
         x = x + self.proj(y.transpose(1, 2).reshape(n, length, d))
         return x + self.fc_out(F.gelu(self.fc(self.ln2(x))))
@@ -247,8 +254,8 @@ class TinyPolicy:
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return self.module.new_cache(batch, max_len)
 
-    def repeat_cache(self, cache: KVCache, repeats) -> KVCache:
-        return cache.repeat_interleave(repeats)
+    def select_cache(self, cache: KVCache, rows: torch.Tensor) -> KVCache:
+        return cache.select(rows)
 
     def trainable_state_dict(self) -> dict:
         return self.module.state_dict()
