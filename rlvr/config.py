@@ -24,6 +24,11 @@ class ConfigError(ValueError):
         super().__init__(f"{flag}: {message}")
 
 
+def check_micro_batch_size(value) -> None:
+    if str(value) != "auto" and not (str(value).isdigit() and int(value) >= 0):
+        raise ConfigError("micro_batch_size", f"must be auto or a number of rows (0 = the whole batch), got {value!r}")
+
+
 class RunFailed(RuntimeError):
     """A run that started and could not go on (exit 1); the message names the option involved."""
 
@@ -79,7 +84,8 @@ class TrainConfig:
     kl_cov_coef: float = opt(1.0, "KL-Cov: weight of the penalty")
     top_entropy_tokens: float = opt(0.0, "train only on the top Q fraction of tokens by entropy, e.g. 0.2 (0 = all tokens)")
     updates_per_step: int = opt(1, "policy updates on one rollout batch (1 = on-policy; more reuses it with clipping)")
-    micro_batch_size: int = opt(0, "rows per forward/backward chunk (0 = the whole batch); does not change the result")
+    micro_batch_size: str = opt("auto", "rows per forward/backward chunk (0 = the whole batch), or auto: whole groups "
+                                        "up to a token budget that keeps memory flat in K; does not change the result")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (Hugging Face models): "
                                               "less memory, ~30% more update time")
     lora_rank: int = opt(0, "LoRA rank r (Hugging Face models; 0 = train every weight); only the adapter is trained and saved")
@@ -147,7 +153,8 @@ class TrainConfig:
         positive_ints = ("steps", "k", "prompts_per_step", "max_new_tokens", "updates_per_step",
                          "eval_problems", "eval_samples", "keep_checkpoints", "collapse_patience")
         require_positive(self, positive_ints)
-        for name in ("micro_batch_size", "lora_rank", "eval_show", "early_stop", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed",
+        check_micro_batch_size(self.micro_batch_size)
+        for name in ("lora_rank", "eval_show", "early_stop", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed",
                      "reward_workers", "max_bad_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be 0 or more, got {getattr(self, name)}")

@@ -36,7 +36,8 @@ class PlanConfig:
     answer_format: str = opt("auto", "answer format, as rlvr train --answer-format")
     chat_template: str = opt("auto", "auto or none, as rlvr train --chat-template")
     system_prompt: str = opt("", "system message for chat models, as rlvr train --system-prompt")
-    micro_batch_size: int = opt(0, "rows per forward/backward chunk of the timed steps (0 = the whole batch)")
+    micro_batch_size: str = opt("auto", "rows per forward/backward chunk of the timed steps (0 = the whole batch; "
+                                        "auto as rlvr train)")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (Hugging Face models)")
     lora_rank: int = opt(0, "LoRA rank of the timed steps (0 = full fine-tuning)")
     reward: str = opt("task", "verifier: 'task' or module:function")

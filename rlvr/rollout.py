@@ -192,14 +192,114 @@ def completion_logprobs(
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, T) of the completion tokens under `policy` at `temperature`, with gradients,
-    and optionally their exact token entropies (N, T)."""
+    and optionally their exact token entropies (N, T): one forward over each row's prompt +
+    completion. The reference for the shared-prompt forward of `Scorer`."""
     completion_width = completion_ids.shape[1]
     ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+T)
     valid = torch.cat([prompt_mask, completion_mask], dim=1)
     # The logit at position i predicts token i+1: completion tokens are predicted from P-1 on, so
     # only the last T+1 positions need the vocabulary projection (the largest tensor of the step).
     logits = policy.forward(ids, _positions(valid), valid, logits_to_keep=completion_width + 1)  # (N, T+1, V)
-    logits = logits[:, :-1].float() / (temperature if temperature > 0 else 1.0)  # (N, T, V)
-    logp = torch.log_softmax(logits, dim=-1).gather(2, completion_ids[..., None]).squeeze(2)  # (N, T)
-    entropy = token_entropy(logits) if with_entropy else None
-    return logp, entropy
+    return _token_stats(logits[:, :-1], completion_ids, temperature, with_entropy)
+
+
+def _token_stats(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, with_entropy: bool):
+    """(N, T, V) logits predicting (N, T) tokens -> their log-probs at `temperature`, and entropies."""
+    logits = logits.float() / (temperature if temperature > 0 else 1.0)
+    logp = torch.log_softmax(logits, dim=-1).gather(2, tokens[..., None]).squeeze(2)  # (N, T)
+    return logp, token_entropy(logits) if with_entropy else None
+
+
+def shared_prompt_logprobs(
+    policy: Policy,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    group_index: torch.Tensor,
+    temperature: float,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What `completion_logprobs` computes, with each prompt's forward run once for all its rows.
+
+    prompt_ids/prompt_mask (G, P) hold one row per distinct prompt and group_index (N,) says
+    which prompt each completion row continues. The prompts' keys and values are computed once,
+    with gradients, and every completion attends to its prompt's copy: exact (the same
+    attention, the same positions), and gradients flow back through the shared prompt
+    activations. The prompt's last position predicts the first completion token."""
+    completion_width = completion_ids.shape[1]
+    cache = policy.new_cache(prompt_ids.shape[0], prompt_ids.shape[1] + completion_width)
+    first = policy.forward(prompt_ids, _positions(prompt_mask), prompt_mask, cache, logits_to_keep=1)  # (G, 1, V)
+    cache = policy.select_cache(cache, group_index)
+    prompt_mask = prompt_mask[group_index]  # (N, P)
+    logits = first[group_index]  # (N, 1, V)
+    if completion_width > 1:
+        inputs, mask = completion_ids[:, :-1], completion_mask[:, :-1]  # the last token predicts nothing we score
+        positions = prompt_mask.sum(dim=1, keepdim=True) + torch.arange(completion_width - 1, device=inputs.device)
+        rest = policy.forward(inputs, positions, torch.cat([prompt_mask, mask], dim=1), cache)  # (N, T-1, V)
+        logits = torch.cat([logits, rest], dim=1)  # (N, T, V)
+    return _token_stats(logits, completion_ids, temperature, with_entropy)
+
+
+class Scorer(torch.nn.Module):
+    """The training forward of one micro-batch: rows of a RolloutBatch -> log-probs (R, T) and
+    entropies of their completion tokens, with gradients.
+
+    A module whose single call covers a micro-batch, so data parallelism can wrap it (DDP's
+    reducer follows one forward per backward). Each distinct prompt among the rows is run once
+    (`shared_prompt_logprobs`); `share_prompt=False` runs it once per row instead, which Hugging
+    Face gradient checkpointing needs (its checkpointed layers drop a KV cache). Prompt columns
+    that are padding in every row, and completion columns after the longest completion, are
+    trimmed first, so a micro-batch of short answers costs what its tokens cost."""
+
+    def __init__(self, policy: Policy, temperature: float, share_prompt: bool = True) -> None:
+        super().__init__()
+        self.model = policy.module  # registered, so a DDP/FSDP wrapper of the scorer sees the parameters
+        self.policy = policy
+        self.temperature = temperature
+        self.share_prompt = share_prompt
+
+    def forward(self, batch: RolloutBatch, rows: torch.Tensor, with_entropy: bool = False):
+        prompt_mask = batch.prompt_mask[rows]
+        first_real = int(prompt_mask.any(dim=0).long().argmax())  # left padding shared by every row
+        completion_mask = batch.completion_mask[rows]
+        width = batch.completion_ids.shape[1]
+        used = max(1, int(completion_mask.sum(dim=1).max()))
+        prompt_ids, prompt_mask = batch.prompt_ids[rows, first_real:], prompt_mask[:, first_real:]
+        completion_ids, completion_mask = batch.completion_ids[rows, :used], completion_mask[:, :used]
+        if self.share_prompt:
+            groups, group_index = torch.unique_consecutive(batch.group_ids[rows], return_inverse=True)
+            firsts = torch.cumsum(torch.bincount(group_index), 0) - torch.bincount(group_index)  # first row of each
+            logp, entropy = shared_prompt_logprobs(self.policy, prompt_ids[firsts], prompt_mask[firsts], completion_ids,
+                                                   completion_mask, group_index, self.temperature, with_entropy)
+        else:
+            logp, entropy = completion_logprobs(self.policy, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                                self.temperature, with_entropy)
+        logp = _pad_columns(logp, width, 0.0, left=False)
+        return logp, None if entropy is None else _pad_columns(entropy, width, 0.0, left=False)
+
+
+def micro_batches(batch: RolloutBatch, rows_per_chunk: int | None, token_budget: int) -> list[torch.Tensor]:
+    """Splits a batch's rows into micro-batches (row-index tensors, rows in order, each group's
+    rows adjacent). rows_per_chunk: that many rows each (0: one micro-batch). None (auto): as many
+    whole groups as fit `token_budget` tokens (a group's prompt once plus its rows' completions,
+    padded to the batch's longest), a group larger than the budget split across micro-batches, so
+    a micro-batch's activations, and the peak memory, do not grow with K."""
+    n = batch.num_rows
+    if rows_per_chunk is not None:
+        size = rows_per_chunk or n
+        return [torch.arange(i, min(n, i + size)) for i in range(0, n, size)]
+    prompt_len = int(batch.prompt_mask.sum(dim=1).max()) if n else 0
+    completion_len = max(1, int(batch.completion_mask.sum(dim=1).max())) if n else 1
+    chunks, current, cost, last_group = [], [], 0, None
+    for row, group in enumerate(batch.group_ids.tolist()):
+        extra = completion_len + (prompt_len if group != last_group or not current else 0)
+        if current and cost + extra > token_budget:
+            chunks.append(torch.tensor(current))
+            current, cost, extra = [], 0, completion_len + prompt_len
+        current.append(row)
+        cost += extra
+        last_group = group
+    if current:
+        chunks.append(torch.tensor(current))
+    return chunks

@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ from rlvr.losses import LossSettings, policy_loss, top_entropy_select
 from rlvr.reward_pool import RewardPool, WorkerStartError
 from rlvr.rewards import RewardFailure
 from rlvr.verifiers import TIMEOUT
-from rlvr.rollout import completion_logprobs, select_rows
+from rlvr.rollout import Scorer, micro_batches, select_rows
 from rlvr.sampling import Sampler, advantage_function, answer_diversity, group_advantages, select_for_training
 from rlvr.tasks import get_task
 
@@ -275,47 +276,77 @@ def loss_settings(cfg: TrainConfig, entropy_coef: float) -> LossSettings:
     )
 
 
+def micro_batch_rows(value) -> int | None:
+    """--micro-batch-size: rows per micro-batch (0 = the whole batch), or None for auto."""
+    return None if str(value) == "auto" else int(value)
+
+
+class PhaseClock:
+    """Seconds spent per phase of the update (forward, backward, optimizer); on CUDA it waits for
+    the device at each boundary so the time lands in the phase that queued the work."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.seconds: dict[str, float] = {}
+        self.sync()
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        self.sync()
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
 def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference=None, entropy_coef: float | None = None,
-               generator: torch.Generator | None = None) -> StepResult:
+               generator: torch.Generator | None = None, *, scorer=None, totals: tuple[int, int] | None = None
+               ) -> StepResult:
     """`updates_per_step` optimizer updates on one rollout batch; returns the step's loss metrics.
 
     `entropy_coef` is the coefficient in force (controllers and rollbacks move it; default the
     config's). With `top_entropy_tokens`, only that top fraction of the rollout tokens by entropy
-    is trained on, and the loss is normalised over them."""
+    is trained on, and the loss is normalised over them. The batch is split into micro-batches
+    (`--micro-batch-size`); each runs through `scorer` (default `Scorer(policy)`; data
+    parallelism passes a wrapped one: then every micro-batch but the last runs under its
+    `no_sync()`), and the loss is normalised by `totals` = (tokens, sequences) of the whole step
+    (default: this batch's), so the gradient does not depend on the split."""
     entropy_coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
     settings = loss_settings(cfg, entropy_coef)
+    clock = PhaseClock(policy.device)
+    scorer = scorer if scorer is not None else Scorer(policy, cfg.temperature, policy.can_share_prompt)
     rows = batch.num_rows
-    mbs = cfg.micro_batch_size or rows
     token_mask = batch.completion_mask  # (N, T)
     if cfg.top_entropy_tokens > 0 and bool(token_mask.any()):
         token_mask = top_entropy_select(batch.entropy, token_mask, cfg.top_entropy_tokens)
-    total_tokens = max(1, int(token_mask.sum()))
-    chunks = [slice(i, min(rows, i + mbs)) for i in range(0, rows, mbs)]
+    total_tokens, total_rows = totals if totals is not None else (max(1, int(token_mask.sum())), rows)
+    chunks = micro_batches(batch, micro_batch_rows(cfg.micro_batch_size), policy.update_token_budget)
     old_logprobs = torch.zeros_like(batch.logprobs)
     ref_logprobs = None
     if cfg.beta > 0:
         with torch.no_grad():
-            ref_logprobs = torch.cat([completion_logprobs(reference, batch.prompt_ids[c], batch.prompt_mask[c],
-                                                          batch.completion_ids[c], batch.completion_mask[c],
-                                                          cfg.temperature)[0] for c in chunks])
+            ref_scorer = Scorer(reference, cfg.temperature, reference.can_share_prompt)
+            ref_logprobs = torch.cat([ref_scorer(batch, c)[0] for c in chunks])
     sums = dict.fromkeys(UPDATE_METRICS, 0.0)
     skipped = None
     params = [p for p in policy.module.parameters() if p.requires_grad]
+    no_sync = getattr(scorer, "no_sync", None)
+    clock.lap("other")
     for update in range(cfg.updates_per_step):
         optimizer.zero_grad(set_to_none=True)
-        for c in chunks:
-            logprobs, entropy = completion_logprobs(policy, batch.prompt_ids[c], batch.prompt_mask[c],
-                                                    batch.completion_ids[c], batch.completion_mask[c],
-                                                    cfg.temperature, with_entropy=entropy_coef != 0)
-            if update == 0:
-                old_logprobs[c] = logprobs.detach()
-            loss, m = policy_loss(logprobs, old_logprobs[c], advantages[c], token_mask[c], settings,
-                                  total_tokens, rows, None if ref_logprobs is None else ref_logprobs[c], entropy,
-                                  generator)
-            if not torch.isfinite(loss):
-                skipped = "loss"
-                break
-            loss.backward()
+        for i, c in enumerate(chunks):
+            with no_sync() if no_sync is not None and i < len(chunks) - 1 else nullcontext():
+                logprobs, entropy = scorer(batch, c, with_entropy=entropy_coef != 0)
+                if update == 0:
+                    old_logprobs[c] = logprobs.detach()
+                loss, m = policy_loss(logprobs, old_logprobs[c], advantages[c], token_mask[c], settings,
+                                      total_tokens, total_rows, None if ref_logprobs is None else ref_logprobs[c],
+                                      entropy, generator)
+                clock.lap("forward")
+                if not torch.isfinite(loss):
+                    skipped = "loss"
+                    break
+                loss.backward()
+                clock.lap("backward")
             sums["loss/policy"] += m["loss/policy"]
             sums["clip/cov_tokens"] += m.get("clip/cov_tokens", 0.0)
             sums["clip/kl_cov_tokens"] += m.get("clip/kl_cov_tokens", 0.0)
@@ -330,8 +361,12 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
             optimizer.zero_grad(set_to_none=True)
             break
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # the gradients' memory is free while the next step samples
+        clock.lap("optimizer")
     metrics = {key: value / cfg.updates_per_step for key, value in sums.items()}
     metrics["tokens/trained_frac"] = total_tokens / max(1, batch.generated_tokens())
+    metrics["perf/micro_batches"] = len(chunks)
+    metrics.update({f"perf/{phase}_seconds": seconds for phase, seconds in clock.seconds.items() if phase != "other"})
     return StepResult(metrics, skipped)
 
 

@@ -82,6 +82,8 @@ class Policy(Protocol):
     max_seq_len: int
     device: torch.device
     decode_batch_rows: int  # rows evaluation decodes together: amortises per-token overhead within memory
+    update_token_budget: int  # tokens per training micro-batch under --micro-batch-size auto (bounds its memory)
+    can_share_prompt: bool  # the training forward may run a group's prompt once (rlvr.rollout.Scorer)
 
     def encode_prompt(self, item: dict) -> list[int]: ...
 

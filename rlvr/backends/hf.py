@@ -231,6 +231,10 @@ class HFPolicy:
         # Each row holds a KV cache of every layer (SmolLM2-135M: ~46 KB per token) and its logits:
         # 256 rows stay near 2 GiB on CPU.
         self.decode_batch_rows = 256 if settings.device == "cpu" else 1024
+        # Transformers' checkpointed layers drop a KV cache, so with --gradient-checkpointing the
+        # training forward runs each row's prompt itself (rlvr.rollout.Scorer).
+        self.can_share_prompt = not settings.gradient_checkpointing
+        self.update_token_budget = update_token_budget(model.config, settings)
 
     @classmethod
     def load(cls, ref: ModelRef, settings: ModelSettings) -> "HFPolicy":
@@ -341,6 +345,21 @@ class HFPolicy:
                 "trainable_parameters": trainable,
                 "dtype": "float32" + (" (bf16 autocast)" if self.device.type == "cuda" else ""),
                 "lora": lora, "chat": self.prompts.chat}
+
+
+def update_token_budget(config, settings: ModelSettings) -> int:
+    """Tokens per training micro-batch under --micro-batch-size auto: what keeps the forward's
+    saved activations and the micro-batch's logits near a fixed memory budget (CPU 512 MiB,
+    CUDA 4 GiB), so the peak does not grow with K. Per token a float32 forward keeps roughly
+    20 hidden-sized tensors per layer (less with checkpointing: ~2), plus the logits, their
+    log-softmax and the entropy's products (4 vocabulary-sized tensors)."""
+    hidden = getattr(config, "hidden_size", 1024)
+    layers = getattr(config, "num_hidden_layers", 24)
+    vocab = getattr(config, "vocab_size", 50_000)
+    per_layer = 2 if settings.gradient_checkpointing else 20
+    bytes_per_token = 4 * (per_layer * layers * hidden + 4 * vocab)
+    budget = (512 if settings.device == "cpu" else 4096) * 2**20
+    return max(64, budget // bytes_per_token)
 
 
 def _add_lora(model, settings: ModelSettings):

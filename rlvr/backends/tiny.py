@@ -226,6 +226,8 @@ class TinyPolicy:
         self.stop_ids = (ByteTokenizer.eos_id,)
         self.max_seq_len = model.config.max_seq_len
         self.decode_batch_rows = 2048
+        self.can_share_prompt = True
+        self.update_token_budget = 1 << 16  # a step's activations are a few MiB per thousand tokens: one micro-batch
 
     @classmethod
     def load(cls, path: str | Path, settings) -> "TinyPolicy":
