@@ -293,6 +293,7 @@ class Sampler:
             "sampling/generated_total": self.generated_total,
             "sampling/extra_generated": batch.num_rows - rounds[0].batch.num_rows,
             "sampling/extra_seconds": sum(r.seconds for r in rounds[1:]),
+            "perf/reward_seconds": sum(r.seconds - r.sampling_seconds for r in rounds),  # verifiers and bookkeeping
             "sampling/k_min": min(sizes),
             "sampling/k_max": max(sizes),
             "reward/overlong_penalty": 0.0 if penalty is None else float(penalty.mean()),
