@@ -216,10 +216,12 @@ def summarize(runs: list[dict], parameters: int, gflops: float) -> dict:
     prompt = statistics.mean(s["prompt_tokens"] for s in timed)
     phases = {p: statistics.median(s["phases"].get(p, 0.0) for s in timed) for p in PHASES}
     phases["other"] = statistics.median(s["step_s"] - sum(s["phases"].get(p, 0.0) for p in PHASES) for s in timed)
-    floor = 8 * parameters * (prompt + completion) / (gflops * 1e9)
+    per_flop = parameters * (prompt + completion) / (gflops * 1e9)  # seconds per N·tokens FLOP at peak
+    floor = 8 * per_flop
     return {"step_s": step_s, "peak_mib": max(r["peak_mib"] for r in runs), "completion_tokens_per_step": completion,
             "prompt_tokens_per_step": prompt, "s_per_completion_token": step_s / completion,
             "flop_floor_s": floor, "step_over_floor": step_s / floor, "phases": phases,
+            "phase_floor_s": {"sampling": 2 * per_flop, "forward": 2 * per_flop, "backward": 4 * per_flop},
             "steps_timed": len(timed)}
 
 
