@@ -7,9 +7,9 @@ Both sample K completions for each chat prompt ("What is a + b? Answer with just
 entropy of every generated token's full next-token distribution (rlvr records it while sampling;
 for generate() it is computed from `output_scores`, which are the raw logits when every logits
 processor is off). rlvr prefills each prompt once and shares its cache among the K samples;
-generate() prefills all B·K rows. With the same seed both draw the same tokens (the same
-probabilities through torch.multinomial, rows in the same order), so they do identical work; the
-printed token counts per run show it. Runs alternate (rlvr, generate, rlvr, ...) in one process so
+generate() prefills all B·K rows. With the same seed both draw the same tokens: a logits
+processor makes generate() pick, from the same uniforms, the token rlvr's inverse-CDF draw picks
+(rows in the same order), so they do identical work; the printed token counts per run show it. Runs alternate (rlvr, generate, rlvr, ...) in one process so
 machine noise hits both alike. Prints the median seconds and completions per second of each,
 their ratio, and the generated tokens.
 Do not run anything else on the machine meanwhile.
@@ -33,7 +33,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from rlvr.backends import load_policy
-    from rlvr.rollout import left_pad, sample_groups
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from rlvr.rollout import _draw, _uniforms, left_pad, sample_groups
     from rlvr.tasks import get_task
 
     policy = load_policy(args.model)
@@ -47,18 +49,30 @@ def main() -> None:
                               generator=torch.Generator().manual_seed(seed))
         return batch.generated_tokens()
 
+    class SameDraws(LogitsProcessor):
+        """Makes generate() draw what rlvr's sampler draws: the token whose cumulative probability
+        first exceeds the same uniform (rlvr.rollout._draw), all other logits set to -inf."""
+
+        def __init__(self, uniforms: torch.Tensor, prompt_width: int) -> None:
+            self.uniforms, self.prompt_width = uniforms, prompt_width
+
+        def __call__(self, input_ids, scores):
+            token = _draw(torch.softmax(scores.float(), dim=-1), self.uniforms[:, input_ids.shape[1] - self.prompt_width])
+            return torch.full_like(scores, -torch.inf).scatter(1, token[:, None], 0.0)
+
     def run_generate(seed: int) -> int:
-        torch.manual_seed(seed)
         ids, mask = left_pad([policy.encode_prompt(item) for item in items], policy.pad_id)  # (B, P)
+        uniforms = _uniforms(torch.Generator().manual_seed(seed), [args.k] * len(items), args.max_new_tokens, "cpu")
         with torch.no_grad():
             out = policy.model.generate(
                 input_ids=ids, attention_mask=mask.long(), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                 max_new_tokens=args.max_new_tokens, num_return_sequences=args.k, eos_token_id=list(policy.stop_ids),
-                pad_token_id=policy.pad_id, output_scores=True, return_dict_in_generate=True, use_cache=True)
+                pad_token_id=policy.pad_id, output_logits=True, return_dict_in_generate=True, use_cache=True,
+                logits_processor=LogitsProcessorList([SameDraws(uniforms, ids.shape[1])]))
             generated = out.sequences[:, ids.shape[1]:]  # (B·K, T)
             alive = torch.ones(generated.shape[0], dtype=torch.bool)
             tokens = 0
-            for t, scores in enumerate(out.scores):  # (B·K, V) per position
+            for t, scores in enumerate(out.logits):  # (B·K, V) raw logits per position
                 logp = torch.log_softmax(scores.float(), dim=-1)
                 entropy = -(logp.exp() * logp).sum(-1)  # (B·K,) exact, as rlvr records it
                 tokens += int(alive.sum())
