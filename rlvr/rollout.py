@@ -35,6 +35,11 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
+# Finished rows leave the decoding batch once they are at least 1/COMPACT_FRACTION of the rows
+# still decoding (0: never; benchmarks/ablation.py measures both).
+COMPACT_FRACTION = 8
+
+
 def _uniforms(generator, sizes: list[int], steps: int, device) -> torch.Tensor:
     """(N, steps) uniform draws in [0, 1): one per row and decoding step, drawn up front. With one
     generator per group, a group's draws come from its own generator only, so its samples do not
@@ -118,7 +123,7 @@ def sample_groups(
         finished = int(done.sum())
         if finished == len(live) or t == max_new_tokens - 1:
             break
-        if finished * 8 >= len(live):  # drop the stopped rows from the batch and the cache
+        if COMPACT_FRACTION and finished * COMPACT_FRACTION >= len(live):  # drop stopped rows and their cache
             keep = (~done).nonzero().squeeze(1)
             cache = policy.select_cache(cache, keep)
             live, done, token = live[keep], done[keep], token[keep]
