@@ -111,7 +111,7 @@ def sample_groups(
     key_mask = torch.cat([prompt_mask, torch.ones(rows, max_new_tokens, dtype=torch.bool, device=device)], 1)
 
     for t in range(max_new_tokens):
-        logp = torch.log_softmax(logits.float() / scale, dim=-1)  # (M, V)
+        logp = torch.log_softmax(logits.float() / scale if scale != 1.0 else logits.float(), dim=-1)  # (M, V)
         probs = logp.exp()
         token = _draw(probs, uniforms[live, t]) if uniforms is not None else logp.argmax(dim=-1)  # (M,)
         token = torch.where(done, policy.pad_id, token)
@@ -210,7 +210,9 @@ def completion_logprobs(
 
 def _token_stats(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, with_entropy: bool):
     """(N, T, V) logits predicting (N, T) tokens -> their log-probs at `temperature`, and entropies."""
-    logits = logits.float() / (temperature if temperature > 0 else 1.0)
+    logits = logits.float()
+    if temperature > 0 and temperature != 1.0:  # dividing by 1 would copy the largest tensor of the step
+        logits = logits / temperature
     logp = torch.log_softmax(logits, dim=-1).gather(2, tokens[..., None]).squeeze(2)  # (N, T)
     return logp, token_entropy(logits) if with_entropy else None
 
