@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from rlvr.backends import HF_INSTALL, SMOLLM2_INSTALL, ModelError, ModelRef, ModelSettings, resolve
 
@@ -212,6 +213,51 @@ def _load_weights(path: Path) -> torch.nn.Module:
     return model
 
 
+class PreallocatedLayer(DynamicLayer):
+    """A KV-cache layer that decodes into storage allocated once for the whole completion.
+
+    transformers' DynamicLayer concatenates each new token's keys and values onto the cache, which
+    copies the whole cache at every token (memory traffic quadratic in the length). This layer
+    writes in place and hands out views of the filled part. With gradients (the training forward
+    over a shared prompt) it concatenates as DynamicLayer does, so autograd sees no in-place write.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.storage: tuple[torch.Tensor, torch.Tensor] | None = None  # (keys, values), (N, H, capacity, D) each
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if torch.is_grad_enabled() and (key_states.requires_grad or self.keys.requires_grad):
+            return super().update(key_states, value_states, *args, **kwargs)
+        start = self.get_seq_length()
+        end = start + key_states.shape[-2]
+        if self.storage is None or end > self.storage[0].shape[-2]:
+            self.storage = tuple(self._grown(old, new, max(self.capacity, end))
+                                 for old, new in ((self.keys, key_states), (self.values, value_states)))
+        keys, values = self.storage
+        keys[:, :, start:end] = key_states
+        values[:, :, start:end] = value_states
+        self.keys, self.values = keys[:, :, :end], values[:, :, :end]
+        return self.keys, self.values
+
+    @staticmethod
+    def _grown(filled: torch.Tensor, new: torch.Tensor, length: int) -> torch.Tensor:
+        storage = new.new_empty((*new.shape[:2], length, new.shape[-1]))
+        if filled.numel():
+            storage[:, :, : filled.shape[-2]] = filled
+        return storage
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.storage is None:
+            return super().batch_select_indices(indices)
+        length = self.get_seq_length()
+        self.storage = tuple(t[indices] for t in self.storage)
+        self.keys, self.values = self.storage[0][:, :, :length], self.storage[1][:, :, :length]
+
+
 class HFPolicy:
     """A transformers causal LM (optionally with a LoRA adapter) as an rlvr Policy."""
 
@@ -291,7 +337,11 @@ class HFPolicy:
         return out.logits
 
     def new_cache(self, batch: int, max_len: int):
-        return DynamicCache(config=self.model.config)
+        cache = DynamicCache(config=self.model.config)
+        for i, layer in enumerate(cache.layers):  # full-attention layers; sliding-window ones stay as they are
+            if type(layer) is DynamicLayer:
+                cache.layers[i] = PreallocatedLayer(max_len)
+        return cache
 
     def select_cache(self, cache, rows):
         for layer in cache.layers:
