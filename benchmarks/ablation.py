@@ -5,10 +5,10 @@
 Sampling: the same prompts and the same noise with finished rows leaving the decoding batch
 (rlvr's sampler) and without (they decode to the end, as before), so both draw the same tokens.
 Update: the forward and backward of one rollout batch's loss, four ways:
-  per-row, whole batch     one forward per sequence over prompt + completion (before)
-  shared, whole batch      each group's prompt run once (rlvr.rollout.Scorer)
-  per-row, auto            micro-batches of whole groups up to the model's token budget
-  shared, auto             both (rlvr's default)
+  per-row, whole batch     one forward per sequence over prompt + completion, padded (before)
+  packed, whole batch      each group's prompt once, completions end to end (rlvr.rollout.pack)
+  per-row, auto            micro-batches up to the model's token budget
+  packed, auto             both (rlvr's default)
 Timings alternate between the variants within one process (median of --repeats); the peak
 memory of each update variant is measured in a fresh process (peak resident memory during one
 forward and backward, minus that before it). Run nothing else on the machine meanwhile.
@@ -24,8 +24,8 @@ import time
 
 import torch
 
-VARIANTS = {"per-row, whole batch": (False, "0"), "shared, whole batch": (True, "0"),
-            "per-row, auto": (False, "auto"), "shared, auto": (True, "auto")}
+VARIANTS = {"per-row, whole batch": (False, "0"), "packed, whole batch": (True, "0"),
+            "per-row, auto": (False, "auto"), "packed, auto": (True, "auto")}
 
 
 def hwm_mib() -> float:
@@ -56,13 +56,13 @@ def sample(policy, items, args, seed: int):
     return batch
 
 
-def update(policy, batch, share: bool, micro: str) -> tuple[float, float, int]:
+def update(policy, batch, packed: bool, micro: str) -> tuple[float, float, int]:
     """Seconds of forward and of backward for a token-mean loss over the batch, and micro-batches."""
     from rlvr.rollout import Scorer, micro_batches
     from rlvr.trainer import micro_batch_rows
 
-    scorer = Scorer(policy, 1.0, share_prompt=share)
-    chunks = micro_batches(batch, micro_batch_rows(micro), policy.update_token_budget)
+    scorer = Scorer(policy, 1.0, pack=packed)
+    chunks = micro_batches(batch, micro_batch_rows(micro), policy.update_token_budget, packed)
     total = batch.completion_mask.sum()
     forward = backward = 0.0
     for c in chunks:
@@ -91,10 +91,10 @@ def main() -> None:
     policy, items = setup(args)
     batch = sample(policy, items, args, seed=0)
     if args.memory_of:
-        share, micro = VARIANTS[args.memory_of]
+        packed, micro = VARIANTS[args.memory_of]
         before = rss_mib()
         open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current resident size
-        update(policy, batch, share, micro)
+        update(policy, batch, packed, micro)
         print(json.dumps({"step_memory_mib": hwm_mib() - before}))
         return
 
@@ -117,8 +117,8 @@ def main() -> None:
     chunks: dict[str, int] = {}
     update(policy, batch, True, "auto")  # warm-up
     for _ in range(args.repeats):
-        for name, (share, micro) in VARIANTS.items():
-            forward, backward, chunks[name] = update(policy, batch, share, micro)
+        for name, (packed, micro) in VARIANTS.items():
+            forward, backward, chunks[name] = update(policy, batch, packed, micro)
             times[name].append((forward, backward))
     memory = {}
     for name in VARIANTS:

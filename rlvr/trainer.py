@@ -313,18 +313,18 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
     entropy_coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
     settings = loss_settings(cfg, entropy_coef)
     clock = PhaseClock(policy.device)
-    scorer = scorer if scorer is not None else Scorer(policy, cfg.temperature, policy.can_share_prompt)
+    scorer = scorer if scorer is not None else Scorer(policy, cfg.temperature)
     rows = batch.num_rows
     token_mask = batch.completion_mask  # (N, T)
     if cfg.top_entropy_tokens > 0 and bool(token_mask.any()):
         token_mask = top_entropy_select(batch.entropy, token_mask, cfg.top_entropy_tokens)
     total_tokens, total_rows = totals if totals is not None else (max(1, int(token_mask.sum())), rows)
-    chunks = micro_batches(batch, micro_batch_rows(cfg.micro_batch_size), policy.update_token_budget)
+    chunks = micro_batches(batch, micro_batch_rows(cfg.micro_batch_size), policy.update_token_budget, policy.can_pack)
     old_logprobs = torch.zeros_like(batch.logprobs)
     ref_logprobs = None
     if cfg.beta > 0:
         with torch.no_grad():
-            ref_scorer = Scorer(reference, cfg.temperature, reference.can_share_prompt)
+            ref_scorer = Scorer(reference, cfg.temperature)
             ref_logprobs = torch.cat([ref_scorer(batch, c)[0] for c in chunks])
     sums = dict.fromkeys(UPDATE_METRICS, 0.0)
     skipped = None

@@ -1,6 +1,7 @@
-"""The training forward (rlvr.rollout.Scorer): each group's prompt run once, against the
-per-row reference forward (`completion_logprobs`), for values AND gradients, on the built-in
-model and on tiny random Qwen2 / Llama models; and the micro-batch planner."""
+"""The training forward (rlvr.rollout.Scorer): packed rows (each group's prompt once, no padding)
+against the per-row reference forward (`completion_logprobs`), for values AND gradients, on the
+built-in model and on tiny random Qwen2 / Llama models (sdpa and eager attention); the packing
+itself; and the micro-batch planner."""
 import importlib.util
 
 import pytest
@@ -21,7 +22,7 @@ def grads_of(policy, loss_fn) -> dict[str, torch.Tensor]:
     return grads
 
 
-def check_scorer_matches_reference(policy, items, k, temperature=0.8):
+def check_scorer_matches_reference(policy, items, k, temperature=0.8, row_tokens=None):
     torch.manual_seed(0)
     batch = sample_groups(policy, items, k, max_new_tokens=7, temperature=1.0,
                           generator=[torch.Generator().manual_seed(i) for i in range(len(items))])
@@ -32,41 +33,74 @@ def check_scorer_matches_reference(policy, items, k, temperature=0.8):
                                         batch.completion_mask, temperature, with_entropy=True)
         return logp, ent
 
-    scorer = Scorer(policy, temperature, share_prompt=True)
+    scorer = Scorer(policy, temperature)
+    assert scorer.pack
     chunks = [torch.arange(0, 3), torch.arange(3, batch.num_rows)]  # a micro-batch boundary inside a group
+    if row_tokens is not None:  # small packed rows: groups spill over and repeat their prompt
+        import rlvr.rollout as rollout
+
+        rollout.PACKED_ROW_TOKENS, saved = row_tokens, rollout.PACKED_ROW_TOKENS
 
     def shared():
         parts = [scorer(batch, c, with_entropy=True) for c in chunks]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    (ref_logp, ref_ent), (logp, ent) = reference(), shared()
+    try:
+        (ref_logp, ref_ent), (logp, ent) = reference(), shared()
+        ref_grads = grads_of(policy, lambda: ((lambda lp, e: (lp * weights).sum() + (e * weights).sum())(*reference())))
+        grads = grads_of(policy, lambda: ((lambda lp, e: (lp * weights).sum() + (e * weights).sum())(*shared())))
+    finally:
+        if row_tokens is not None:
+            rollout.PACKED_ROW_TOKENS = saved
     m = batch.completion_mask
     assert torch.allclose(logp[m], ref_logp[m], atol=2e-5, rtol=1e-5)
     assert torch.allclose(ent[m], ref_ent[m], atol=2e-5, rtol=1e-5)
-    assert (logp[~m] == 0).all()
-    ref_grads = grads_of(policy, lambda: ((lambda lp, e: (lp * weights).sum() + (e * weights).sum())(*reference())))
-    grads = grads_of(policy, lambda: ((lambda lp, e: (lp * weights).sum() + (e * weights).sum())(*shared())))
+    assert (logp[~m] == 0).all() and (ent[~m] == 0).all()
     assert ref_grads.keys() == grads.keys()
     for name in ref_grads:
         scale = ref_grads[name].abs().max().clamp(min=1e-6)
         assert (grads[name] - ref_grads[name]).abs().max() / scale < 1e-4, name
 
 
-def test_shared_prompt_forward_equals_per_row_forward_builtin():
+@pytest.mark.parametrize("row_tokens", [None, 12], ids=["one-row", "spilling"])
+def test_packed_forward_equals_per_row_forward_builtin(row_tokens):
     policy = make_policy(seed=2)
     items = [{"id": "a", "prompt": "12+3="}, {"id": "b", "prompt": "7-100="}, {"id": "c", "prompt": "1="}]
-    check_scorer_matches_reference(policy, items, [2, 4, 3])
+    check_scorer_matches_reference(policy, items, [2, 4, 3], row_tokens=row_tokens)
 
 
 @pytest.mark.skipif(not HAS_HF, reason="transformers and peft are not installed")
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_shared_prompt_forward_equals_per_row_forward_hf(tmp_path, arch):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_forward_equals_per_row_forward_hf(tmp_path, arch, attention):
     from hf_models import make_hf_model_dir
     from rlvr.backends import load_policy
 
     policy = load_policy(str(make_hf_model_dir(tmp_path / arch, arch)))
+    policy.model.config._attn_implementation = attention
     items = [get_task("arith").item("train", i) for i in (0, 1, 5)]  # prompts of different token lengths
-    check_scorer_matches_reference(policy, items, [2, 4, 3])
+    check_scorer_matches_reference(policy, items, [2, 4, 3], row_tokens=70)
+
+
+def test_pack_lays_out_prompts_once_and_completions_apart():
+    from rlvr.rollout import pack
+
+    prompt_ids = torch.tensor([[0, 5, 6], [0, 5, 6], [7, 8, 9]])
+    prompt_mask = torch.tensor([[False, True, True], [False, True, True], [True, True, True]])
+    completion_ids = torch.tensor([[1, 2, 0], [3, 0, 0], [4, 4, 4]])
+    completion_mask = torch.tensor([[True, True, False], [True, False, False], [True, True, True]])
+    packed = pack(prompt_ids, prompt_mask, completion_ids, completion_mask, torch.tensor([0, 0, 1]), row_tokens=100)
+    assert packed.ids.tolist() == [[5, 6, 1, 2, 3, 7, 8, 9, 4, 4, 4]]
+    assert packed.positions.tolist() == [[0, 1, 2, 3, 2, 0, 1, 2, 3, 4, 5]]
+    attend = packed.attend[0]
+    assert attend[3].tolist() == [True, True, True, True] + [False] * 7  # 2nd token of completion 0
+    assert attend[4].tolist() == [True, True, False, False, True] + [False] * 6  # completion 1: its prompt, itself
+    assert attend[8].tolist() == [False] * 5 + [True] * 4 + [False] * 2  # group 1 sees nothing of group 0
+    # the logit predicting each completion token: the prompt's last column, then the previous token
+    assert packed.column[0, :2].tolist() == [1, 2] and packed.column[1, 0] == 1 and packed.column[2].tolist() == [7, 8, 9]
+    spilled = pack(prompt_ids, prompt_mask, completion_ids, completion_mask, torch.tensor([0, 0, 1]), row_tokens=4)
+    assert spilled.ids.tolist() == [[5, 6, 1, 2, 0, 0], [5, 6, 3, 0, 0, 0], [7, 8, 9, 4, 4, 4]]
+    assert spilled.row.tolist() == [[0, 0, 0], [1, 1, 1], [2, 2, 2]]
 
 
 def test_micro_batches_keep_groups_whole_within_the_token_budget():
@@ -76,11 +110,18 @@ def test_micro_batches_keep_groups_whole_within_the_token_budget():
     prompt_len = int(batch.prompt_mask.sum(1).max())
     completion_len = int(batch.completion_mask.sum(1).max())
     group_cost = prompt_len + 4 * completion_len
-    chunks = micro_batches(batch, None, token_budget=2 * group_cost)
-    assert [len(c) for c in chunks] == [8, 8, 4]  # two whole groups each
-    assert torch.cat(chunks).tolist() == list(range(20))
-    split = micro_batches(batch, None, token_budget=prompt_len + 2 * completion_len)  # half a group fits
+    padded = micro_batches(batch, None, token_budget=2 * 4 * (prompt_len + completion_len), packed=False)
+    assert [len(c) for c in padded] == [8, 8, 4]  # per-row cost, padded: two groups each
+    split = micro_batches(batch, None, token_budget=2 * (prompt_len + completion_len), packed=False)
     assert [len(c) for c in split] == [2] * 10
+    real = micro_batches(batch, None, token_budget=2 * group_cost)  # packed: real tokens, a prompt once
+    assert all(len(c) >= 8 for c in real[:-1]) and torch.cat(real).tolist() == list(range(20))
+    lengths = batch.completion_mask.sum(1).clamp(min=1)
+    for chunk in real:
+        groups = batch.group_ids[chunk]
+        cost = int(lengths[chunk].sum()) + int(batch.prompt_mask[chunk].sum(1)[
+            torch.cat([torch.tensor([True]), groups[1:] != groups[:-1]])].sum())
+        assert cost <= 2 * group_cost
     assert [len(c) for c in micro_batches(batch, 6, token_budget=1)] == [6, 6, 6, 2]
     assert [len(c) for c in micro_batches(batch, 0, token_budget=1)] == [20]
     assert len(micro_batches(batch, None, token_budget=10**6)) == 1

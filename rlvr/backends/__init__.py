@@ -83,7 +83,7 @@ class Policy(Protocol):
     device: torch.device
     decode_batch_rows: int  # rows evaluation decodes together: amortises per-token overhead within memory
     update_token_budget: int  # tokens per training micro-batch under --micro-batch-size auto (bounds its memory)
-    can_share_prompt: bool  # the training forward may run a group's prompt once (rlvr.rollout.Scorer)
+    can_pack: bool  # forward_packed works: attention takes a custom mask (rlvr.rollout.Scorer packs rows)
 
     def encode_prompt(self, item: dict) -> list[int]: ...
 
@@ -96,6 +96,10 @@ class Policy(Protocol):
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor, cache: Any = None,
                 logits_to_keep: int = 0) -> torch.Tensor:
         """ids, positions (N, L) long; key_mask (N, S) bool -> logits (N, L', V) float, L' = logits_to_keep or L."""
+
+    def forward_packed(self, ids: torch.Tensor, positions: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        """ids, positions (M, L) long; attend (M, L, L) bool, query i may attend key j -> logits (M, L, V).
+        No cache: the training forward over packed rows (rlvr.rollout.pack)."""
 
     def new_cache(self, batch: int, max_len: int) -> Any: ...
 

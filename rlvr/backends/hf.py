@@ -218,8 +218,7 @@ class PreallocatedLayer(DynamicLayer):
 
     transformers' DynamicLayer concatenates each new token's keys and values onto the cache, which
     copies the whole cache at every token (memory traffic quadratic in the length). This layer
-    writes in place and hands out views of the filled part. With gradients (the training forward
-    over a shared prompt) it concatenates as DynamicLayer does, so autograd sees no in-place write.
+    writes in place and hands out views of the filled part (decoding runs without gradients).
     """
 
     def __init__(self, capacity: int) -> None:
@@ -230,8 +229,6 @@ class PreallocatedLayer(DynamicLayer):
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if torch.is_grad_enabled() and (key_states.requires_grad or self.keys.requires_grad):
-            return super().update(key_states, value_states, *args, **kwargs)
         start = self.get_seq_length()
         end = start + key_states.shape[-2]
         if self.storage is None or end > self.storage[0].shape[-2]:
@@ -277,9 +274,9 @@ class HFPolicy:
         # Each row holds a KV cache of every layer (SmolLM2-135M: ~46 KB per token) and its logits:
         # 256 rows stay near 2 GiB on CPU.
         self.decode_batch_rows = 256 if settings.device == "cpu" else 1024
-        # Transformers' checkpointed layers drop a KV cache, so with --gradient-checkpointing the
-        # training forward runs each row's prompt itself (rlvr.rollout.Scorer).
-        self.can_share_prompt = not settings.gradient_checkpointing
+        # Packed rows need a custom 4D attention mask, which transformers' sdpa and eager attention
+        # take; other implementations (flash-attention) get one forward per sequence instead.
+        self.can_pack = model.config._attn_implementation in ("sdpa", "eager")
         self.update_token_budget = update_token_budget(model.config, settings)
 
     @classmethod
@@ -335,6 +332,14 @@ class HFPolicy:
             out = self.model(input_ids=ids, attention_mask=key_mask.long(), position_ids=positions, cache=cache,
                              use_cache=cache is not None, logits_to_keep=logits_to_keep)
         return out.logits
+
+    def forward_packed(self, ids, positions, attend):
+        mask = attend[:, None]  # (M, 1, L, L): a prepared 4D mask, which transformers uses as it is
+        if self.model.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
+            mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+        context = self.peft_model.disable_adapter() if not self.adapter_enabled else nullcontext()
+        with self._autocast(), context:
+            return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
 
     def new_cache(self, batch: int, max_len: int):
         cache = DynamicCache(config=self.model.config)

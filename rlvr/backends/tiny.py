@@ -51,9 +51,8 @@ class TinyConfig:
 
 
 class KVCache:
-    """Keys/values of every layer, (N, heads, S, head_dim) each. Without gradients new positions
-    are written in place into buffers preallocated to `max_len`; with gradients (the training
-    forward over a shared prompt) they are concatenated, so autograd sees no in-place writes."""
+    """Keys/values of every layer, (N, heads, max_len, head_dim) each, preallocated and written in
+    place as positions are decoded (sampling runs without gradients)."""
 
     def __init__(self, cfg: TinyConfig, batch: int, max_len: int, dtype, device) -> None:
         shape = (batch, cfg.n_head, max_len, cfg.d_model // cfg.n_head)
@@ -62,14 +61,10 @@ class KVCache:
         self.length = 0  # positions filled so far
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Appends (N, H, L, D) new keys/values of `layer`; -> all keys/values so far (N, H, S, D)."""
+        """Writes (N, H, L, D) new keys/values of `layer`; -> all keys/values so far (N, H, S, D)."""
         start, end = self.length, self.length + k.shape[2]
-        if torch.is_grad_enabled() and (k.requires_grad or self.keys[layer].requires_grad):
-            self.keys[layer] = torch.cat([self.keys[layer][:, :, :start], k], dim=2)
-            self.values[layer] = torch.cat([self.values[layer][:, :, :start], v], dim=2)
-        else:
-            self.keys[layer][:, :, start:end] = k
-            self.values[layer][:, :, start:end] = v
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
     def select(self, rows: torch.Tensor) -> "KVCache":
@@ -226,7 +221,7 @@ class TinyPolicy:
         self.stop_ids = (ByteTokenizer.eos_id,)
         self.max_seq_len = model.config.max_seq_len
         self.decode_batch_rows = 2048
-        self.can_share_prompt = True
+        self.can_pack = True
         self.update_token_budget = 1 << 16  # a step's activations are a few MiB per thousand tokens: one micro-batch
 
     @classmethod
@@ -252,6 +247,9 @@ class TinyPolicy:
     def forward(self, ids, positions, key_mask, cache: KVCache | None = None, logits_to_keep: int = 0):
         logits = self.module(ids, positions, attention_mask(key_mask, ids.shape[1])[:, None], cache)
         return logits[:, -logits_to_keep:] if logits_to_keep else logits
+
+    def forward_packed(self, ids, positions, attend):
+        return self.module(ids, positions, attend[:, None])
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return self.module.new_cache(batch, max_len)
