@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlvr.config import (ConfigError, RunFailed, TrainConfig, check_basic_values, check_model_path, check_task,
-                         check_writable, config_fields, load_toml, opt, require_positive)
+from rlvr.config import (ConfigError, RunFailed, TrainConfig, check_basic_values, check_model_path, check_processes,
+                         check_task, check_writable, config_fields, load_toml, opt, require_positive)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,6 +75,9 @@ class EvalConfig:
     seed: int = opt(0, "sampling seed")
     out: str = opt("eval.json", "where to write eval.json")
     device: str = opt("cpu", "cpu or cuda")
+    nproc: int = opt(1, "processes (ranks) to launch on this machine, each sampling a share of the problems; "
+                        "eval.json is the same as with 1 (under torchrun: leave it at 1)")
+    dist_timeout: float = opt(600.0, "seconds a collective waits for the other ranks before the evaluation fails")
 
     def resolve_run(self) -> None:
         if not self.run:
@@ -101,31 +105,66 @@ class EvalConfig:
             raise ConfigError("temperature", f"must be ≥ 0, got {self.temperature}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError("device", f"must be cpu or cuda, got {self.device!r}")
+        check_processes(self.nproc, self.dist_timeout, self.device)
         check_model_path(self.model, self)
         check_task(self.task, self.seed, self.max_new_tokens, self.model, prompts_of=self)
         check_writable(str(Path(self.out).parent) if Path(self.out).parent != Path("") else ".", "out")
+
+
+def _launch_ranks(cfg, args) -> int | None:
+    """`--nproc N` (N > 1) outside torchrun: validates the config here (exit 2 before any process
+    starts), then runs this same command as N ranks and returns their exit code. None: this
+    process runs the command itself (one process, or one rank of a launched run)."""
+    from rlvr.distributed import launch, launched_world_size
+
+    if cfg.nproc <= 1 or launched_world_size() is not None:
+        return None
+    cfg.validate()
+    return launch(cfg.nproc, [args.command, *args.argv], args.command)
 
 
 def cmd_train(args) -> int:
     from rlvr.trainer import train
 
     cfg = _build(TrainConfig, args)
+    code = _launch_ranks(cfg, args)
+    if code is not None:
+        return code
     summary = train(cfg)
-    print(f"rlvr train: {summary['line']}")
+    if summary:  # ranks other than 0 return {}
+        print(f"rlvr train: {summary['line']}")
     return 0
 
 
 def cmd_eval(args) -> int:
+    from rlvr import distributed
+
+    cfg = _build(EvalConfig, args)
+    code = _launch_ranks(cfg, args)
+    if code is not None:
+        return code
+    cfg.validate()
+    world = distributed.start(cfg.device, cfg.dist_timeout)
+    try:
+        return _evaluate(cfg, world)
+    finally:
+        distributed.stop(world)
+
+
+def _evaluate(cfg: "EvalConfig", world) -> int:
+    """`rlvr eval` in this process: with W ranks each samples its shard of the problems, and rank
+    0 writes eval.json from every rank's per-problem results (the same file as 1 process)."""
     from rlvr.backends import ModelSettings, load_policy
     from rlvr.evaluation import evaluate_policy
     from rlvr.tasks import get_task
 
-    cfg = _build(EvalConfig, args)
-    cfg.validate()
     policy = load_policy(cfg.model, ModelSettings.of(cfg))
     task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format)
     result = evaluate_policy(policy, task, problems=cfg.problems, samples=cfg.samples, ks=cfg.k,
-                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                             world=world)
+    if not world.main:
+        return 0
     report = {"model": cfg.model, "task": cfg.task, "answer_format": task.answer_format.name,
               "split": "heldout", "n_samples": cfg.samples,
               "temperature": cfg.temperature, "n_problems": cfg.problems, **result}
@@ -321,17 +360,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])
+    # One rank of a distributed run (docs/distributed.md): messages name the rank; an error that
+    # every rank reaches alike is printed by rank 0 only; each failure is also recorded where the
+    # launcher (torchrun, or --nproc) reads it, so it can name the rank that failed first.
+    size = int(os.environ.get("WORLD_SIZE", 1)) if "RANK" in os.environ else 1  # distributed.launched_world_size
+    rank = int(os.environ["RANK"]) if size > 1 else 0
+    where = f" (rank {rank} of {size})" if size > 1 else ""
+
+    def fail(kind: str, text: str, code: int, everywhere: bool = True, secondary: bool = False) -> int:
+        if rank == 0 or not everywhere:
+            print(f"rlvr {args.command}: {kind}{where}: {text}", file=sys.stderr)
+        if size > 1:
+            from rlvr.distributed import record_failure
+
+            record_failure(text, code, secondary, every_rank=everywhere)
+        return code
+
     try:
         return args.handler(args)
     except ConfigError as err:
-        print(f"rlvr {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return fail("error", str(err), 2)
     except RunFailed as err:
-        print(f"rlvr {args.command}: failed: {err}", file=sys.stderr)
-        return 1
+        from rlvr.distributed import CollectiveFailed
+
+        return fail("failed", str(err), 1, everywhere=err.every_rank, secondary=isinstance(err, CollectiveFailed))
     except KeyboardInterrupt:
-        print(f"rlvr {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 1
+        return fail("interrupted", "re-run the same command to resume", 1)
+    except Exception as err:  # a bug: the traceback follows; the launcher learns which rank failed and why
+        if size > 1:
+            from rlvr.distributed import record_failure
+
+            record_failure(f"{type(err).__name__}: {err}", 1)
+        raise
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ setting except what the arm changes:
     the first arm's), or its square root.
 
 Execution. Each run is a `rlvr train` subprocess on DIR/<arm>/seed<N>/ (so its memory is its
-own and a crash stays in it), configured by a train.toml written next to it. Runs go seed by
+own and a crash stays in it), configured by a train.toml written next to it; with `--nproc N`
+each run is N data-parallel ranks (docs/distributed.md), with the same results as one process. Runs go seed by
 seed, `--jobs` at a time. A finished run (final/ written, same config) is skipped, so re-running
 an interrupted compare continues where it stopped; an interrupted run resumes from its
 checkpoint. A run that fails is reported as failed (its log is DIR/<arm>/seed<N>/train.log)
@@ -154,8 +155,8 @@ def plan_runs(cc: CompareConfig, base: dict) -> list[RunPlan]:
         if cc.lr_scaling != "none":
             ratio = values["prompts_per_step"] * k / (ref_b * ref_k)
             values["lr"] = values["lr"] * (ratio if cc.lr_scaling == "linear" else math.sqrt(ratio))
-        if cc.jobs > 1 and not values["threads"]:
-            values["threads"] = max(1, (os.cpu_count() or 1) // cc.jobs)
+        if cc.jobs > 1 and not values["threads"]:  # each run's ranks (--nproc) share its share of the cores
+            values["threads"] = max(1, (os.cpu_count() or 1) // (cc.jobs * values["nproc"]))
         for seed_index in range(cc.seeds):
             seed = values["seed"] + seed_index
             cfg = TrainConfig(**{**values, "seed": seed, "out": str(Path(cc.out) / name / f"seed{seed}")})

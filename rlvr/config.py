@@ -30,7 +30,13 @@ def check_micro_batch_size(value) -> None:
 
 
 class RunFailed(RuntimeError):
-    """A run that started and could not go on (exit 1); the message names the option involved."""
+    """A run that started and could not go on (exit 1); the message names the option involved.
+    `every_rank`: with data parallelism, every rank stops alike from the same values (so only
+    rank 0 needs to say why)."""
+
+    def __init__(self, message: str, *, every_rank: bool = False) -> None:
+        super().__init__(message)
+        self.every_rank = every_rank
 
 
 def opt(default: Any, doc: str, **meta: Any) -> Any:
@@ -136,7 +142,14 @@ class TrainConfig:
     mlflow_uri: str = opt("", "MLflow tracking server for --log mlflow (default: a file store in the run "
                               "directory, file:OUT/mlruns)")
     device: str = opt("cpu", "cpu or cuda")
-    threads: int = opt(0, "torch CPU threads (0 = torch's default)")
+    threads: int = opt(0, "torch CPU threads per process (0 = torch's default; with --nproc N on the CPU, cores / N)")
+    # data parallelism (docs/distributed.md)
+    nproc: int = opt(1, "processes (ranks) to launch on this machine, one per GPU with --device cuda; a step's prompts "
+                        "are split among them, the result is that of 1 process (under torchrun: leave it at 1)")
+    dist_timeout: float = opt(600.0, "seconds a collective waits for the other ranks before the run fails (exit 1), "
+                                     "e.g. when a rank died or hangs")
+    fsdp: bool = opt(False, "shard a Hugging Face model's weights, gradients and optimizer state over the ranks "
+                            "(FSDP2, bf16 compute; CUDA only)")
     quiet: bool = opt(False, "no progress bar (the summary line is still printed)")
     force: bool = opt(False, "start over in an --out that holds a run of a different config")
 
@@ -144,8 +157,10 @@ class TrainConfig:
     # The guards and the worker count change no step that succeeds; a stopped run may raise them.
     # `out` is among them: a run directory that was moved or copied is still the same run.
     # `log` and `mlflow_uri` only say where the metrics go (a tracker added on resume gets the rows after it).
+    # `nproc` and `dist_timeout`: a run's samples and results do not depend on the world size, so a
+    # checkpoint resumes at any (docs/distributed.md).
     RESUMABLE_CHANGES = ("steps", "quiet", "force", "threads", "log", "reward_workers", "reward_timeout",
-                         "max_reward_error_frac", "max_bad_steps", "out", "mlflow_uri")
+                         "max_reward_error_frac", "max_bad_steps", "out", "mlflow_uri", "nproc", "dist_timeout")
 
     def validate(self) -> None:
         """Raises ConfigError for the first bad field, before any work starts."""
@@ -234,6 +249,7 @@ class TrainConfig:
                 raise ConfigError("select_split", str(err)) from None
         check_reward(self.reward, self.task)
         check_writable(self.out)
+        self.validate_distributed()
 
 
     def selection_metrics(self) -> list[str]:
@@ -288,6 +304,59 @@ class TrainConfig:
         if not self.overlong_penalty >= 0:
             raise ConfigError("overlong_penalty", f"must be ≥ 0, got {self.overlong_penalty}")
 
+    def world_size(self) -> int:
+        """Derived: the ranks this run will have: torchrun's WORLD_SIZE when launched by it, else --nproc."""
+        from rlvr.distributed import launched_world_size
+
+        return launched_world_size() or self.nproc
+
+    def validate_distributed(self) -> None:
+        """--nproc, --dist-timeout and --fsdp, and what data parallelism cannot do exactly."""
+        from rlvr.distributed import launched_world_size
+
+        check_processes(self.nproc, self.dist_timeout, self.device)
+        world = self.world_size()
+        ranks = f"{world} processes" if launched_world_size() is None else f"torchrun's {world} processes"
+        b = self.prompts_per_step
+        if world > b:
+            raise ConfigError("nproc", f"{ranks} need at least one prompt each, but a step has {b} (--prompts-per-step); "
+                                       f"use --nproc {b} or fewer (a divisor of {b}), or --prompts-per-step {world}")
+        if b % world:
+            raise ConfigError("prompts_per_step", f"{b} prompts per step cannot be split into equal shards of whole "
+                                                  f"groups for {ranks}; use --prompts-per-step "
+                                                  f"{b // world * world} or {(b // world + 1) * world}, or a number "
+                                                  f"of processes that divides {b}")
+        if world > 1:
+            for name, what in (("clip_cov", "draws tokens at random among the batch's by covariance"),
+                               ("kl_cov", "penalises the batch's top tokens by covariance"),
+                               ("top_entropy_tokens", "keeps the batch's top tokens by entropy")):
+                if getattr(self, name):
+                    raise ConfigError(name, f"{what}; with {world} processes each rank would rank only its own "
+                                            "shard and the run would differ from 1 process. Run it with one "
+                                            "process (--nproc 1), or drop it")
+        if self.fsdp:
+            from rlvr.backends import resolve
+            from rlvr.distributed import FSDP_ON_CPU_ENV
+
+            if resolve(self.model).backend != "hf":
+                raise ConfigError("fsdp", "shards Hugging Face models over GPUs; the built-in model (0.8 M "
+                                          "parameters) fits every rank: use plain data parallelism (--nproc N "
+                                          "without --fsdp)")
+            if self.device != "cuda" and not os.environ.get(FSDP_ON_CPU_ENV):
+                raise ConfigError("fsdp", "runs on GPUs (--device cuda, NCCL); on the CPU use plain data "
+                                          "parallelism (--nproc N without --fsdp)")
+            for name, why in (("group_filter", "gives ranks different numbers of samples"),
+                              ("adaptive_k", "gives ranks different numbers of samples"),
+                              ("beta", "needs a second (reference) copy of the model")):
+                if getattr(self, name):
+                    raise ConfigError(name, f"{why}, which --fsdp does not support yet (every forward of a sharded "
+                                            f"model is a collective); drop --{name.replace('_', '-')} or --fsdp")
+            if str(self.micro_batch_size) == "auto":
+                raise ConfigError("micro_batch_size", "auto sizes micro-batches by each rank's own token counts, "
+                                                      "but with --fsdp every forward is a collective and all ranks "
+                                                      "must run the same number: give --micro-batch-size N (rows, "
+                                                      "0 = the whole shard)")
+
     def extra_rollout_budget(self) -> int:
         """Derived: completions --group-filter may add to a step (-1 resolves to 2·B·K)."""
         if self.max_extra_rollouts < 0:
@@ -296,6 +365,26 @@ class TrainConfig:
 
 
 MAX_INT = 2**31 - 1  # no setting needs more; beyond it seeds and counters overflow
+
+
+def check_processes(nproc: int, timeout: float, device: str) -> None:
+    """--nproc and --dist-timeout, of `rlvr train` and `rlvr eval`."""
+    from rlvr.distributed import launched_world_size
+
+    if nproc < 1:
+        raise ConfigError("nproc", f"must be at least 1, got {nproc}")
+    if not timeout > 0:
+        raise ConfigError("dist_timeout", f"must be > 0 seconds, got {timeout}")
+    launched = launched_world_size()
+    if launched is not None and nproc not in (1, launched):
+        raise ConfigError("nproc", f"this process is one of {launched} ranks started by torchrun, which decides the "
+                                   f"world size; drop --nproc {nproc} (or launch without torchrun)")
+    if device == "cuda" and launched is None and nproc > 1:
+        import torch
+
+        if nproc > torch.cuda.device_count():
+            raise ConfigError("nproc", f"one process per GPU, but torch sees {torch.cuda.device_count()} GPUs; use "
+                                       f"--nproc {torch.cuda.device_count()} or fewer")
 
 
 def require_positive(cfg, names) -> None:

@@ -407,36 +407,44 @@ def evaluate_policy(
     seed: int,
     items: list[dict] | None = None,
     show: int = 0,
+    world=None,
 ) -> dict:
     """HM@k / pass@k of `policy` (rlvr.backends.Policy) on the first `problems` held-out items of `task`.
 
-    Uses its own torch.Generator (seeded by `seed`), never the global RNG, so evaluating
-    inside a training run does not change what the run samples afterwards. All `samples`
-    completions of many problems are decoded as one batch, like training rollouts.
+    Each problem's samples come from its own torch.Generator, seeded by (`seed`, the problem's
+    index), never the global RNG: evaluating inside a training run does not change what the run
+    samples afterwards, and a problem's samples do not depend on which problems share its decoding
+    batch. All `samples` completions of many problems are decoded as one batch, like training
+    rollouts. `world` (rlvr.distributed.World): each rank evaluates a contiguous shard of the
+    problems and the per-problem records of all ranks are gathered, in problem order, before any
+    metric or interval is computed, so the result does not depend on the number of ranks.
     Returns {"metrics": {name: {"value", "ci", "n"}}, "per_problem": [...]} as in eval.json.
     `items` replaces the held-out problems (e.g. a validation slice). `show` > 0 adds "samples":
     the greedy and the first sampled completion of the first `show` problems, with the answer
     read from each and its score, so a person can see what the numbers are made of.
     """
-    import torch
-
+    from rlvr.distributed import SINGLE
     from rlvr.rollout import sample_groups
+    from rlvr.sampling import group_generators
 
+    world = world or SINGLE
     ks = sorted(set(int(k) for k in ks))
     for k in ks:
         _check_counts(samples, 0, k)
     was_training = policy.module.training
     policy.module.eval()
-    generator = torch.Generator(device=policy.device).manual_seed(seed)
     items = items if items is not None else [task.item("heldout", i) for i in range(problems)]
+    mine = world.shard(len(items))
     per_problem, shown = [], []
     chunk = max(1, policy.decode_batch_rows // samples)
-    for start in range(0, problems, chunk):
-        group = items[start : start + chunk]
+    for start in range(mine.start, mine.stop, chunk):
+        indices = range(start, min(start + chunk, mine.stop))
+        group = items[indices.start : indices.stop]
+        generators = group_generators(seed, indices, policy.device)
         sampled = sample_groups(policy, group, samples, max_new_tokens=max_new_tokens,
-                                temperature=temperature, generator=generator)
+                                temperature=temperature, generator=generators)
         greedy = sample_groups(policy, group, 1, max_new_tokens=max_new_tokens,
-                               temperature=0.0, generator=generator)
+                               temperature=0.0, generator=generators)
         seq_logprobs = sampled.logprobs.sum(dim=1).tolist()  # (N,) log-prob of each whole completion
         for g, item in enumerate(group):
             rows = range(g * samples, (g + 1) * samples)
@@ -456,6 +464,10 @@ def evaluate_policy(
                                   "answer": item["answer"], "kind": kind, "completion": text,
                                   "extracted": task.extract_answer(text), "score": task.score(text, item)})
     policy.module.train(was_training)
+    if world.parallel:
+        every = world.gather((per_problem, shown), "gathering the evaluation's per-problem results")
+        per_problem = [record for part, _ in every for record in part]
+        shown = [sample for _, part in every for sample in part][: 2 * show]
     result = {"metrics": metrics_from_per_problem(per_problem, ks, seed), "per_problem": per_problem}
     if show:
         result["samples"] = shown

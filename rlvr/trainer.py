@@ -1,6 +1,9 @@
 """The RLVR training loop: one run of group-sampled clipped policy gradient.
 
 Run it:  rlvr train --k 8 --steps 100 --out runs/k8      (or rlvr.trainer.train(TrainConfig(...)))
+         rlvr train --nproc 4 ...  or  torchrun --nproc-per-node 4 -m rlvr train ...
+         (data parallel: each rank takes a shard of the step's prompts; the same run as one
+         process, see rlvr/distributed.py and docs/distributed.md)
 
 One step, data flowing one way:
   B prompts -> K samples each, one batch, exact token entropy from the sampling logits
@@ -13,14 +16,16 @@ Where it departs from the papers:
     same forward pass that computes the loss: the ratio is exactly 1 on-policy and no extra
     forward pass is spent. Later updates on the same batch reuse those log-probs, as PPO does.
   * The prompt stream and the sampling noise are functions of (seed, step) and the checkpointed
-    stream position (which --group-filter moves by more than B per step), so a resumed run
-    samples exactly what an uninterrupted one would have, and evaluation (own generator) does
-    not perturb training.
+    stream position (which --group-filter moves by more than B per step); each group's noise
+    has its own generator, seeded by its prompt's stream position. So a resumed run samples
+    exactly what an uninterrupted one would have, at any number of processes, and evaluation
+    (its own generators) does not perturb training.
   * Entropy is the exact entropy of the full next-token distribution at the sampling
     temperature (TERMS.md), not the sampled token's negative log-prob.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -35,11 +40,12 @@ from pathlib import Path
 
 import torch
 
-from rlvr import __version__
+from rlvr import __version__, distributed
 from rlvr.backends import ModelSettings, load_policy
 from rlvr.checkpoint import (clean_temporaries, load_latest, replace_dir, rng_state, save_checkpoint, set_rng_state,
                              write_text_atomic)
 from rlvr.config import ConfigError, RunFailed, TrainConfig, to_dict
+from rlvr.distributed import SINGLE, World
 from rlvr.entropy import (AdaptiveEntropyCoefficient, CollapseDetector, EntropyCoefficient, EntropyMonitor,
                           RewardMonitor, masked_mean, masked_quantiles)
 from rlvr.evaluation import (evaluate_policy, flat_eval_metrics, paired_bootstrap_gain, per_problem_values,
@@ -50,7 +56,8 @@ from rlvr.reward_pool import RewardPool, WorkerStartError
 from rlvr.rewards import RewardFailure
 from rlvr.verifiers import TIMEOUT
 from rlvr.rollout import Scorer, micro_batches, select_rows
-from rlvr.sampling import Sampler, advantage_function, answer_diversity, group_advantages, select_for_training
+from rlvr.sampling import (Sampler, advantage_function, answer_diversity, gather_samples, group_advantages,
+                           overlong_penalty, select_for_training)
 from rlvr.tasks import get_task
 
 EVAL_KS = (1, 4, 8)
@@ -180,10 +187,11 @@ class RunDir:
         for path in (self.checkpoints, self.final, self.best):
             shutil.rmtree(path, ignore_errors=True)
 
-    def write_config(self, cfg: TrainConfig) -> None:
+    def write_config(self, cfg: TrainConfig, world_size: int = 1) -> None:
+        """`world_size`: the processes of this (part of the) run; the results do not depend on it."""
         self.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.config_file, json.dumps({"rlvr_version": __version__, "config": to_dict(cfg)},
-                                                       indent=2) + "\n")
+        write_text_atomic(self.config_file, json.dumps({"rlvr_version": __version__, "world_size": world_size,
+                                                        "config": to_dict(cfg)}, indent=2) + "\n")
 
     def save_final(self, policy, extra: dict) -> None:
         """final/ appears complete or not at all: a re-run treats an existing final/ as done."""
@@ -229,6 +237,20 @@ class JsonlWriter:
 
     def close(self) -> None:
         self.handle.close()
+
+
+class NullWriter:
+    """Where ranks other than 0 write their metrics, events and evaluations: nowhere (rank 0
+    writes the run directory; every rank computes the same rows)."""
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def rewind(self, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class MetricsLog:
@@ -344,7 +366,10 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
                 clock.lap("forward")
                 if not torch.isfinite(loss):
                     skipped = "loss"
-                    break
+                    if no_sync is None:
+                        break
+                    # Data parallel: every rank must run the same backward collectives, so this one
+                    # goes on; the non-finite gradient reaches every rank and all skip the update.
                 loss.backward()
                 clock.lap("backward")
             sums["loss/policy"] += m["loss/policy"]
@@ -353,10 +378,10 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
             sums["loss/entropy"] += -entropy_coef * m.get("loss/entropy", 0.0)
             sums["loss/kl"] += cfg.beta * m.get("loss/kl", 0.0)
             sums["clip/frac"] += m["clip/frac_sum"] / total_tokens
-        if skipped is None:
+        if skipped is None or no_sync is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
             sums["grad/norm"] += float(norm)
-            skipped = None if torch.isfinite(norm) else "gradient"
+            skipped = skipped or (None if torch.isfinite(norm) else "gradient")
         if skipped is not None:  # never apply a non-finite update; the step is counted and logged
             optimizer.zero_grad(set_to_none=True)
             break
@@ -383,15 +408,25 @@ def make_entropy_controller(cfg: TrainConfig) -> EntropyCoefficient:
 
 class RunState:
     """Everything a checkpoint restores: policy, optimizer, entropy monitor/controller/detector,
-    RNG states, the step-0 evaluation, and the run-level counters."""
+    RNG states, the step-0 evaluation, and the run-level counters. None of it is per rank: with
+    data parallelism every rank holds the same state, so a checkpoint resumes at any world size."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
+    def __init__(self, cfg: TrainConfig, device: torch.device, world: World = SINGLE) -> None:
+        self.cfg, self.device, self.world = cfg, device, world
         torch.manual_seed(cfg.seed)
-        self.policy = load_policy(cfg.model, ModelSettings.of(cfg))
+        if world.fsdp:  # every rank reads the whole model into CPU memory once; fully_shard moves its shard to the GPU
+            self.policy = load_policy(cfg.model, dataclasses.replace(ModelSettings.of(cfg), device="cpu"))
+            distributed.fsdp_shard(self.policy, world)
+        else:
+            self.policy = load_policy(cfg.model, ModelSettings.of(cfg))
         self.policy.module.train()
         trainable = [p for p in self.policy.module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        # Fused: one kernel over all tensors, no per-parameter Python loop and no temporaries of
+        # the parameters' size (CPU's default is a loop). FSDP2's sharded tensors keep the default.
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
+                                           fused=not world.fsdp)
+        # The training forward; with W > 1 under DDP (gradients summed over the ranks) or FSDP2.
+        self.scorer = distributed.wrap_scorer(Scorer(self.policy, cfg.temperature), world)
         self.monitor = EntropyMonitor(half_life=10)
         self.controller = make_entropy_controller(cfg)
         self.detector = CollapseDetector(cfg.collapse_ratio, cfg.collapse_patience)
@@ -399,7 +434,7 @@ class RunState:
         self.reward_detector = CollapseDetector(cfg.reward_collapse_ratio, cfg.reward_collapse_patience)
         self.best: dict | None = None  # the best evaluation so far: step, value, per-problem values (--keep-best)
         self.evals_without_gain = 0  # evaluations since the last significant gain over the best (--early-stop)
-        self.sampler = Sampler(cfg)  # prompt stream position, --adaptive-k's estimator
+        self.sampler = Sampler(cfg, world)  # prompt stream position, --adaptive-k's estimator
         self.baseline_eval: list[dict] | None = None  # step-0 per-problem results, for paired gains
         self.step = 0
         self.rollbacks = 0  # run-level: survives rollbacks, restored on resume
@@ -416,7 +451,14 @@ class RunState:
         return stream_seed(self.cfg.seed, step, stream if self.rollbacks == 0 else 100 * self.rollbacks + stream)
 
     def state_dict(self) -> dict:
-        return {"model": self.policy.trainable_state_dict(), "optimizer": self.optimizer.state_dict(),
+        """With --fsdp a collective (every rank calls it): the weights and optimizer state are
+        gathered in full, keyed by parameter name; only rank 0's copy holds them."""
+        if self.world.fsdp:
+            model = distributed.full_model_state(self.policy)
+            optimizer = distributed.full_optimizer_state(self.policy, self.optimizer)
+        else:
+            model, optimizer = self.policy.trainable_state_dict(), self.optimizer.state_dict()
+        return {"model": model, "optimizer": optimizer, "fsdp": self.world.fsdp,
                 "entropy_monitor": self.monitor.state_dict(), "entropy_controller": self.controller.state_dict(),
                 "collapse_detector": self.detector.state_dict(), "sampler": self.sampler.state_dict(), "rng": rng_state(),
                 "baseline_eval": self.baseline_eval, "rollbacks": self.rollbacks, "stopped": self.stopped,
@@ -425,9 +467,13 @@ class RunState:
                 "evals_without_gain": self.evals_without_gain}
 
     def load_state_dict(self, state: dict, *, keep_counters: bool = False) -> None:
-        """keep_counters: a rollback restores the policy but not the run's rollback count."""
-        self.policy.load_trainable_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """keep_counters: a rollback restores the policy but not the run's rollback count. With
+        --fsdp a collective: rank 0's weights and optimizer state are broadcast and re-sharded."""
+        if self.world.fsdp:
+            distributed.load_full_state(self.policy, self.optimizer, state.get("model", {}), state.get("optimizer", {}))
+        else:
+            self.policy.load_trainable_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.monitor.load_state_dict(state["entropy_monitor"])
         self.controller.load_state_dict(state["entropy_controller"])
         self.detector.load_state_dict(state["collapse_detector"])
@@ -447,53 +493,124 @@ class RunState:
     def reset_to_start(self) -> None:
         """Back to the starting model (a rollback with no checkpoint before the onset)."""
         kept = self.rollbacks, self.baseline_eval, self.best, self.evals_without_gain
-        self.__init__(self.cfg, self.device)
+        self.__init__(self.cfg, self.device, self.world)
         self.rollbacks, self.baseline_eval, self.best, self.evals_without_gain = kept
 
 
 def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
-    """Runs (or resumes) one training run; returns the summary. Raises ConfigError on bad input."""
+    """Runs (or resumes) one training run; returns the summary ({} on ranks other than 0).
+    Raises ConfigError on bad input.
+
+    Launched by torchrun (or `rlvr train --nproc N`), this process is one of W ranks: it joins
+    the process group, trains on its shard of every step and leaves the writing to rank 0."""
     cfg.validate()
-    run = RunDir(cfg)
+    world = distributed.start(cfg.device, cfg.dist_timeout, cfg.fsdp)
+    try:
+        return _train(cfg, world, progress, console)
+    finally:
+        distributed.stop(world)
+
+
+def _check_run_dir(run: RunDir, cfg: TrainConfig) -> None:
+    """Rank 0, before any work: --out must hold no run of another config (or --force empties it)."""
     run.check_compatible(cfg)
     if cfg.force:
         run.start_fresh()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
-    task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format)
-    st = RunState(cfg, device)
-    reference = st.policy.reference() if cfg.beta > 0 else None  # the start policy, taken before any resume
 
+
+def _prepare_run_dir(run: RunDir, cfg: TrainConfig, world_size: int) -> tuple[dict | None, bool]:
+    """Rank 0, once the model has loaded: cleans what a killed run left, picks the checkpoint to
+    resume -> (its state or None, whether final/ is written)."""
     clean_temporaries(run.checkpoints)
     clean_temporaries(run.root)
     state = load_latest(run.checkpoints) if run.config_file.is_file() else None
     if state is None:
         run.start_fresh()
     else:
+        run.truncate_metrics(state["step"])
+    run.write_config(cfg, world_size)
+    return state, run.final.is_dir()
+
+
+def shared_checkpoint(world: World, read) -> tuple:
+    """`read()` -> (checkpoint state or None, anything else), run on rank 0 only, with its result
+    on every rank. With --fsdp the state's weights and optimizer state stay on rank 0
+    (RunState.load_state_dict broadcasts them shard by shard); everything else is sent along."""
+    held: dict = {}
+
+    def on_rank0():
+        held["state"], extra = read()
+        state = held["state"]
+        if state is not None and world.fsdp:
+            state = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
+        return state, extra
+
+    state, extra = world.agree(on_rank0, "reading the checkpoint")
+    return (held["state"] if world.main else state), extra
+
+
+def _train(cfg: TrainConfig, world: World, progress: bool, console) -> dict:
+    threads = cfg.threads
+    if not threads and world.parallel and cfg.device == "cpu":  # the ranks of a machine share its cores
+        threads = max(1, (os.cpu_count() or 1) // world.local_size)
+    if threads:
+        torch.set_num_threads(threads)
+    run = RunDir(cfg)
+    world.agree(lambda: _check_run_dir(run, cfg), "checking the run directory")
+    device = torch.device(cfg.device)
+    task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format)
+    st = RunState(cfg, device, world)
+    reference = st.policy.reference() if cfg.beta > 0 else None  # the start policy, taken before any resume
+    state, final_written = shared_checkpoint(world, lambda: _prepare_run_dir(run, cfg, world.size))
+    if state is not None:
         st.load_state_dict(state)
-        run.truncate_metrics(st.step)
-    run.write_config(cfg)
-    metrics_log, events_log = MetricsLog(run, cfg, st.step), JsonlWriter(run.events_file)
-    evals_log, samples_log = JsonlWriter(run.evals_file), JsonlWriter(run.samples_file)
+
+    def open_logs() -> tuple:
+        """evals.jsonl and samples.jsonl (rank 0; the other ranks write nothing)."""
+        if not world.main:
+            return NullWriter(), NullWriter()
+        return JsonlWriter(run.evals_file), JsonlWriter(run.samples_file)
+
+    metrics_log = MetricsLog(run, cfg, st.step) if world.main else NullWriter()
+    events_log = JsonlWriter(run.events_file) if world.main else NullWriter()
+    evals_log, samples_log = open_logs()
     model = st.policy.describe()
     events_log.write({"event": "model", "step": st.step, **model,
                       "message": f"{cfg.model}: {model['backend']} backend, {model['parameters']:,} parameters, "
                                  f"{model['trainable_parameters']:,} trained"})
+    if world.parallel:
+        events_log.write({"event": "distributed", "step": st.step, "world_size": world.size, "fsdp": world.fsdp,
+                          "message": f"{world.size} ranks ({'nccl' if cfg.device == 'cuda' else 'gloo'}"
+                                     f"{', FSDP2' if world.fsdp else ', DDP'}), {cfg.prompts_per_step // world.size} "
+                                     f"of the {cfg.prompts_per_step} prompts of a step each"})
     if st.step:
-        events_log.write({"event": "resume", "step": st.step, "message": f"resumed from checkpoint at step {st.step}"})
-    if (st.step >= cfg.steps or st.stopped) and run.final.is_dir():
+        events_log.write({"event": "resume", "step": st.step, "message": f"resumed from checkpoint at step {st.step}"
+                                                                          f" with {world.size} process(es)"})
+    if (st.step >= cfg.steps or st.stopped) and final_written:
         metrics_log.close(), events_log.close(), evals_log.close(), samples_log.close()
-        return summarize(run, cfg, already_done=True)
+        return summarize(run, cfg, already_done=True) if world.main else {}
 
     eval_settings = dict(problems=cfg.eval_problems, samples=cfg.eval_samples, temperature=cfg.eval_temperature,
                          ks=[k for k in EVAL_KS if k <= cfg.eval_samples], max_new_tokens=cfg.max_new_tokens,
-                         seed=stream_seed(cfg.seed, 0, 1))
+                         seed=stream_seed(cfg.seed, 0, 1), world=world)
     selection_items = validation_items(task, cfg.eval_problems, cfg.eval_problems) \
         if cfg.select_split == "validation" and cfg.eval_every else None
 
+    def save_model(save) -> None:
+        """`save(policy)` on rank 0. With --fsdp the weights are first gathered (collective) into
+        an unsharded CPU copy of the model, so final/ and best/ hold the same files as 1 process."""
+        if world.fsdp:
+            full = distributed.full_model_state(st.policy)
+            if world.main:
+                copy = load_policy(cfg.model, dataclasses.replace(ModelSettings.of(cfg), device="cpu"))
+                copy.load_trainable_state_dict(full)
+                save(copy)
+        elif world.main:
+            save(st.policy)
+
     def evaluate(step: int) -> dict:
-        result = evaluate_policy(st.policy, task, show=cfg.eval_show, **eval_settings)
+        with distributed.decoding(st.policy, world):
+            result = evaluate_policy(st.policy, task, show=cfg.eval_show, **eval_settings)
         for sample in result.pop("samples", []):
             samples_log.write({"step": step, **sample})
         flat = flat_eval_metrics(result)
@@ -507,13 +624,17 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         eval_json = {"model": cfg.model, "task": cfg.task, "split": "heldout", "step": step,
                      "n_samples": cfg.eval_samples, "temperature": cfg.eval_temperature,
                      "n_problems": cfg.eval_problems, **result}
-        write_text_atomic(run.root / "eval.json", json.dumps(eval_json) + "\n")
+        if world.main:
+            write_text_atomic(run.root / "eval.json", json.dumps(eval_json) + "\n")
         evals_log.write(eval_json)
         events_log.write({"event": "eval", "step": step, "message": ", ".join(
             f"{name} {m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" for name, m in result["metrics"].items())})
         if cfg.keep_best != "none":
-            selected = result if selection_items is None else \
-                evaluate_policy(st.policy, task, items=selection_items, **eval_settings)
+            if selection_items is None:
+                selected = result
+            else:
+                with distributed.decoding(st.policy, world):
+                    selected = evaluate_policy(st.policy, task, items=selection_items, **eval_settings)
             flat.update(select_best(step, selected))
         return flat
 
@@ -525,21 +646,33 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         if st.best is None or value > st.best["value"]:
             st.best = {"step": step, "metric": metric, "value": value, "ci": result["metrics"][metric]["ci"],
                        "split": cfg.select_split, "values": values.tolist()}
-            run.save_best(st.policy, st.best, extra={"trained_by": "rlvr train", "steps": step, "config": to_dict(cfg)})
+            best = st.best
+            save_model(lambda policy: run.save_best(policy, best, extra={"trained_by": "rlvr train", "steps": step,
+                                                                           "config": to_dict(cfg)}))
         significant = gain is None or gain["ci"][0] > 0
         st.evals_without_gain = 0 if significant and st.best["step"] == step else st.evals_without_gain + 1
         return {"eval/selected": value, "eval/best": st.best["value"], "eval/best_step": st.best["step"],
                 "eval/evals_without_gain": st.evals_without_gain}
 
     def checkpoint() -> None:
-        save_checkpoint(run.checkpoints, st.step, st.state_dict(), keep=cfg.keep_checkpoints)
+        state = st.state_dict()  # with --fsdp a collective: every rank gathers, rank 0 keeps the full state
+        if world.main:
+            save_checkpoint(run.checkpoints, st.step, state, keep=cfg.keep_checkpoints)
 
     try:
         pool = RewardPool(cfg.reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout, cfg.answer_format)
+        pool_error = None
     except WorkerStartError as err:
+        pool, pool_error = None, str(err)
+    pool_errors = [(rank, e) for rank, e in enumerate(world.gather(pool_error, "starting the reward workers")) if e]
+    if pool_errors:
+        if pool is not None:
+            pool.close()
         metrics_log.close(), events_log.close(), evals_log.close(), samples_log.close()
-        raise ConfigError("reward", f"the reward workers could not load it: {err}") from None
-    bar = _Progress(cfg, enabled=progress and not cfg.quiet, console=console)
+        rank, error = pool_errors[0]
+        raise ConfigError("reward", f"the reward workers{f' of rank {rank}' if world.parallel else ''} could not "
+                                    f"load it: {error}")
+    bar = _Progress(cfg, enabled=progress and not cfg.quiet, console=console, mute=not world.main)
     last_eval: dict = {}
     if st.step == 0 and cfg.eval_every:
         last_eval = evaluate(0)
@@ -550,65 +683,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         while st.step < cfg.steps:
             st.step += 1
             step = st.step
-            for group in st.optimizer.param_groups:
-                group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-            memory_before = memory.start(step)
-            started = time.perf_counter()
-            generator = torch.Generator(device=device).manual_seed(st.sampling_seed(step, 0))
-            st.policy.module.eval()
-            generated = st.sampler.collect(st.policy, task, pool, generator)  # all N samples, rewards (N,)
-            st.policy.module.train()
-            check_reward_failures(generated.failures, generated.batch.num_rows, cfg, step, events_log)
-            selected = select_for_training(generated, cfg)  # --group-filter, --downsample: N' ≤ N rows
-            batch = generated.batch if selected.rows is None else select_rows(generated.batch, selected.rows)
-            advantages = group_advantages(advantage_function(cfg), selected.rewards, selected.group_sizes)  # (N',)
-
-            # Entropy, lengths and rewards describe the policy: every generated sample counts.
-            sampled = generated.batch
-            entropy = masked_mean(sampled.entropy, sampled.completion_mask)
-            st.controller.update(entropy)  # the coefficient of this step's loss reacts to its own entropy
-            loss_generator = torch.Generator().manual_seed(st.sampling_seed(step, 2))
-            if batch.num_rows:
-                result = train_step(st.policy, st.optimizer, batch, advantages, cfg, reference,
-                                    entropy_coef=st.entropy_coef, generator=loss_generator)
-            else:  # --group-filter found no group with signal within its budget: nothing to learn from
-                result = no_update()
-            st.bad_steps = st.bad_steps + 1 if result.skipped else 0
-            if result.skipped:
-                events_log.write({"event": "nan_skip", "step": step, "cause": result.skipped, "in_a_row": st.bad_steps,
-                                  "message": f"non-finite {result.skipped}; the update was not applied"})
-            p10, p50, p90 = masked_quantiles(sampled.entropy, sampled.completion_mask)
-            lengths = sampled.completion_mask.sum(dim=1).float()  # (N,)
-            stops = torch.tensor(st.policy.stop_ids, device=sampled.completion_ids.device)
-            truncated = ~torch.isin(sampled.completion_ids, stops).any(dim=1)  # (N,) no stop token: cut at the limit
-            seconds = time.perf_counter() - started
-            row = {
-                "step": step,
-                "reward/mean": generated.reward_mean(),
-                "reward/std": float(generated.task_rewards.std(unbiased=False)),
-                "reward/zero_signal_frac": generated.zero_signal_frac(),
-                "reward/errors": len(generated.failures),
-                "reward/timeouts": sum(f.kind == TIMEOUT for f in generated.failures),
-                **st.reward_monitor.update(generated.reward_mean()),
-                "entropy/mean": entropy,
-                **st.monitor.update(entropy),
-                "entropy/p10": p10, "entropy/p50": p50, "entropy/p90": p90,
-                "diversity/answers": answer_diversity(generated.answers, generated.group_sizes),
-                **result.metrics,
-                "control/entropy_coef": st.entropy_coef,
-                "control/rollbacks": st.rollbacks,
-                "optim/lr": st.optimizer.param_groups[0]["lr"],
-                "optim/skipped": int(result.skipped is not None),
-                "completion/mean_length": float(lengths.mean()),
-                "completion/truncated_frac": float(truncated.float().mean()),
-                "perf/step_seconds": seconds,
-                "perf/rollout_seconds": generated.sampling_seconds,
-                "perf/rollout_tokens_per_s": sampled.generated_tokens() / max(generated.sampling_seconds, 1e-9),
-                "perf/peak_memory_mib": memory.peak(),
-                **generated.metrics, **selected.metrics,
-            }
-            if memory_before is not None:  # a probe step (StepMemory)
-                row["perf/memory_before_step_mib"] = memory_before
+            row = run_step(st, cfg, task, pool, reference, memory, events_log)
             if cfg.eval_every and step % cfg.eval_every == 0:
                 last_eval = evaluate(step)
                 row.update(last_eval)
@@ -642,7 +717,7 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
                 if action == "rollback":
                     evals_log.close(), samples_log.close()
                     metrics_log.rewind(st.step)
-                    evals_log, samples_log = JsonlWriter(run.evals_file), JsonlWriter(run.samples_file)
+                    evals_log, samples_log = open_logs()
                     bar.update(st.step, row, last_eval)
                     continue
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
@@ -654,7 +729,10 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
         pool.close()
         bar.stop()
         metrics_log.close(), evals_log.close(), samples_log.close()
-    run.save_final(st.policy, extra={"trained_by": "rlvr train", "steps": st.step, "config": to_dict(cfg)})
+    save_model(lambda policy: run.save_final(policy, extra={"trained_by": "rlvr train", "steps": st.step,
+                                                             "config": to_dict(cfg)}))
+    if not world.main:
+        return {}
     summary = summarize(run, cfg)
     if st.stopped:
         summary["stopped"] = st.stopped
@@ -664,9 +742,135 @@ def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
     return summary
 
 
-def check_reward_failures(failures: list[RewardFailure], calls: int, cfg: TrainConfig, step: int, events_log) -> None:
+# What train_step reports as a share of the whole step: with W ranks, the ranks' values add up
+# (each is normalised by the step's global token or sequence count).
+SUMMED_UPDATE_METRICS = ("loss/policy", "loss/entropy", "loss/kl", "clip/frac", "clip/cov_tokens", "clip/kl_cov_tokens")
+
+
+def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: StepMemory, events_log) -> dict:
+    """One optimizer step: collect -> select -> advantages -> update -> the step's metrics row.
+
+    With W ranks each rank samples, scores and trains on its shard; the samples' metrics are
+    computed over every rank's samples (gathered), the loss terms summed, times and memory taken
+    at their maximum, so the row describes the whole step and is the same on every rank."""
+    world, step = st.world, st.step
+    for group in st.optimizer.param_groups:
+        group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    memory_before = memory.start(step)
+    started = time.perf_counter()
+    st.policy.module.eval()
+    with distributed.decoding(st.policy, world):
+        generated = st.sampler.collect(st.policy, task, pool, st.sampling_seed(step, 0))  # this rank's samples
+    st.policy.module.train()
+    # Entropy, lengths and rewards describe the policy: every generated sample counts, every rank's.
+    samples = gather_samples(world, generated.samples(st.policy.stop_ids), generated.round_groups)  # N rows
+    check_reward_failures(samples.failures, samples.rows, cfg, step, events_log,
+                          samples.failure_ranks if world.parallel else None)
+    selected = select_for_training(generated, cfg)  # --group-filter, --downsample: this rank's N' ≤ N rows
+    batch = generated.batch if selected.rows is None else select_rows(generated.batch, selected.rows)
+    advantages = group_advantages(advantage_function(cfg), selected.rewards, selected.group_sizes)  # (N',)
+    step_selection = select_for_training(samples, cfg) if world.parallel else selected  # the whole step's
+
+    entropy = masked_mean(samples.entropy, samples.completion_mask)
+    st.controller.update(entropy)  # the coefficient of this step's loss reacts to its own entropy
+    loss_generator = torch.Generator().manual_seed(st.sampling_seed(step, 2))
+    trained_rows = sum(step_selection.group_sizes)
+    totals = None  # one process: train_step normalises by its own batch
+    if world.parallel:
+        trained_mask = samples.completion_mask if step_selection.rows is None else \
+            samples.completion_mask[step_selection.rows]
+        totals = (max(1, int(trained_mask.sum())), trained_rows)  # the loss normaliser of the whole step
+        if trained_rows and not batch.num_rows:  # none of this rank's groups kept: it still joins the all-reduce
+            batch, advantages = idle_batch(generated.batch), advantages.new_zeros(1)
+    if trained_rows:
+        try:
+            result = train_step(st.policy, st.optimizer, batch, advantages, cfg, reference,
+                                entropy_coef=st.entropy_coef, generator=loss_generator, scorer=st.scorer,
+                                totals=totals)
+        except RuntimeError as err:
+            if world.parallel and distributed.is_comm_error(err):
+                raise world.lost("the gradient all-reduce", err) from None
+            raise
+    else:  # --group-filter found no group with signal within its budget: nothing to learn from
+        result = no_update()
+    local = {"perf/step_seconds": time.perf_counter() - started, "perf/rollout_seconds": generated.sampling_seconds,
+             "perf/peak_memory_mib": memory.peak(), "sampling/extra_seconds": generated.metrics["sampling/extra_seconds"]}
+    if memory_before is not None:  # a probe step (StepMemory)
+        local["perf/memory_before_step_mib"] = memory_before
+    update, skipped, local = reduce_update(world, step, result, local, trained_rows)
+    st.bad_steps = st.bad_steps + 1 if skipped else 0
+    if skipped:
+        events_log.write({"event": "nan_skip", "step": step, "cause": skipped, "in_a_row": st.bad_steps,
+                          "message": f"non-finite {skipped}; the update was not applied"})
+    p10, p50, p90 = masked_quantiles(samples.entropy, samples.completion_mask)
+    lengths = samples.completion_mask.sum(dim=1)  # (N,)
+    penalty = 0.0 if not cfg.overlong_buffer else float(
+        overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty).mean())
+    generated_tokens = int(lengths.sum())
+    return {
+        "step": step,
+        "reward/mean": samples.reward_mean(),
+        "reward/std": float(samples.task_rewards.std(unbiased=False)),
+        "reward/zero_signal_frac": samples.zero_signal_frac(),
+        "reward/errors": len(samples.failures),
+        "reward/timeouts": sum(f.kind == TIMEOUT for f in samples.failures),
+        **st.reward_monitor.update(samples.reward_mean()),
+        "entropy/mean": entropy,
+        **st.monitor.update(entropy),
+        "entropy/p10": p10, "entropy/p50": p50, "entropy/p90": p90,
+        "diversity/answers": answer_diversity(samples.answers, samples.group_sizes),
+        **update,
+        "control/entropy_coef": st.entropy_coef,
+        "control/rollbacks": st.rollbacks,
+        "optim/lr": st.optimizer.param_groups[0]["lr"],
+        "optim/skipped": int(skipped is not None),
+        "completion/mean_length": float(lengths.float().mean()),
+        "completion/truncated_frac": float(samples.truncated.float().mean()),
+        "perf/rollout_tokens_per_s": generated_tokens / max(local["perf/rollout_seconds"], 1e-9),
+        **generated.metrics, **step_selection.metrics, **local,
+        "reward/overlong_penalty": penalty,
+    }
+
+
+def idle_batch(batch):
+    """One row of `batch` with no token to train on: a rank none of whose groups were kept runs
+    it so that it still takes part in the gradient all-reduce (its loss and gradient are 0)."""
+    row = select_rows(batch, torch.zeros(1, dtype=torch.long))
+    return dataclasses.replace(row, completion_mask=torch.zeros_like(row.completion_mask))
+
+
+def reduce_update(world: World, step: int, result: StepResult, local: dict, trained_rows: int) -> tuple:
+    """The update's metrics, skip decision and timings of the whole step -> (metrics, skipped,
+    timings). One process: unchanged. W ranks: loss terms summed (each rank's is its share of the
+    global normaliser), times and memory at their maximum; grad/norm is the same on every rank
+    (the gradients were all-reduced before it was taken)."""
+    if not world.parallel:
+        return result.metrics, result.skipped, local
+    every = world.gather((result.metrics, result.skipped, local), "reducing the step's metrics")
+    skipped = {s for _, s, _ in every}
+    if None in skipped and len(skipped) > 1:
+        ranks = ", ".join(f"rank {r}: {'applied' if s is None else 'skipped (non-finite ' + s + ')'}"
+                          for r, (_, s, _) in enumerate(every))
+        raise RunFailed(f"step {step}: the ranks disagree on applying the update ({ranks}), so their weights now "
+                        "differ; re-run the same command to resume from the last checkpoint", every_rank=True)
+    metrics = dict(every[0][0])
+    for key in metrics:
+        if key in SUMMED_UPDATE_METRICS:
+            metrics[key] = sum(m.get(key, 0.0) for m, _, _ in every)
+        elif key.startswith("perf/"):
+            metrics[key] = max(m.get(key, 0.0) for m, _, _ in every)
+    # What the loss trained on, of the tokens selected: < 1 only with --top-entropy-tokens, refused with W > 1.
+    metrics["tokens/trained_frac"] = 1.0 if trained_rows else 0.0
+    timings = {key: max(t[key] for _, _, t in every if key in t) for key in {k for _, _, t in every for k in t}}
+    return metrics, "/".join(sorted(skipped)) if None not in skipped else None, timings
+
+
+def check_reward_failures(failures: list[RewardFailure], calls: int, cfg: TrainConfig, step: int, events_log,
+                          ranks: list[int] | None = None) -> None:
     """One `reward_error` event per failure kind of the step (count, first item id, its message);
-    stops the run when the step's failed share of its `calls` exceeds --max-reward-error-frac."""
+    stops the run when the step's failed share of its `calls` exceeds --max-reward-error-frac.
+    With data parallelism `failures` and `calls` are every rank's (the decision is the same on
+    every rank, and the same as one process's) and `ranks` says which rank made each failed call."""
     counts = Counter(f.kind for f in failures)
     first_of_kind: dict = {}
     for failure in failures:
@@ -676,6 +880,9 @@ def check_reward_failures(failures: list[RewardFailure], calls: int, cfg: TrainC
                           "item": failure.item_id, "message": failure.detail})
     if len(failures) > cfg.max_reward_error_frac * calls:
         kinds = ", ".join(f"{count} {kind}" for kind, count in counts.items())
+        if ranks:
+            per_rank = Counter(ranks)
+            kinds += "; " + ", ".join(f"rank {rank}: {per_rank[rank]} failed" for rank in sorted(per_rank))
         stop_failed(events_log, step, f"--max-reward-error-frac: {len(failures)} of {calls} verifier calls "
                     f"failed at step {step} ({kinds}), more than {cfg.max_reward_error_frac:g} of them; see the "
                     "reward_error events in events.jsonl, fix the verifier (or raise --reward-timeout or "
@@ -685,7 +892,7 @@ def check_reward_failures(failures: list[RewardFailure], calls: int, cfg: TrainC
 def stop_failed(events_log, step: int, message: str) -> None:
     """Ends a run that cannot go on: a `stop` event, then RunFailed (exit 1); no checkpoint is written."""
     events_log.write({"event": "stop", "step": step, "message": message})
-    raise RunFailed(message)
+    raise RunFailed(message, every_rank=True)  # every rank reaches the same decision from the same values
 
 
 def on_collapse(st: RunState, run: RunDir, cfg: TrainConfig, step: int, onset: int, events_log, bar,
@@ -716,7 +923,7 @@ def on_collapse(st: RunState, run: RunDir, cfg: TrainConfig, step: int, onset: i
         events_log.write({"event": "stop", "step": step, "message": message + "; run stopped", **measured})
         bar.warn(f"stopping: {message}")
         return action
-    target = load_latest(run.checkpoints, before=onset)
+    target, _ = shared_checkpoint(st.world, lambda: (load_latest(run.checkpoints, before=onset), None))
     st.rollbacks += 1
     if target is None:
         st.reset_to_start()
@@ -768,12 +975,14 @@ def summarize(run: RunDir, cfg: TrainConfig, already_done: bool = False) -> dict
 
 
 class _Progress:
-    """A rich progress bar: step, reward, entropy, last hm@4, ETA. Silent when disabled."""
+    """A rich progress bar: step, reward, entropy, last hm@4, ETA. Silent when disabled; `mute`
+    (ranks other than 0) silences its warnings too."""
 
-    def __init__(self, cfg: TrainConfig, enabled: bool, console=None) -> None:
-        self.enabled = enabled
+    def __init__(self, cfg: TrainConfig, enabled: bool, console=None, mute: bool = False) -> None:
+        self.enabled = enabled and not mute
+        self.mute = mute
         self.total = cfg.steps
-        if not enabled:
+        if not self.enabled:
             return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -803,6 +1012,8 @@ class _Progress:
 
     def warn(self, message: str) -> None:
         """A visible warning, above the bar when there is one."""
+        if self.mute:
+            return
         if self.enabled:
             self.progress.console.print(f"[bold yellow]{message}[/]")
         else:

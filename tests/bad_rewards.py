@@ -45,3 +45,26 @@ def by_text(completion: str, item: dict):
     if completion == "print":
         print("noise on stdout", flush=True)
     return 0.25
+
+
+def raises_on_rank_1(completion: str, item: dict) -> float:
+    """Scores like a plain verifier on every rank but rank 1 of a distributed run, where it raises
+    (the reward workers inherit the rank's environment)."""
+    if os.environ.get("RANK") == "1":
+        raise RuntimeError("verifier broken on this rank")
+    return 1.0 if completion.strip() else 0.0
+
+
+def exits_on_rank_1(completion: str, item: dict) -> float:
+    """With --reward-workers 0 (the verifier runs in the training process): kills rank 1 outright,
+    the way a crash or an OOM kill would."""
+    if os.environ.get("RANK") == "1":
+        os._exit(7)
+    return 1.0 if completion.strip() else 0.0
+
+
+def hangs_on_rank_1(completion: str, item: dict) -> float:
+    """With --reward-workers 0 (no per-call timeout): rank 1 never returns, the way a deadlock would."""
+    if os.environ.get("RANK") == "1":
+        time.sleep(1e9)
+    return 1.0 if completion.strip() else 0.0

@@ -110,8 +110,7 @@ def small_config(**overrides) -> TrainConfig:
 
 def collect(cfg: TrainConfig, verifier, seed: int = 0, sampler: Sampler | None = None):
     sampler = sampler or Sampler(cfg)
-    generated = sampler.collect(make_policy(), get_task(cfg.task, seed=0), RewardPool.in_process(verifier),
-                                torch.Generator().manual_seed(seed))
+    generated = sampler.collect(make_policy(), get_task(cfg.task, seed=0), RewardPool.in_process(verifier), seed)
     return sampler, generated
 
 
@@ -138,6 +137,7 @@ def test_partial_credit_flows_through_unchanged():
 
 def test_group_filter_never_keeps_a_group_without_signal_and_refills():
     cfg = small_config(group_filter=True, k=4, prompts_per_step=3, max_extra_rollouts=400)
+    rounds = []
     for seed in range(3):
         sampler, generated = collect(cfg, has_digit, seed)
         selected = select_for_training(generated, cfg)
@@ -149,7 +149,8 @@ def test_group_filter_never_keeps_a_group_without_signal_and_refills():
         assert m["sampling/generated"] == 4 * m["sampling/prompts"] == 12 + m["sampling/extra_generated"]
         assert m["sampling/extra_generated"] <= 400
         assert sampler.position == m["sampling/prompts"]  # the stream moved past every prompt drawn
-    assert m["sampling/rounds"] > 1  # random models rarely write digits: the filter had to refill
+        rounds.append(m["sampling/rounds"])
+    assert max(rounds) > 1  # random models rarely write digits: the filter had to refill
 
 
 def test_group_filter_stops_at_its_budget():

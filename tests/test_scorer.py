@@ -140,3 +140,35 @@ def test_micro_batch_size_refuses_anything_else_naming_the_option(value):
 
     with pytest.raises(ConfigError, match="--micro-batch-size: must be auto or a number of rows"):
         TrainConfig(micro_batch_size=value).validate()
+
+
+def test_data_parallel_step_with_a_non_finite_loss_runs_every_backward_and_skips():
+    """Under data parallelism (a scorer with no_sync) a rank whose loss is NaN must still run each
+    micro-batch's backward, so its collectives match the other ranks'; the update is skipped."""
+    from contextlib import contextmanager
+
+    from rlvr.config import TrainConfig
+    from rlvr.trainer import train_step
+
+    class CountingScorer(Scorer):
+        backwards = 0
+
+        @contextmanager
+        def no_sync(self):
+            yield
+
+    policy = make_policy(seed=3)
+    items = [{"id": str(i), "prompt": f"{i}+1="} for i in range(3)]
+    batch = sample_groups(policy, items, 4, max_new_tokens=5, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    scorer = CountingScorer(policy, 1.0)
+    hook = policy.module.tok_emb.weight.register_hook(lambda g: setattr(CountingScorer, "backwards",
+                                                                        CountingScorer.backwards + 1))
+    before = {k: v.clone() for k, v in policy.module.state_dict().items()}
+    optimizer = torch.optim.AdamW(policy.module.parameters(), lr=1e-2)
+    advantages = torch.ones(batch.num_rows)
+    advantages[0] = float("nan")
+    result = train_step(policy, optimizer, batch, advantages, TrainConfig(micro_batch_size="4"), scorer=scorer)
+    hook.remove()
+    assert result.skipped == "loss"
+    assert CountingScorer.backwards == 3  # all three micro-batches, the NaN one first
+    assert all(torch.equal(before[k], v) for k, v in policy.module.state_dict().items())

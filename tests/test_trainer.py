@@ -92,8 +92,17 @@ def test_micro_batching_does_not_change_the_update(model_dir, tmp_path):
     a, b = weights(whole), weights(chunked)
     start = load_file(model_dir + "/model.safetensors")
     assert any(not torch.allclose(a[k], start[k]) for k in a)  # the steps did learn something
-    # Equal up to float summation order (Adam amplifies it to ~1e-6; the updates are ~6e-3).
-    assert all(torch.allclose(a[k], b[k], atol=2e-5) for k in a)
+    # Equal up to float summation order: the same gradient (its norm and the loss agree to ~1e-7)...
+    for x, y in zip(rows_without_timing(whole), rows_without_timing(chunked)):
+        assert y["grad/norm"] == pytest.approx(x["grad/norm"], rel=1e-5)
+        assert y["entropy/mean"] == pytest.approx(x["entropy/mean"], rel=1e-5) and y["reward/mean"] == x["reward/mean"]
+    # ... and the same weights, which AdamW makes ~1e-6 apart (the updates are ~3e-3) except where
+    # an entry's gradient was itself rounding noise at some step (a hidden unit no token of the
+    # batch activated, an attention key bias): AdamW divides a gradient by its own magnitude, so
+    # such an entry moves by a rounding-dependent fraction of lr. A handful of entries at most;
+    # a real difference in the update (a lost micro-batch, a wrong normaliser) moves nearly all.
+    diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    assert int((diffs > 2e-5).sum()) <= 1e-4 * diffs.numel(), int((diffs > 2e-5).sum())
 
 
 def test_updates_per_step_reuses_the_batch_with_clipping(model_dir, tmp_path):

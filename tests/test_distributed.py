@@ -1,0 +1,330 @@
+"""Data parallelism (rlvr/distributed.py, docs/distributed.md) with gloo on the CPU: 2 ranks train,
+resume and evaluate like 1 process, and a failing rank ends the run quickly, by name, leaving no
+process behind.
+
+The runs are real `rlvr` subprocesses: `--nproc 2` (torch's elastic agent, what torchrun runs) and
+once `torchrun -m rlvr`. Every run uses --micro-batch-size 8 (= one micro-batch per rank and two in
+1 process): the 1-process gradient is then the same sum of the same two partial sums as the DDP
+all-reduce, so the weights agree bit for bit. With other micro-batchings they differ as much as two
+1-process runs with different --micro-batch-size do (see test_group_filter_runs_like_one_process).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlvr.cli import main
+from rlvr.distributed import World
+
+pytestmark = pytest.mark.distributed
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 5
+RUN = ["--steps", str(STEPS), "--prompts-per-step", "4", "--k", "4", "--eval-every", "0", "--threads", "1",
+       "--quiet", "--checkpoint-every", "1", "--micro-batch-size", "8"]
+REL = 1e-5  # per-step metrics, relative
+ABS = 1e-5  # final weights, absolute
+
+
+def env(**extra: str) -> dict:
+    path = os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def rlvr(*args: str, timeout: float = 180, **extra_env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlvr", *args], env=env(**extra_env), capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rlvr", *args], env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def train(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    done = rlvr("train", *RUN, "--out", str(out), *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_metrics(a: Path, b: Path) -> None:
+    """Every per-step number but timings agrees within REL (reward/mean, entropy/mean and loss/policy
+    among them); counts and decisions exactly."""
+    ra, rb = rows(a), rows(b)
+    steps = [r["step"] for r in ra]
+    assert steps == [r["step"] for r in rb] and steps[-STEPS:] == list(range(1, STEPS + 1))
+    for x, y in zip(ra, rb):
+        assert set(x) == set(y)
+        for key, value in x.items():
+            if key.startswith("perf/") or key == "sampling/extra_seconds":
+                continue
+            assert y[key] == pytest.approx(value, rel=REL, abs=1e-12), (x["step"], key, value, y[key])
+        for key in ("reward/mean", "entropy/mean", "loss/policy"):
+            if key in x:  # not in a step-0 evaluation row
+                assert abs(x[key] - y[key]) <= REL * abs(x[key]), (key, x[key], y[key])
+
+
+def weight_diff(a: Path, b: Path, skip_key_bias: bool = False) -> float:
+    wa, wb = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
+    assert set(wa) == set(wb)
+    worst = 0.0
+    for name, value in wa.items():
+        diff = (value - wb[name]).abs()
+        if skip_key_bias and name.endswith("qkv.bias"):
+            third = diff.numel() // 3
+            diff = torch.cat([diff[:third], diff[2 * third:]])  # q and v biases; k's gradient is 0 (see below)
+        worst = max(worst, float(diff.max()))
+    return worst
+
+
+# ---------------------------------------------------------------- processes
+
+def _children() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out.setdefault(int(fields[1]), []).append(int(entry))
+    return out
+
+
+def descendants(pid: int) -> set[int]:
+    children, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """The pids still running (zombies, which hold no resources, count as ended)."""
+    running = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    running.add(pid)
+        except OSError:
+            pass
+    return running
+
+
+def watch(process: subprocess.Popen, until=lambda: False, limit: float = 120) -> set[int]:
+    """Polls the process tree until the process ends or `until()` holds; returns every pid seen
+    under it (ranks and their reward workers)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + limit
+    while process.poll() is None and not until() and time.monotonic() < deadline:
+        seen |= descendants(process.pid)
+        time.sleep(0.1)
+    return seen
+
+
+def assert_none_left(pids: set[int], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pids), f"processes left behind: {sorted(alive(pids))}"
+
+
+# ---------------------------------------------------------------- the same run at any world size
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """The uninterrupted reference runs: 1 process and 2 ranks (--nproc 2)."""
+    root = tmp_path_factory.mktemp("dp")
+    train(root / "one")
+    train(root / "two", "--nproc", "2")
+    return {"one": root / "one", "two": root / "two"}
+
+
+def test_two_ranks_train_like_one_process(runs):
+    assert_same_metrics(runs["one"], runs["two"])
+    assert weight_diff(runs["one"], runs["two"]) <= ABS
+    config = json.loads((runs["two"] / "config.json").read_text())
+    assert config["world_size"] == 2 and config["config"]["nproc"] == 2
+    events = [json.loads(line) for line in (runs["two"] / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "distributed" and e["world_size"] == 2 for e in events)
+
+
+def test_group_filter_runs_like_one_process(tmp_path):
+    """--group-filter's extra rounds are agreed from every rank's signal counts, so the prompt stream,
+    the kept groups and the metrics are those of 1 process. Launched with torchrun itself.
+
+    One group per micro-batch here, so 1 process accumulates the groups' gradients one after the
+    other while 2 ranks add two partial sums: the gradients differ in the last bits. AdamW turns a
+    last-bit difference into a visible step only where the gradient is itself rounding noise: the
+    attention key biases, whose gradient is exactly 0 (adding b to every key adds q·b to every
+    logit of a query, which softmax ignores), so they are left out of the weight comparison."""
+    extra = ("--group-filter", "--micro-batch-size", "4")
+    train(tmp_path / "one", *extra)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "rlvr", "train", *RUN, *extra, "--out", str(tmp_path / "two")],
+                          env=env(), capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert max(r["sampling/rounds"] for r in rows(tmp_path / "one")) > 1  # the filter had to refill
+    assert_same_metrics(tmp_path / "one", tmp_path / "two")
+    assert weight_diff(tmp_path / "one", tmp_path / "two", skip_key_bias=True) <= ABS
+
+
+def kill_mid_run(out: Path, *extra: str) -> None:
+    """Starts a run, SIGKILLs its launching process after two steps are logged, checks that every
+    process under it (ranks, reward workers) ends too."""
+    process = start("train", *RUN, "--out", str(out), *extra)
+    metrics = out / "metrics.jsonl"
+    seen = watch(process, until=lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2)
+    assert process.poll() is None, "the run ended before it could be killed"
+    seen |= descendants(process.pid)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert_none_left(seen)
+    assert len(rows(out)) < STEPS
+
+
+def test_two_rank_run_killed_resumes_as_one_process(runs, tmp_path):
+    out = tmp_path / "killed"
+    kill_mid_run(out, "--nproc", "2")
+    train(out)  # the same command without --nproc: resumes its checkpoint in 1 process
+    assert_same_metrics(runs["one"], out)
+    assert weight_diff(runs["one"], out) <= ABS
+
+
+def test_one_process_run_killed_resumes_as_two_ranks(runs, tmp_path):
+    out = tmp_path / "killed"
+    kill_mid_run(out)
+    train(out, "--nproc", "2")
+    assert_same_metrics(runs["one"], out)
+    assert weight_diff(runs["one"], out) <= ABS
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "resume" and "2 process" in e["message"] for e in events)
+
+
+# ---------------------------------------------------------------- failures
+
+@pytest.mark.parametrize("reward, workers, timeout, expected", [
+    # raises in rank 1's reward workers: contained, counted over every rank, and the run stops alike
+    ("bad_rewards:raises_on_rank_1", "1", 30, "rank 1: 8 failed"),
+    # kills rank 1's training process outright: the agent stops rank 0, the launcher names rank 1
+    ("bad_rewards:exits_on_rank_1", "0", 30, "rank 1 of 2 exited with code 7"),
+    # rank 1 never answers: rank 0's next collective times out, and the run ends instead of hanging
+    ("bad_rewards:hangs_on_rank_1", "0", 8, "within --dist-timeout 8 s"),
+])
+def test_a_failing_rank_ends_the_run_by_name(tmp_path, reward, workers, timeout, expected):
+    started = time.monotonic()
+    process = start("train", *RUN, "--out", str(tmp_path / "run"), "--nproc", "2", "--reward", reward,
+                    "--reward-workers", workers, "--max-reward-error-frac", "0.25", "--dist-timeout", str(timeout))
+    seen = watch(process)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr
+    # Within the timeout; a hang is only noticed when the timeout expires, after the run got going.
+    assert time.monotonic() - started < timeout + (15 if "hangs" in reward else 0)
+    assert expected in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+    assert_none_left(seen)
+
+
+# ---------------------------------------------------------------- evaluation
+
+def test_eval_with_two_ranks_writes_the_same_eval_json(tmp_path):
+    common = ["--problems", "24", "--samples", "8", "--k", "1", "4", "8"]
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        done = rlvr("eval", *common, *extra, "--out", str(tmp_path / f"{name}.json"))
+        assert done.returncode == 0, done.stderr[-3000:]
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert one == json.loads((tmp_path / "two.json").read_text())
+    assert len(one["per_problem"]) == 24
+
+
+# ---------------------------------------------------------------- FSDP2
+
+@pytest.mark.slow
+def test_fsdp_code_path_on_cpu(tmp_path):
+    """--fsdp's code (fully_shard, summed reduce-scatter, decoding with the layers gathered once,
+    full state dicts for checkpoints, best/ and final/) run on the CPU through the test hook
+    RLVR_TEST_FSDP_ON_CPU (float32, gloo): 2 sharded ranks train and evaluate like one unsharded
+    process, and their checkpoint resumes in 1 process, for a full fine-tune (Llama, tied
+    embeddings) and LoRA (Qwen2). What this cannot cover: NCCL, CUDA placement, bf16 compute."""
+    pytest.importorskip("transformers")
+    from hf_models import make_hf_model_dir
+
+    for arch, extra in (("llama", ()), ("qwen2", ("--lora-rank", "4"))):
+        model = make_hf_model_dir(tmp_path / arch, arch)
+        common = ["--prompts-per-step", "4", "--k", "4", "--threads", "1", "--quiet", "--checkpoint-every", "1",
+                  "--micro-batch-size", "8", "--model", str(model), "--max-new-tokens", "6", "--eval-every", "2",
+                  "--eval-problems", "8", "--eval-samples", "4", "--reward", "shaped_rewards:digit_share", *extra]
+        runs = {name: tmp_path / f"{arch}-{name}" for name in ("one", "fsdp")}
+        for steps, nproc in ((3, "2"), (STEPS, "1")):  # 3 steps sharded over 2 ranks, resumed to 5 in 1 process
+            done = rlvr("train", *common, "--steps", str(steps), "--out", str(runs["one"]))
+            assert done.returncode == 0, done.stderr[-3000:]
+            done = rlvr("train", *common, "--steps", str(steps), "--out", str(runs["fsdp"]), "--nproc", nproc, "--fsdp",
+                        RLVR_TEST_FSDP_ON_CPU="1")
+            assert done.returncode == 0, done.stderr[-3000:]
+        assert_same_metrics(runs["one"], runs["fsdp"])
+        weights = "adapter_model.safetensors" if extra else "model.safetensors"
+        a, b = (load_file(str(runs[name] / "final" / weights)) for name in ("one", "fsdp"))
+        assert set(a) == set(b) and max(float((a[k] - b[k]).abs().max()) for k in a) <= ABS
+        assert (runs["fsdp"] / "best" / "best.json").is_file()
+
+
+# ---------------------------------------------------------------- refused before any work
+
+@pytest.mark.parametrize("args, flag, fix", [
+    (["--nproc", "16", "--prompts-per-step", "8"], "--nproc", "--nproc 8 or fewer"),
+    (["--nproc", "3", "--prompts-per-step", "8"], "--prompts-per-step", "--prompts-per-step 6 or 9"),
+    (["--nproc", "2", "--clip-cov"], "--clip-cov", "--nproc 1"),
+    (["--nproc", "2", "--top-entropy-tokens", "0.2"], "--top-entropy-tokens", "--nproc 1"),
+    (["--fsdp"], "--fsdp", "without --fsdp"),
+    (["--nproc", "0"], "--nproc", "at least 1"),
+    (["--dist-timeout", "0"], "--dist-timeout", "> 0"),
+])
+def test_bad_distributed_settings_exit_2_with_the_fix(tmp_path, capsys, args, flag, fix):
+    assert main(["train", *args, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {flag}:" in err and fix in err, err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_fsdp_refuses_the_cpu(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from hf_models import make_hf_model_dir
+
+    model = make_hf_model_dir(tmp_path / "model", "llama")
+    assert main(["train", "--model", str(model), "--fsdp", "--out", str(tmp_path / "run")]) == 2
+    assert "--fsdp: runs on GPUs" in capsys.readouterr().err
+
+
+def test_under_torchrun_the_world_size_is_torchruns(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--nproc", "4", "--out", str(tmp_path / "run")]) == 2
+    assert "torchrun" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert main(["train", "--prompts-per-step", "8", "--out", str(tmp_path / "run")]) == 2
+    assert "torchrun's 3 processes" in capsys.readouterr().err
+
+
+def test_shards_are_contiguous_and_cover_everything():
+    for count in range(0, 12):
+        for size in range(1, 5):
+            shards = [World(rank=r, size=size).shard(count) for r in range(size)]
+            assert [i for s in shards for i in s] == list(range(count))
+            assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
