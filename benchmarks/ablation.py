@@ -2,8 +2,9 @@
 
     python benchmarks/ablation.py [--model smollm2] [--prompts 4] [--k 8] [--max-new-tokens 64] [--repeats 2]
 
-Sampling: the same prompts and the same noise with finished rows leaving the decoding batch
-(rlvr's sampler) and without (they decode to the end, as before), so both draw the same tokens.
+Sampling: the same prompts and the same noise three ways, all drawing the same tokens: rlvr's
+sampler; without compaction (finished rows decode to the end, as before); and, for Hugging Face
+models, with transformers' concatenating DynamicCache instead of the preallocated one.
 Update: the forward and backward of one rollout batch's loss, four ways:
   per-row, whole batch     one forward per sequence over prompt + completion, padded (before)
   packed, whole batch      each group's prompt once, completions end to end (rlvr.rollout.pack)
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default="")
+    parser.add_argument("--sampling-only", action="store_true", help="time the sampling variants only")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # child: one update variant's peak memory
     args = parser.parse_args()
     import rlvr.rollout as rollout
@@ -100,19 +102,39 @@ def main() -> None:
 
     print(f"{args.model}: {args.prompts} prompts x K={args.k}, <= {args.max_new_tokens} new tokens, "
           f"{batch.generated_tokens()} completion tokens, {torch.get_num_threads()} threads", flush=True)
-    # Sampling: compaction on (rlvr) and off (finished rows stay until every row has stopped).
-    sampling: dict[str, list[float]] = {"compacting": [], "not compacting": []}
-    tokens: dict[str, set] = {"compacting": set(), "not compacting": set()}
-    compact_every = rollout.COMPACT_FRACTION
+    # Sampling: rlvr's sampler, without compaction, and (HF models) with a concatenating cache.
+    variants = ["rlvr", "not compacting"] + (["concatenating cache"] if hasattr(policy, "model") else [])
+    sampling: dict[str, list[float]] = {name: [] for name in variants}
+    tokens: dict[str, set] = {name: set() for name in variants}
+    compact_every, new_cache = rollout.COMPACT_FRACTION, policy.new_cache
     for repeat in range(args.repeats):
-        for name in sampling:
-            rollout.COMPACT_FRACTION = compact_every if name == "compacting" else 0
+        for name in variants:
+            rollout.COMPACT_FRACTION = 0 if name == "not compacting" else compact_every
+            if name == "concatenating cache":
+                from transformers import DynamicCache
+
+                policy.new_cache = lambda rows, max_len: DynamicCache(config=policy.model.config)
             start = time.perf_counter()
             sampled = sample(policy, items, args, seed=100 + repeat)
             sampling[name].append(time.perf_counter() - start)
             tokens[name].add(sampled.generated_tokens())
+            policy.new_cache = new_cache
     rollout.COMPACT_FRACTION = compact_every
-    # Update variants, alternating.
+    result = {"model": args.model, "prompts": args.prompts, "k": args.k, "max_new_tokens": args.max_new_tokens,
+              "threads": torch.get_num_threads(), "completion_tokens": batch.generated_tokens(),
+              "sampling_s": {name: statistics.median(v) for name, v in sampling.items()},
+              "sampled_tokens": {name: sorted(v) for name, v in tokens.items()}, "update": {}}
+    print("sampling: " + ", ".join(f"{name} {s:.2f} s" for name, s in result["sampling_s"].items())
+          + f" (tokens per run: {result['sampled_tokens']})", flush=True)
+    if not args.sampling_only:
+        update_variants(policy, batch, args, result)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+
+
+def update_variants(policy, batch, args, result: dict) -> None:
+    """Times every update variant (alternating) and measures each one's memory in a fresh process."""
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
     chunks: dict[str, int] = {}
     update(policy, batch, True, "auto")  # warm-up
@@ -126,13 +148,6 @@ def main() -> None:
                               "--k", str(args.k), "--max-new-tokens", str(args.max_new_tokens), "--memory-of", name],
                              check=True, capture_output=True, text=True).stdout
         memory[name] = json.loads(out.strip().splitlines()[-1])["step_memory_mib"]
-
-    result = {"model": args.model, "prompts": args.prompts, "k": args.k, "max_new_tokens": args.max_new_tokens,
-              "threads": torch.get_num_threads(), "completion_tokens": batch.generated_tokens(),
-              "sampling_s": {name: statistics.median(v) for name, v in sampling.items()},
-              "sampled_tokens": {name: sorted(v) for name, v in tokens.items()}, "update": {}}
-    print("sampling: " + ", ".join(f"{name} {s:.2f} s" for name, s in result["sampling_s"].items())
-          + f" (tokens per run: {result['sampled_tokens']})")
     print(f"{'update':<22} {'forward s':>9} {'backward s':>10} {'total s':>8} {'micro-batches':>13} {'memory MiB':>10}")
     for name in VARIANTS:
         forward = statistics.median(f for f, _ in times[name])
@@ -141,9 +156,6 @@ def main() -> None:
                                   "step_memory_mib": memory[name]}
         print(f"{name:<22} {forward:>9.2f} {backward:>10.2f} {forward + backward:>8.2f} {chunks[name]:>13} "
               f"{memory[name]:>10.0f}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,11 @@ this workload, measured in ../shared/FINDINGS.md). rlvr runs at its defaults.
 Runs interleave (for each K and repeat: rlvr, then TRL), so machine drift hits both alike. For
 each trainer and K, OUT holds:
   step_s                      median seconds per step after the first (warm-up) step
-  peak_mib                    peak resident memory of the process (ru_maxrss)
+  peak_mib                    peak resident memory during the training steps: the process's
+                              high-water mark is reset as each step starts and read as it ends
+                              (rlvr's perf/peak_memory_mib; the same for TRL by a callback), so
+                              model loading and rlvr's final save are outside; process_peak_mib
+                              is the whole process's (ru_maxrss)
   completion_tokens_per_step  tokens sampled and trained on per step (the unit of work common to
                               both; they sample different completions)
   s_per_completion_token      step_s / completion_tokens_per_step
@@ -54,6 +58,18 @@ PHASES = ("sampling", "reward", "forward", "backward", "optimizer")
 
 def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def reset_peak() -> None:
+    """Resets the process's resident high-water mark to its current size (Linux), as rlvr's
+    trainer does before each step."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def step_peak_mib() -> float:
+    with open("/proc/self/status") as fh:
+        return int(fh.read().split("VmHWM:")[1].split()[0]) / 1024
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
@@ -111,7 +127,7 @@ def run_rlvr(args, items: list[dict], out: Path) -> dict:
     for row in rows:
         phases = {"sampling": row["perf/rollout_seconds"], "reward": row.get("perf/reward_seconds", 0.0),
                   **{p: row.get(f"perf/{p}_seconds", 0.0) for p in ("forward", "backward", "optimizer")}}
-        steps.append({"step_s": row["perf/step_seconds"], "phases": phases,
+        steps.append({"step_s": row["perf/step_seconds"], "phases": phases, "peak_mib": row["perf/peak_memory_mib"],
                       "completion_tokens": row["completion/mean_length"] * row["sampling/generated"],
                       "prompt_tokens": sum(items[j % len(items)]["prompt_tokens"]
                                            for j in range((row["step"] - 1) * args.prompts, row["step"] * args.prompts))
@@ -172,6 +188,7 @@ def run_trl(args, items: list[dict], out: Path) -> dict:
     class StepClock(TrainerCallback):
         def on_step_begin(self, *_, **__):
             timers.seconds = {}
+            reset_peak()
             self.start = time.perf_counter()
 
         def on_pre_optimizer_step(self, *_, **__):
@@ -181,7 +198,8 @@ def run_trl(args, items: list[dict], out: Path) -> dict:
             timers.seconds["optimizer"] = time.perf_counter() - self.optimizer_start
 
         def on_step_end(self, *_, **__):
-            steps.append({"step_s": time.perf_counter() - self.start, "phases": dict(timers.seconds)})
+            steps.append({"step_s": time.perf_counter() - self.start, "phases": dict(timers.seconds),
+                          "peak_mib": step_peak_mib()})
 
     trainer = GRPOTrainer(model=model, reward_funcs=last_number_reward, args=config, train_dataset=data,
                           processing_class=tokenizer, callbacks=[StepClock()])
@@ -203,7 +221,7 @@ def child(args) -> None:
     items = json.loads(Path(args.items).read_text())
     with tempfile.TemporaryDirectory() as tmp:
         result = (run_rlvr if args.child == "rlvr" else run_trl)(args, items, Path(tmp) / "run")
-    result["peak_mib"] = peak_mib()
+    result["process_peak_mib"] = peak_mib()
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -218,7 +236,8 @@ def summarize(runs: list[dict], parameters: int, gflops: float) -> dict:
     phases["other"] = statistics.median(s["step_s"] - sum(s["phases"].get(p, 0.0) for p in PHASES) for s in timed)
     per_flop = parameters * (prompt + completion) / (gflops * 1e9)  # seconds per N·tokens FLOP at peak
     floor = 8 * per_flop
-    return {"step_s": step_s, "peak_mib": max(r["peak_mib"] for r in runs), "completion_tokens_per_step": completion,
+    return {"step_s": step_s, "peak_mib": max(s["peak_mib"] for run in runs for s in run["steps"]),
+            "process_peak_mib": max(r["process_peak_mib"] for r in runs), "completion_tokens_per_step": completion,
             "prompt_tokens_per_step": prompt, "s_per_completion_token": step_s / completion,
             "flop_floor_s": floor, "step_over_floor": step_s / floor, "phases": phases,
             "phase_floor_s": {"sampling": 2 * per_flop, "forward": 2 * per_flop, "backward": 4 * per_flop},
@@ -281,7 +300,9 @@ def main() -> None:
                     run = json.loads(result_file.read_text())
                     runs[trainer][k].append(run)
                     print(f"  {trainer} K={k} run {repeat + 1}: {[round(s['step_s'], 2) for s in run['steps']]} s/step, "
-                          f"peak {run['peak_mib']:.0f} MiB ({time.perf_counter() - started:.0f} s with loading)", flush=True)
+                          f"step peak {max(s['peak_mib'] for s in run['steps']):.0f} MiB, process peak "
+                          f"{run['process_peak_mib']:.0f} MiB ({time.perf_counter() - started:.0f} s with loading)",
+                          flush=True)
 
     results = {t: {str(k): summarize(runs[t][k], parameters, gflops) for k in args.k} for t in args.trainers}
     ratios: dict = {}
