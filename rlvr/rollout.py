@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.utils.checkpoint
 
 from rlvr.backends import Policy
 from rlvr.entropy import token_entropy
@@ -219,11 +218,9 @@ def _token_stats(logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
     return logp, token_entropy(logits) if with_entropy else None
 
 
-# A packed row holds at most this many tokens (or one whole sequence, if longer). Attention runs
-# over the whole row, most of it masked out: relative to a layer's matmuls that costs about
-# 2·L·hidden / (parameters per layer), ~17% at L = 512 on SmolLM2-135M; shorter rows split a
-# group more often and repeat its prompt. benchmarks/ablation.py measured 1024-token rows slower.
-PACKED_ROW_TOKENS = 512
+# A packed row holds at most this many tokens (or one whole sequence, if longer): attention runs
+# over the whole row, so longer rows spend more on masked-out pairs (see Scorer).
+PACKED_ROW_TOKENS = 1024
 
 
 @dataclass
@@ -297,42 +294,18 @@ def pack(prompt_ids, prompt_mask, completion_ids, completion_mask, group_ids, ro
                   where[..., 1].to(device))
 
 
-# Tokens whose logits exist at once in the packed forward: the vocabulary projection runs this many
-# at a time and is recomputed in the backward pass (SmolLM2: 24 MiB of float32 logits per chunk).
-HEAD_CHUNK_TOKENS = 128
-
-
-def _head_stats(policy: Policy, hidden: torch.Tensor, targets: torch.Tensor, temperature: float,
-                with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Q, H) hidden states, (Q,) target tokens -> their log-probs and entropies (Q,) (0 without)."""
-    logits = policy.head(hidden).float()
+def packed_logprobs(policy: Policy, packed: Packed, completion_ids: torch.Tensor, temperature: float,
+                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (R, T) of the completion tokens, and optionally their entropies, from one forward
+    over the packed rows (`pack`): the same numbers as `completion_logprobs`."""
+    logits = policy.forward_packed(packed.ids, packed.positions, packed.attend).float()  # (M, L, V)
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1)
-    entropy = -(logp.exp() * logp).sum(dim=-1) if with_entropy else logp.new_zeros(len(targets))
-    return logp.gather(1, targets[:, None]).squeeze(1), entropy
-
-
-def packed_logprobs(policy: Policy, packed: Packed, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                    temperature: float, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (R, T) of the completion tokens, and optionally their entropies, from one forward
-    over the packed rows (`pack`): the same numbers as `completion_logprobs`. Only the hidden
-    states that predict a completion token go through the vocabulary projection, HEAD_CHUNK_TOKENS
-    at a time under activation checkpointing: the full (tokens, vocabulary) logits never exist,
-    so their memory does not grow with the micro-batch (and so with K)."""
-    hidden = policy.forward_packed(packed.ids, packed.positions, packed.attend)  # (M, L, H)
-    wanted = completion_mask.bool()
-    states = hidden[packed.row[wanted], packed.column[wanted]]  # (Q, H), Q = completion tokens
-    targets = completion_ids[wanted]
-    parts = [torch.utils.checkpoint.checkpoint(_head_stats, policy, states[i:i + HEAD_CHUNK_TOKENS],
-                                               targets[i:i + HEAD_CHUNK_TOKENS], temperature, with_entropy,
-                                               use_reentrant=False)
-             for i in range(0, len(targets), HEAD_CHUNK_TOKENS)]
-    zeros = torch.zeros(completion_ids.shape, device=completion_ids.device)
-    logp = zeros.masked_scatter(wanted, torch.cat([p[0] for p in parts])) if parts else zeros
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all[packed.row, packed.column, completion_ids]  # (R, T)
     entropy = None
     if with_entropy:
-        entropy = zeros.masked_scatter(wanted, torch.cat([p[1] for p in parts])) if parts else zeros
+        entropy = -(logp_all.exp() * logp_all).sum(dim=-1)[packed.row, packed.column]  # (R, T)
     return logp, entropy
 
 
@@ -364,8 +337,7 @@ class Scorer(torch.nn.Module):
             row_tokens = max(PACKED_ROW_TOKENS, int(batch.prompt_mask.sum(dim=1).max()) + used)
             packed = pack(batch.prompt_ids[rows], batch.prompt_mask[rows], completion_ids, completion_mask,
                           batch.group_ids[rows], row_tokens)
-            logp, entropy = packed_logprobs(self.policy, packed, completion_ids, completion_mask, self.temperature,
-                                            with_entropy)
+            logp, entropy = packed_logprobs(self.policy, packed, completion_ids, self.temperature, with_entropy)
         else:
             prompt_mask = batch.prompt_mask[rows]
             first_real = int(prompt_mask.any(dim=0).long().argmax())  # left padding shared by every row

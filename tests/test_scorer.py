@@ -39,8 +39,7 @@ def check_scorer_matches_reference(policy, items, k, temperature=0.8, row_tokens
     if row_tokens is not None:  # small packed rows: groups spill over and repeat their prompt
         import rlvr.rollout as rollout
 
-        saved = rollout.PACKED_ROW_TOKENS, rollout.HEAD_CHUNK_TOKENS
-        rollout.PACKED_ROW_TOKENS, rollout.HEAD_CHUNK_TOKENS = row_tokens, 5  # several head chunks too
+        rollout.PACKED_ROW_TOKENS, saved = row_tokens, rollout.PACKED_ROW_TOKENS
 
     def shared():
         parts = [scorer(batch, c, with_entropy=True) for c in chunks]
@@ -52,7 +51,7 @@ def check_scorer_matches_reference(policy, items, k, temperature=0.8, row_tokens
         grads = grads_of(policy, lambda: ((lambda lp, e: (lp * weights).sum() + (e * weights).sum())(*shared())))
     finally:
         if row_tokens is not None:
-            rollout.PACKED_ROW_TOKENS, rollout.HEAD_CHUNK_TOKENS = saved
+            rollout.PACKED_ROW_TOKENS = saved
     m = batch.completion_mask
     assert torch.allclose(logp[m], ref_logp[m], atol=2e-5, rtol=1e-5)
     assert torch.allclose(ent[m], ref_ent[m], atol=2e-5, rtol=1e-5)

@@ -98,12 +98,8 @@ class Policy(Protocol):
         """ids, positions (N, L) long; key_mask (N, S) bool -> logits (N, L', V) float, L' = logits_to_keep or L."""
 
     def forward_packed(self, ids: torch.Tensor, positions: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
-        """ids, positions (M, L) long; attend (M, L, L) bool, query i may attend key j -> the final
-        hidden states (M, L, H), before the vocabulary projection. No cache: the training forward
-        over packed rows (rlvr.rollout.pack), whose logits `head` computes a chunk at a time."""
-
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final hidden states (..., H) -> logits (..., V): the vocabulary projection."""
+        """ids, positions (M, L) long; attend (M, L, L) bool, query i may attend key j -> logits (M, L, V).
+        No cache: the training forward over packed rows (rlvr.rollout.pack)."""
 
     def new_cache(self, batch: int, max_len: int) -> Any: ...
 

@@ -276,13 +276,8 @@ class HFPolicy:
         self.decode_batch_rows = 256 if settings.device == "cpu" else 1024
         # Packed rows need a custom 4D attention mask, which transformers' sdpa and eager attention
         # take; other implementations (flash-attention) get one forward per sequence instead.
-        # The packed forward also splits the model into its body and its vocabulary projection, so
-        # models that post-process their logits (soft-capping, scaling) are left to the plain path.
-        self.can_pack = (model.config._attn_implementation in ("sdpa", "eager")
-                         and model.get_decoder() is not model and model.get_output_embeddings() is not None
-                         and not any(getattr(model.config, name, None) not in (None, 1, 1.0)
-                                     for name in ("final_logit_softcapping", "logits_scaling", "logit_scale")))
-        self.update_token_budget = update_token_budget(model.config, settings, self.can_pack)
+        self.can_pack = model.config._attn_implementation in ("sdpa", "eager")
+        self.update_token_budget = update_token_budget(model.config, settings)
 
     @classmethod
     def load(cls, ref: ModelRef, settings: ModelSettings) -> "HFPolicy":
@@ -344,12 +339,7 @@ class HFPolicy:
             mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
         context = self.peft_model.disable_adapter() if not self.adapter_enabled else nullcontext()
         with self._autocast(), context:
-            return self.model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                            use_cache=False).last_hidden_state
-
-    def head(self, hidden):
-        with self._autocast():
-            return self.model.get_output_embeddings()(hidden)
+            return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
 
     def new_cache(self, batch: int, max_len: int):
         cache = DynamicCache(config=self.model.config)
@@ -412,19 +402,18 @@ class HFPolicy:
                 "lora": lora, "chat": self.prompts.chat}
 
 
-def update_token_budget(config, settings: ModelSettings, packed: bool) -> int:
+def update_token_budget(config, settings: ModelSettings) -> int:
     """Tokens per training micro-batch under --micro-batch-size auto: what keeps the forward's
-    saved activations near a fixed memory budget (CPU 512 MiB, CUDA 4 GiB), so the peak does not
-    grow with K. Per token a float32 forward keeps about 8 hidden-sized tensors per layer (2 with
-    checkpointing); the per-row forward also keeps its logits, log-softmax and the entropy's
-    product (3 vocabulary-sized tensors), which the packed forward computes a chunk at a time.
-    SmolLM2-135M, per-row: 1.06 MiB per token measured by the peak resident memory of one forward
-    and backward at 173 and 429 tokens (this formula: 1.09)."""
+    saved activations and the micro-batch's logits near a fixed memory budget (CPU 512 MiB,
+    CUDA 4 GiB), so the peak does not grow with K. Per token a float32 forward keeps about 8
+    hidden-sized tensors per layer (2 with checkpointing) and 3 vocabulary-sized ones (logits,
+    log-softmax, the entropy's product); SmolLM2-135M measured 1.06 MiB per token (this formula:
+    1.09), by peak resident memory of one forward and backward at 173 and 429 tokens."""
     hidden = getattr(config, "hidden_size", 1024)
     layers = getattr(config, "num_hidden_layers", 24)
     vocab = getattr(config, "vocab_size", 50_000)
     per_layer = 2 if settings.gradient_checkpointing else 8
-    bytes_per_token = 4 * (per_layer * layers * hidden + (0 if packed else 3 * vocab))
+    bytes_per_token = 4 * (per_layer * layers * hidden + 3 * vocab)
     budget = (512 if settings.device == "cpu" else 4096) * 2**20
     return max(64, budget // bytes_per_token)
 

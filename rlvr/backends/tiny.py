@@ -137,19 +137,12 @@ class TinyLM(nn.Module):
                 f"sequence position {int(positions.max())} exceeds the model's max_seq_len "
                 f"{self.config.max_seq_len}; use shorter prompts or a smaller --max-new-tokens"
             )
-        return self.head(self.body(ids, positions, attn_mask, cache))  # (N, L, V)
-
-    def body(self, ids, positions, attn_mask, cache: KVCache | None = None):
-        """The final hidden states (N, L, D), before the vocabulary projection."""
         x = self.tok_emb(ids) + self.pos_emb(positions)  # (N, L, D)
         for layer, block in enumerate(self.blocks):
             x = block(x, attn_mask, cache, layer)
         if cache is not None:
             cache.length += ids.shape[1]
-        return self.ln_f(x)
-
-    def head(self, hidden):
-        return F.linear(hidden, self.tok_emb.weight)
+        return F.linear(self.ln_f(x), self.tok_emb.weight)  # (N, L, V)
 
 
 def save_policy(model: TinyLM, directory: Path, extra: dict | None = None) -> None:
@@ -256,10 +249,7 @@ class TinyPolicy:
         return logits[:, -logits_to_keep:] if logits_to_keep else logits
 
     def forward_packed(self, ids, positions, attend):
-        return self.module.body(ids, positions, attend[:, None])
-
-    def head(self, hidden):
-        return self.module.head(hidden)
+        return self.module(ids, positions, attend[:, None])
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return self.module.new_cache(batch, max_len)
