@@ -218,11 +218,6 @@ def _token_stats(logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
     return logp, token_entropy(logits) if with_entropy else None
 
 
-# A packed row holds at most this many tokens (or one whole sequence, if longer): attention runs
-# over the whole row, so longer rows spend more on masked-out pairs (see Scorer).
-PACKED_ROW_TOKENS = 1024
-
-
 @dataclass
 class Packed:
     """Several prompts and their completions laid end to end in a few rows, no padding inside."""
@@ -317,7 +312,7 @@ class Scorer(torch.nn.Module):
     reducer follows one forward per backward). By default the rows are packed (`pack`): each
     group's prompt runs once for its K completions and no padding is computed, so a micro-batch
     costs what its real tokens cost. The price is attention over whole packed rows, most of it
-    masked out; PACKED_ROW_TOKENS bounds it. `pack=False` (or a backend whose attention takes no
+    masked out; the backend's `packed_row_tokens` bounds it. `pack=False` (or a backend whose attention takes no
     custom mask) runs one forward per row over prompt + completion instead, trimmed to the
     longest in the micro-batch."""
 
@@ -334,7 +329,7 @@ class Scorer(torch.nn.Module):
         used = max(1, int(completion_mask.sum(dim=1).max()))  # trailing all-padding columns cost nothing
         completion_ids, completion_mask = batch.completion_ids[rows, :used], completion_mask[:, :used]
         if self.pack:
-            row_tokens = max(PACKED_ROW_TOKENS, int(batch.prompt_mask.sum(dim=1).max()) + used)
+            row_tokens = max(self.policy.packed_row_tokens, int(batch.prompt_mask.sum(dim=1).max()) + used)
             packed = pack(batch.prompt_ids[rows], batch.prompt_mask[rows], completion_ids, completion_mask,
                           batch.group_ids[rows], row_tokens)
             logp, entropy = packed_logprobs(self.policy, packed, completion_ids, self.temperature, with_entropy)

@@ -37,21 +37,15 @@ def check_scorer_matches_reference(policy, items, k, temperature=0.8, row_tokens
     assert scorer.pack
     chunks = [torch.arange(0, 3), torch.arange(3, batch.num_rows)]  # a micro-batch boundary inside a group
     if row_tokens is not None:  # small packed rows: groups spill over and repeat their prompt
-        import rlvr.rollout as rollout
-
-        rollout.PACKED_ROW_TOKENS, saved = row_tokens, rollout.PACKED_ROW_TOKENS
+        policy.packed_row_tokens = row_tokens
 
     def shared():
         parts = [scorer(batch, c, with_entropy=True) for c in chunks]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    try:
-        (ref_logp, ref_ent), (logp, ent) = reference(), shared()
-        ref_grads = grads_of(policy, lambda: ((lambda lp, e: (lp * weights).sum() + (e * weights).sum())(*reference())))
-        grads = grads_of(policy, lambda: ((lambda lp, e: (lp * weights).sum() + (e * weights).sum())(*shared())))
-    finally:
-        if row_tokens is not None:
-            rollout.PACKED_ROW_TOKENS = saved
+    (ref_logp, ref_ent), (logp, ent) = reference(), shared()
+    ref_grads = grads_of(policy, lambda: ((lambda lp, e: (lp * weights).sum() + (e * weights).sum())(*reference())))
+    grads = grads_of(policy, lambda: ((lambda lp, e: (lp * weights).sum() + (e * weights).sum())(*shared())))
     m = batch.completion_mask
     assert torch.allclose(logp[m], ref_logp[m], atol=2e-5, rtol=1e-5)
     assert torch.allclose(ent[m], ref_ent[m], atol=2e-5, rtol=1e-5)
@@ -62,7 +56,7 @@ def check_scorer_matches_reference(policy, items, k, temperature=0.8, row_tokens
         assert (grads[name] - ref_grads[name]).abs().max() / scale < 1e-4, name
 
 
-@pytest.mark.parametrize("row_tokens", [None, 12], ids=["one-row", "spilling"])
+@pytest.mark.parametrize("row_tokens", [1000, 12], ids=["one-row", "spilling"])
 def test_packed_forward_equals_per_row_forward_builtin(row_tokens):
     policy = make_policy(seed=2)
     items = [{"id": "a", "prompt": "12+3="}, {"id": "b", "prompt": "7-100="}, {"id": "c", "prompt": "1="}]
@@ -101,6 +95,17 @@ def test_pack_lays_out_prompts_once_and_completions_apart():
     spilled = pack(prompt_ids, prompt_mask, completion_ids, completion_mask, torch.tensor([0, 0, 1]), row_tokens=4)
     assert spilled.ids.tolist() == [[5, 6, 1, 2, 0, 0], [5, 6, 3, 0, 0, 0], [7, 8, 9, 4, 4, 4]]
     assert spilled.row.tolist() == [[0, 0, 0], [1, 1, 1], [2, 2, 2]]
+
+
+def test_packed_rows_stay_short_where_attention_would_dominate():
+    from rlvr.backends import packed_row_tokens
+
+    assert packed_row_tokens(576, 3_540_096) == 768  # SmolLM2-135M's decoder layer
+    assert packed_row_tokens(128, 164_480) == 160  # a random Qwen2 of hidden 128 (tests/hf_models.py)
+    assert packed_row_tokens(128, 10_000) == 64  # never below a short sequence
+    from rlvr.backends import load_policy
+
+    assert load_policy("tiny").packed_row_tokens == (12 * 128 * 128 + 9 * 128 + 4 * 128) // (8 * 128)  # the shipped model
 
 
 def test_micro_batches_keep_groups_whole_within_the_token_budget():

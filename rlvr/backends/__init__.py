@@ -84,6 +84,16 @@ class Policy(Protocol):
     decode_batch_rows: int  # rows evaluation decodes together: amortises per-token overhead within memory
     update_token_budget: int  # tokens per training micro-batch under --micro-batch-size auto (bounds its memory)
     can_pack: bool  # forward_packed works: attention takes a custom mask (rlvr.rollout.Scorer packs rows)
+    packed_row_tokens: int  # longest packed row: attention over it costs at most ~1/4 of its matmuls
+
+
+def packed_row_tokens(hidden: int, layer_parameters: int) -> int:
+    """The longest packed row worth building. Attention over a row of L tokens costs about
+    4·L²·hidden FLOPs per layer against 2·L·(the layer's parameters) for its matmuls, and a packed
+    row attends over all of it, mostly masked out; L = parameters / (8·hidden) keeps that at a
+    quarter. SmolLM2-135M: ~770 tokens; a random Qwen2 of hidden 128: ~160, one group of K=8 short
+    answers (longer rows measured 1.7x slower there, benchmarks/ablation.py)."""
+    return max(64, layer_parameters // (8 * hidden))
 
     def encode_prompt(self, item: dict) -> list[int]: ...
 

@@ -29,7 +29,8 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from rlvr.backends import HF_INSTALL, SMOLLM2_INSTALL, ModelError, ModelRef, ModelSettings, resolve
+from rlvr.backends import (HF_INSTALL, SMOLLM2_INSTALL, ModelError, ModelRef, ModelSettings, packed_row_tokens,
+                           resolve)
 
 transformers.utils.logging.disable_progress_bar()  # rlvr shows its own progress; no bar per weight load
 
@@ -278,6 +279,10 @@ class HFPolicy:
         # take; other implementations (flash-attention) get one forward per sequence instead.
         self.can_pack = model.config._attn_implementation in ("sdpa", "eager")
         self.update_token_budget = update_token_budget(model.config, settings)
+        layers = getattr(model.get_decoder(), "layers", None)
+        hidden = getattr(model.config, "hidden_size", 1024)
+        per_layer = sum(p.numel() for p in layers[0].parameters()) if layers else 12 * hidden * hidden
+        self.packed_row_tokens = packed_row_tokens(hidden, per_layer)
 
     @classmethod
     def load(cls, ref: ModelRef, settings: ModelSettings) -> "HFPolicy":

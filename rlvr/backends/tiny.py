@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rlvr.backends import packed_row_tokens
+
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 
 
@@ -222,6 +224,8 @@ class TinyPolicy:
         self.max_seq_len = model.config.max_seq_len
         self.decode_batch_rows = 2048
         self.can_pack = True
+        block = model.blocks[0]
+        self.packed_row_tokens = packed_row_tokens(model.config.d_model, sum(p.numel() for p in block.parameters()))
         self.update_token_budget = 1 << 16  # a step's activations are a few MiB per thousand tokens: one micro-batch
 
     @classmethod
