@@ -1,0 +1,34 @@
+"""One training run with the update packed (rlvr's default) or per-row (the computation before the
+packed forward), to check that packing leaves results unchanged up to float rounding.
+
+    python benchmarks/update_paths.py packed|per-row OUT [rlvr train options...]
+
+Runs `rlvr train ... --out OUT --force --quiet`; with `per-row` the Scorer is forced to one forward
+per sequence over prompt + completion (rlvr.rollout.Scorer(pack=False)) and micro-batches are
+planned for it. Compare the two runs' metrics.jsonl (docs/performance.md, "Results unchanged").
+"""
+import sys
+
+
+def main() -> int:
+    mode, out, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    if mode not in ("packed", "per-row"):
+        raise SystemExit(__doc__)
+    if mode == "per-row":
+        import rlvr.rollout as rollout
+        import rlvr.trainer as trainer
+
+        original, plan = rollout.Scorer.__init__, trainer.micro_batches
+
+        def per_row(self, policy, temperature, pack=True):
+            original(self, policy, temperature, pack=False)
+
+        rollout.Scorer.__init__ = per_row
+        trainer.micro_batches = lambda batch, rows, budget, packed=True: plan(batch, rows, budget, False)
+    from rlvr.cli import main as rlvr_main
+
+    return rlvr_main(["train", *args, "--out", out, "--force", "--quiet"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
