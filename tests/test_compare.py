@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from made_runs import write_run
 from rlvr.cli import main
 from rlvr.compare import CompareConfig, plan_runs
 from rlvr.config import ConfigError
@@ -166,41 +167,17 @@ def test_a_failed_run_is_reported_and_the_others_finish(model_dir, tmp_path, cap
 
 # ---------------------------------------------------------------------------------------- verdict rules
 
-def write_run(root: Path, arm: str, seed: int, k: int, steps: int, entropy: list, correct0: list, correct100: list,
-              collapse_onset=None, seconds=0.1, peak=400.0, before=300.0, extra=None, reward=0.5):
-    """A hand-made run directory: per-step entropy and the per-problem correct counts (of n=4)
-    at steps 0 and 100."""
-    from rlvr.config import TrainConfig, to_dict
-
-    run = root / arm / f"seed{seed}"
-    run.mkdir(parents=True)
-    config = {**to_dict(TrainConfig()), "k": k, "seed": seed, "steps": steps, **(extra or {})}
-    (run / "config.json").write_text(json.dumps({"config": config}))
-    (run / "arm.json").write_text(json.dumps({"arm": arm, "variant": "", "order": {"k8": 0, "k16": 1}.get(arm, 2)}))
-    rows = [{"step": s, "reward/mean": reward, "entropy/mean": entropy[s - 1], "entropy/retention": entropy[s - 1] / entropy[0],
-             "reward/zero_signal_frac": 0.1, "diversity/answers": 0.5, "perf/step_seconds": seconds,
-             "perf/peak_memory_mib": peak, "perf/memory_before_step_mib": before} for s in range(1, steps + 1)]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    evals = [{"step": s, "n_problems": len(c), "per_problem": [{"id": i, "n": 4, "correct": x, "greedy_correct": 0}
-                                                               for i, x in enumerate(c)]}
-             for s, c in ((0, correct0), (100, correct100))]
-    (run / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
-    events = [{"event": "collapse", "step": collapse_onset + 10, "onset": collapse_onset}] if collapse_onset else []
-    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    (run / "final").mkdir()
-
-
 def test_verdicts_follow_their_documented_rules(tmp_path):
     steps = 150
     steady = [1.0] * steps
     decaying = list(np.linspace(1.0, 0.1, steps))
     for seed in (0, 1):
         # K=8: every problem goes from 0/4 to 4/4 correct on half the problems: +50 points
-        write_run(tmp_path, "k8", seed, 8, steps, steady, [0] * 40, [4] * 20 + [0] * 20, seconds=0.1, peak=400, before=300)
-        write_run(tmp_path, "k16", seed, 16, steps, decaying, [0] * 40, [4] * 20 + [0] * 20, collapse_onset=120,
-                  seconds=0.2, peak=500, before=300)
-        write_run(tmp_path, "ctl", seed, 16, steps, steady, [0] * 40, [4] * 20 + [0] * 20, seconds=0.2, peak=500,
-                  before=300, extra={"entropy_target": 1.2}, reward=(0.45, 0.52)[seed])
+        write_run(tmp_path, "k8", seed, 8, steady, steps=steps, seconds=0.1, peak=400, before=300)
+        write_run(tmp_path, "k16", seed, 16, decaying, steps=steps, entropy_onset=120, seconds=0.2, peak=500,
+                  before=300)
+        write_run(tmp_path, "ctl", seed, 16, steady, steps=steps, seconds=0.2, peak=500, before=300,
+                  extra={"entropy_target": 1.2}, reward=(0.45, 0.52)[seed])
     summary = build_report([str(tmp_path)], str(tmp_path / "report"))
     verdicts = {v["claim"][:3]: v["verdict"] for v in summary["verdicts"]}
     # (e) shows the control's training-reward cost, paired by seed, next to its verdict
@@ -218,8 +195,8 @@ def test_verdicts_follow_their_documented_rules(tmp_path):
     # now K=8 gains 5 points (CI about ±3) and K=16 costs the same as K=8 and K=16 costs the same as K=8: (a) and (d) refuted
     shutil.rmtree(tmp_path / "k8")
     for seed in (0, 1):
-        write_run(tmp_path, "k8", seed, 8, steps, steady, [0] * 200, [4] * 10 + [0] * 190, seconds=0.2, peak=500,
-                  before=300)
+        write_run(tmp_path, "k8", seed, 8, steady, steps=steps, correct0=[0] * 200, correct100=[4] * 10 + [0] * 190,
+                  seconds=0.2, peak=500, before=300)
     summary = build_report([str(tmp_path)], str(tmp_path / "report2"))
     verdicts = {v["claim"][:3]: v["verdict"] for v in summary["verdicts"]}
     assert verdicts["(a)"] == "refuted" and verdicts["(d)"] == "refuted"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from made_runs import write_run
 from rlvr.cli import main
 from rlvr.report import build_report, to_html
 from rlvr.report.render import code_span, escape_text
@@ -161,40 +162,6 @@ def test_report_of_a_real_run_with_hostile_completions_renders_escaped(model_dir
 
 
 # ---------------------------------------------------------------------------------------- hand-made runs
-
-def write_run(root: Path, arm: str, seed: int, k: int, entropy: list, steps: int = 150, reward_onset=None,
-              entropy_onset=None, extra=None, best=None, samples=None, reward=0.5):
-    """A hand-made run directory: per-step entropy, hm@4 0 -> 0.5 between steps 0 and 100, the
-    events of both collapse detectors, and optionally best/best.json and samples.jsonl."""
-    from rlvr.config import TrainConfig, to_dict
-
-    run = root / arm / f"seed{seed}"
-    run.mkdir(parents=True)
-    config = {**to_dict(TrainConfig()), "k": k, "seed": seed, "steps": steps, **(extra or {})}
-    (run / "config.json").write_text(json.dumps({"config": config}))
-    (run / "arm.json").write_text(json.dumps({"arm": arm, "variant": "", "order": {"k8": 0, "k16": 1}.get(arm, 2)}))
-    rows = [{"step": s, "reward/mean": reward, "entropy/mean": entropy[s - 1], "entropy/retention": entropy[s - 1] / entropy[0],
-             "reward/zero_signal_frac": 0.1, "diversity/answers": 0.5, "perf/step_seconds": 0.1,
-             "perf/peak_memory_mib": 400.0, "perf/memory_before_step_mib": 300.0} for s in range(1, steps + 1)]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    evals = [{"step": s, "n_problems": 40, "per_problem": [{"id": i, "n": 4, "correct": x, "greedy_correct": 0}
-                                                           for i, x in enumerate(c)]}
-             for s, c in ((0, [0] * 40), (100, [4] * 20 + [0] * 20))]
-    (run / "evals.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
-    events = []
-    if entropy_onset:
-        events.append({"event": "collapse", "step": entropy_onset + 10, "onset": entropy_onset})
-    if reward_onset:
-        events.append({"event": "reward_collapse", "step": reward_onset + 20, "onset": reward_onset, "reward_ema": 0.1,
-                       "reward_ema_best": 0.5, "collapse_ratio": 0.5, "patience": 20, "message": "reward collapse"})
-    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    if best:
-        (run / "best").mkdir()
-        (run / "best" / "best.json").write_text(json.dumps({"metric": "hm@4", "ci": [0, 1], "split": "heldout", **best}))
-    if samples:
-        (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in samples))
-    (run / "final").mkdir()
-
 
 STEADY, DECAYING = [1.0] * 150, list(np.linspace(1.0, 0.4, 150))  # retention 0.4: below 0.5, above the 0.3 ratio
 
