@@ -12,7 +12,11 @@ import torch
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """H = −Σ_v p(v) log p(v) over the last dim, in nats. (..., V) -> (...)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    return log_prob_entropy(torch.log_softmax(logits.float(), dim=-1))
+
+
+def log_prob_entropy(logp: torch.Tensor) -> torch.Tensor:
+    """The same from log-probabilities already at hand (..., V) -> (...)."""
     return -(logp.exp() * logp).sum(dim=-1)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from rlvr.backends import Policy
-from rlvr.entropy import token_entropy
+from rlvr.entropy import log_prob_entropy
 from rlvr.types import RolloutBatch
 
 
@@ -85,7 +85,6 @@ def sample_groups(
     batch, width = prompt_ids.shape
     sizes = [k] * batch if isinstance(k, int) else list(k)
     rows = sum(sizes)
-    scale = temperature if temperature > 0 else 1.0
     uniforms = _uniforms(generator, sizes, max_new_tokens, device) if temperature > 0 else None  # (N, T)
 
     # Prefill each prompt once, then give every sample its own copy of the cache.
@@ -112,7 +111,7 @@ def sample_groups(
     key_mask = torch.cat([prompt_mask, torch.ones(rows, max_new_tokens, dtype=torch.bool, device=device)], 1)
 
     for t in range(max_new_tokens):
-        logp = torch.log_softmax(logits.float() / scale if scale != 1.0 else logits.float(), dim=-1)  # (M, V)
+        logp = _log_probs(logits, temperature)  # (M, V)
         probs = logp.exp()
         token = _draw(probs, uniforms[live, t]) if uniforms is not None else logp.argmax(dim=-1)  # (M,)
         token = torch.where(done, policy.pad_id, token)
@@ -199,23 +198,24 @@ def completion_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, T) of the completion tokens under `policy` at `temperature`, with gradients,
     and optionally their exact token entropies (N, T): one forward over each row's prompt +
-    completion. The reference for the shared-prompt forward of `Scorer`."""
+    completion. The reference for the packed forward of `Scorer`."""
     completion_width = completion_ids.shape[1]
     ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+T)
     valid = torch.cat([prompt_mask, completion_mask], dim=1)
     # The logit at position i predicts token i+1: completion tokens are predicted from P-1 on, so
     # only the last T+1 positions need the vocabulary projection (the largest tensor of the step).
     logits = policy.forward(ids, _positions(valid), valid, logits_to_keep=completion_width + 1)  # (N, T+1, V)
-    return _token_stats(logits[:, :-1], completion_ids, temperature, with_entropy)
+    logp_all = _log_probs(logits[:, :-1], temperature)  # (N, T, V)
+    logp = logp_all.gather(2, completion_ids[..., None]).squeeze(2)  # (N, T)
+    return logp, log_prob_entropy(logp_all) if with_entropy else None
 
 
-def _token_stats(logits: torch.Tensor, tokens: torch.Tensor, temperature: float, with_entropy: bool):
-    """(N, T, V) logits predicting (N, T) tokens -> their log-probs at `temperature`, and entropies."""
+def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits (..., V) -> float32 log-probabilities at `temperature` (0: the untempered ones)."""
     logits = logits.float()
     if temperature > 0 and temperature != 1.0:  # dividing by 1 would copy the largest tensor of the step
         logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1).gather(2, tokens[..., None]).squeeze(2)  # (N, T)
-    return logp, token_entropy(logits) if with_entropy else None
+    return torch.log_softmax(logits, dim=-1)
 
 
 @dataclass
@@ -293,15 +293,9 @@ def packed_logprobs(policy: Policy, packed: Packed, completion_ids: torch.Tensor
                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (R, T) of the completion tokens, and optionally their entropies, from one forward
     over the packed rows (`pack`): the same numbers as `completion_logprobs`."""
-    logits = policy.forward_packed(packed.ids, packed.positions, packed.attend).float()  # (M, L, V)
-    if temperature > 0 and temperature != 1.0:
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
+    logp_all = _log_probs(policy.forward_packed(packed.ids, packed.positions, packed.attend), temperature)  # (M, L, V)
     logp = logp_all[packed.row, packed.column, completion_ids]  # (R, T)
-    entropy = None
-    if with_entropy:
-        entropy = -(logp_all.exp() * logp_all).sum(dim=-1)[packed.row, packed.column]  # (R, T)
-    return logp, entropy
+    return logp, log_prob_entropy(logp_all)[packed.row, packed.column] if with_entropy else None
 
 
 class Scorer(torch.nn.Module):
