@@ -167,7 +167,7 @@ def _evaluate(cfg: "EvalConfig", world) -> int:
         return 0
     report = {"model": cfg.model, "task": cfg.task, "answer_format": task.answer_format.name,
               "split": "heldout", "n_samples": cfg.samples,
-              "temperature": cfg.temperature, "n_problems": cfg.problems, **result}
+              "temperature": cfg.temperature, "n_problems": len(result["per_problem"]), **result}
     Path(cfg.out).write_text(json.dumps(report, indent=1) + "\n")
     from rich.console import Console
     from rich.table import Table
@@ -195,10 +195,13 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from rlvr.compare import CompareConfig, run_compare
+    from rlvr.compare import CompareConfig, preset_path, run_compare
 
-    values = load_toml(args.config, CompareConfig, TrainConfig) if args.config else {}
-    given = {name: getattr(args, name) for name in vars(args) if name not in ("config", "handler", "command", "argv")}
+    # defaults <- --preset <- --config <- command-line flags
+    values = load_toml(preset_path(args.preset), CompareConfig, TrainConfig) if args.preset else {}
+    values.update(load_toml(args.config, CompareConfig, TrainConfig) if args.config else {})
+    given = {name: getattr(args, name) for name in vars(args)
+             if name not in ("config", "preset", "handler", "command", "argv")}
     values.update(given)
     compare_names = {f.name for f in config_fields(CompareConfig)}
     cc = CompareConfig(**{k: v for k, v in values.items() if k in compare_names})
@@ -301,9 +304,12 @@ def _fields_of(load_class):
 
 
 def _compare_options(parser: argparse.ArgumentParser) -> None:
-    from rlvr.compare import OWNED, CompareConfig
+    from rlvr.compare import OWNED, CompareConfig, preset_names
 
     _add_fields(parser, CompareConfig, config_flag=False)
+    parser.add_argument("--preset", default=None, metavar="NAME",
+                        help="start from a shipped study's settings (rlvr/presets/NAME.toml; --config and flags "
+                             f"override them): {', '.join(preset_names())}")
     _add_fields(parser, TrainConfig, skip=tuple(OWNED) + ("seed",))
     parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="first seed (default: 0)")
 

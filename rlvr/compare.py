@@ -78,6 +78,22 @@ class CompareConfig:
             raise ConfigError("lr_scaling", f"must be none, linear or sqrt, got {self.lr_scaling!r}")
 
 
+PRESETS = Path(__file__).parent / "presets"  # shipped studies: rlvr compare --preset NAME
+
+
+def preset_names() -> list[str]:
+    return sorted(path.stem for path in PRESETS.glob("*.toml"))
+
+
+def preset_path(name: str) -> str:
+    """The TOML file of the shipped preset `name` (ConfigError naming the presets otherwise)."""
+    path = PRESETS / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError("preset", f"unknown preset {name!r}; the presets are: {', '.join(preset_names())} "
+                                    "(rlvr/presets/NAME.toml; --config FILE.toml reads a file of your own)")
+    return str(path)
+
+
 # settings compare owns (or fixes per run) that `rlvr train` would otherwise take
 OWNED = {"k", "out", "steps", "eval_every", "quiet"}
 

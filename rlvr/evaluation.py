@@ -32,6 +32,10 @@ MIN_BOOTSTRAP_RESAMPLES = 1000
 _MAX_MATRIX_ELEMENTS = 1 << 22
 """Cap on one intermediate matrix (bootstrap indices, padded pass@k factors): 32 MiB."""
 
+# heldout_items reads at most this many held-out draws per wanted problem before it concludes
+# that the split has no more distinct problems (mul: all 104 are found in ~600 draws).
+DISTINCT_DRAWS = 50
+
 _SAMPLES_FIX = "ask for more samples (--samples or --eval-samples ≥ k) or a smaller k"
 
 
@@ -409,7 +413,8 @@ def evaluate_policy(
     show: int = 0,
     world=None,
 ) -> dict:
-    """HM@k / pass@k of `policy` (rlvr.backends.Policy) on the first `problems` held-out items of `task`.
+    """HM@k / pass@k of `policy` (rlvr.backends.Policy) on the first `problems` distinct held-out
+    problems of `task` (`heldout_items`: all of them when the split has fewer).
 
     Each problem's samples come from its own torch.Generator, seeded by (`seed`, the problem's
     index), never the global RNG: evaluating inside a training run does not change what the run
@@ -433,7 +438,7 @@ def evaluate_policy(
         _check_counts(samples, 0, k)
     was_training = policy.module.training
     policy.module.eval()
-    items = items if items is not None else [task.item("heldout", i) for i in range(problems)]
+    items = items if items is not None else heldout_items(task, problems)
     mine = world.shard(len(items))
     per_problem, shown = [], []
     chunk = max(1, policy.decode_batch_rows // samples)
@@ -474,21 +479,32 @@ def evaluate_policy(
     return result
 
 
+def heldout_items(task, count: int, skip: int = 0) -> list[dict]:
+    """Distinct held-out problems, by problem key, in the order the task's held-out stream first
+    shows them: the (`skip`+1)-th to the (`skip`+`count`)-th. A stream draws problems
+    independently, so it repeats some (200 draws of `arith` hold ~190 distinct problems, of `mul`
+    ~80): an evaluation of n problems measures n different ones. A split with fewer distinct
+    problems than asked yields all it has (`mul` has 104); the stream is read until
+    `DISTINCT_DRAWS` draws per wanted problem pass without completing the list."""
+    key = lambda item: item.get("key", item["prompt"])  # noqa: E731
+    wanted, seen, chosen = skip + count, set(), []
+    index = 0
+    while len(seen) < wanted and index < DISTINCT_DRAWS * wanted:
+        item = task.item("heldout", index)
+        if key(item) not in seen:
+            seen.add(key(item))
+            if len(seen) > skip:
+                chosen.append(item)
+        index += 1
+    return chosen
+
+
 def validation_items(task, evaluation_problems: int, count: int) -> list[dict]:
-    """`count` held-out problems disjoint from the first `evaluation_problems` (the reported ones),
-    by problem key: where --keep-best and --early-stop measure with --select-split validation, so
+    """`count` held-out problems disjoint from the `evaluation_problems` evaluated ones (the
+    reported ones): where --keep-best and --early-stop measure with --select-split validation, so
     the reported numbers are not the ones the best checkpoint was chosen on. ValueError when the
     task's held-out split has too few distinct problems."""
-    key = lambda item: item.get("key", item["prompt"])  # noqa: E731
-    taken = {key(task.item("heldout", i)) for i in range(evaluation_problems)}
-    chosen: list[dict] = []
-    index = evaluation_problems
-    while len(chosen) < count and index < evaluation_problems + 20 * count:
-        item = task.item("heldout", index)
-        if key(item) not in taken:
-            taken.add(key(item))
-            chosen.append(item)
-        index += 1
+    chosen = heldout_items(task, count, skip=evaluation_problems)
     if len(chosen) < count:
         raise ValueError(f"the task's held-out split has fewer than {evaluation_problems + count} distinct problems, "
                          f"so no validation slice of {count} is disjoint from the {evaluation_problems} evaluated ones; "

@@ -48,8 +48,8 @@ from rlvr.config import ConfigError, RunFailed, TrainConfig, to_dict
 from rlvr.distributed import SINGLE, World
 from rlvr.entropy import (AdaptiveEntropyCoefficient, CollapseDetector, EntropyCoefficient, EntropyMonitor,
                           RewardMonitor, masked_mean, masked_quantiles)
-from rlvr.evaluation import (evaluate_policy, flat_eval_metrics, paired_bootstrap_gain, per_problem_values,
-                             validation_items)
+from rlvr.evaluation import (evaluate_policy, flat_eval_metrics, heldout_items, paired_bootstrap_gain,
+                             per_problem_values, validation_items)
 from rlvr.loggers import Trackers
 from rlvr.losses import LossSettings, policy_loss, top_entropy_select
 from rlvr.reward_pool import RewardPool, WorkerStartError
@@ -593,6 +593,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool, console) -> dict:
     eval_settings = dict(problems=cfg.eval_problems, samples=cfg.eval_samples, temperature=cfg.eval_temperature,
                          ks=[k for k in EVAL_KS if k <= cfg.eval_samples], max_new_tokens=cfg.max_new_tokens,
                          seed=stream_seed(cfg.seed, 0, 1), world=world)
+    eval_items = heldout_items(task, cfg.eval_problems)  # drawn once: the same problems at every evaluation
     selection_items = validation_items(task, cfg.eval_problems, cfg.eval_problems) \
         if cfg.select_split == "validation" and cfg.eval_every else None
 
@@ -610,7 +611,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool, console) -> dict:
 
     def evaluate(step: int) -> dict:
         with distributed.decoding(st.policy, world):
-            result = evaluate_policy(st.policy, task, show=cfg.eval_show, **eval_settings)
+            result = evaluate_policy(st.policy, task, items=eval_items, show=cfg.eval_show, **eval_settings)
         for sample in result.pop("samples", []):
             samples_log.write({"step": step, **sample})
         flat = flat_eval_metrics(result)
@@ -623,7 +624,7 @@ def _train(cfg: TrainConfig, world: World, progress: bool, console) -> dict:
             flat[f"eval/{HEADLINE}_gain_ci_low"], flat[f"eval/{HEADLINE}_gain_ci_high"] = gain["ci"]
         eval_json = {"model": cfg.model, "task": cfg.task, "split": "heldout", "step": step,
                      "n_samples": cfg.eval_samples, "temperature": cfg.eval_temperature,
-                     "n_problems": cfg.eval_problems, **result}
+                     "n_problems": len(result["per_problem"]), **result}
         if world.main:
             write_text_atomic(run.root / "eval.json", json.dumps(eval_json) + "\n")
         evals_log.write(eval_json)

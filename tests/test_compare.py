@@ -206,3 +206,26 @@ def test_html_escapes_every_text():
     html = to_html("# <script>alert(1)</script>\n| a | `<b>` |\n|---|---|\n| x<y | **bold** & more |\n", Path("."))
     assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;" in html and "x&lt;y" in html
     assert "<strong>bold</strong> &amp; more" in html
+
+
+def test_the_shipped_preset_loads_validates_and_flags_override_it(tmp_path, monkeypatch, capsys):
+    import rlvr.compare
+
+    seen = {}
+
+    def fake_run(cc, base, command="", progress=True):
+        seen.update(cc=cc, base=base, command=command)
+        return None, []
+
+    monkeypatch.setattr(rlvr.compare, "run_compare", fake_run)
+    main(["compare", "--preset", "smollm2", "--steps", "7", "--out", str(tmp_path / "c")])
+    cc, base = seen["cc"], seen["base"]
+    assert cc.steps == 7 and cc.out == str(tmp_path / "c")  # flags override the preset
+    assert cc.k == [8, 16] and cc.seeds >= 2 and len(cc.variant) == 1 and base["model"] == "smollm2"
+    assert seen["command"] == f"rlvr compare --preset smollm2 --steps 7 --out {tmp_path / 'c'}"
+    plans = plan_runs(cc, base)  # every arm's full config validates (model, task, lengths, eval problems)
+    assert {plan.arm for plan in plans} == {"k8", "k16", cc.variant[0].split("=")[0]}
+
+    assert main(["compare", "--preset", "nope", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown preset 'nope'" in err and "smollm2" in err

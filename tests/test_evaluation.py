@@ -373,3 +373,24 @@ def test_summarize_metric_rejects_bad_input():
         summarize_metric([0.5, 1.0], kind="normal")
     with pytest.raises(ValueError, match="empty"):
         summarize_metric([], kind="wilson")
+
+
+def test_heldout_items_are_distinct_problems_in_stream_order_and_a_small_split_gives_all_it_has():
+    from rlvr.evaluation import heldout_items
+    from rlvr.tasks import get_task
+    from rlvr.tasks.base import split_of
+
+    arith = get_task("arith", seed=0)
+    stream = [arith.item("heldout", i)["key"] for i in range(200)]
+    assert len(set(stream)) < 200  # independent draws repeat problems: what an evaluation must not count twice
+    items = heldout_items(arith, 200)
+    keys = [item["key"] for item in items]
+    assert len(keys) == len(set(keys)) == 200
+    firsts = list(dict.fromkeys(stream))
+    assert keys[: len(firsts)] == firsts  # first appearances, in the stream's order
+    assert heldout_items(arith, 5, skip=3) == items[3:8]
+    # mul's held-out split is small: asking for more than it holds gives every held-out problem once
+    mul = get_task("mul", seed=3)
+    every = {f"{a}*{b}" for a in range(100) for b in range(10) if split_of(f"{a}*{b}") == "heldout"}
+    got = [item["key"] for item in heldout_items(mul, 500)]
+    assert len(got) == len(set(got)) and set(got) == every and len(every) == 104

@@ -70,10 +70,10 @@ def test_validation_selection_is_disjoint_from_the_reported_problems(tmp_path):
                  "--select-split", "validation") == 0
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if "eval/selected" in r]
     assert len(rows) == 2 and json.loads((out / "best" / "best.json").read_text())["split"] == "validation"
-    from rlvr.evaluation import validation_items
+    from rlvr.evaluation import heldout_items, validation_items
 
     task = get_task("arith", seed=0)
-    reported = {task.item("heldout", i)["key"] for i in range(10)}
+    reported = {item["key"] for item in heldout_items(task, 10)}
     chosen = validation_items(task, 10, 10)
     assert len({item["key"] for item in chosen}) == 10 and not reported & {item["key"] for item in chosen}
 
