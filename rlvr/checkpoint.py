@@ -42,17 +42,26 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(root: Path, step: int, state: dict, keep: int) -> Path:
-    """Writes root/step_NNNNNN/state.pt atomically and prunes all but the newest `keep`."""
+    """Writes root/step_NNNNNN/state.pt atomically and prunes all but the newest `keep`.
+
+    A write that fails (a full disk) removes its partial file before the error propagates, and
+    the partial directories of writes that were killed are removed before the next write: one
+    process writes a run's checkpoints, so every `.tmp-` directory here is a dead one (a model
+    with its optimizer state leaves over a GB each, which is how a full disk stays full)."""
     root.mkdir(parents=True, exist_ok=True)
+    for dead in root.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(dead, ignore_errors=True)
     final = root / f"{PREFIX}{step:06d}"
     tmp = root / f".tmp-{PREFIX}{step:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
-    with open(tmp / "state.pt", "wb") as fh:
-        torch.save({"step": step, **state}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp / "state.pt", "wb") as fh:
+            torch.save({"step": step, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.environ.get(SLOW_CHECKPOINT_ENV):
         time.sleep(float(os.environ[SLOW_CHECKPOINT_ENV]))
     replace_dir(tmp, final)  # a re-written step after a resume replaces the old one
