@@ -70,7 +70,7 @@ class EvalConfig:
     samples: int = opt(16, "n: samples per problem")
     k: list = opt([1, 4, 8], "k values of pass@k / hm@k (each ≤ --samples)")
     temperature: float = opt(1.0, "sampling temperature (0 = greedy only makes pass@1 meaningful)")
-    problems: int = opt(500, "held-out problems (the first M of the split)")
+    problems: int = opt(500, "held-out problems: the first M distinct ones of the split (all of them when it has fewer)")
     max_new_tokens: int = opt(8, "longest completion in tokens")
     seed: int = opt(0, "sampling seed")
     out: str = opt("eval.json", "where to write eval.json")

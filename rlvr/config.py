@@ -124,7 +124,7 @@ class TrainConfig:
     rollback_entropy_boost: float = opt(0.01, "each rollback adds this to the entropy coefficient in force")
     # evaluation, checkpoints, logging
     eval_every: int = opt(0, "evaluate on held-out problems every N steps, and at step 0 (0 = never)")
-    eval_problems: int = opt(200, "held-out problems per in-training evaluation")
+    eval_problems: int = opt(200, "distinct held-out problems per in-training evaluation (all of them when the split has fewer)")
     eval_samples: int = opt(16, "samples per problem in evaluation (n of pass@k)")
     eval_temperature: float = opt(1.0, "sampling temperature of evaluation samples")
     eval_show: int = opt(4, "held-out problems whose greedy and first sampled completions each evaluation writes "
