@@ -1,0 +1,39 @@
+"""README's two-model verdict table against the two committed reports' summary.json files, so
+the table cannot drift from the studies it quotes."""
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORTS = {"built-in model": ROOT / "docs/report/summary.json",
+           "SmolLM2-135M-Instruct": ROOT / "docs/study_smollm2/summary.json"}
+
+
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def verdict_table() -> tuple[list[str], list[list[str]]]:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| claim |") and "SmolLM2" in line)
+    header, rows = cells(lines[start]), []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(cells(line))
+    return header, rows
+
+
+def test_readme_verdict_table_matches_both_summaries():
+    header, rows = verdict_table()
+    assert len(rows) == 5
+    for model, path in REPORTS.items():
+        column = next(i for i, name in enumerate(header) if name.startswith(model))
+        verdicts = json.loads(path.read_text())["verdicts"]
+        assert len(verdicts) == len(rows)
+        for row, verdict in zip(rows, verdicts):
+            letter = re.match(r"\(([a-e])\)", verdict["claim"]).group(1)
+            assert row[0].startswith(f"({letter})"), (row[0], verdict["claim"])
+            assert row[column].startswith(verdict["verdict"] + ":"), (model, letter, row[column], verdict["verdict"])
+        gain = json.loads(path.read_text())["arms"][0]["hm@4_gain_at_100"]["value"]
+        assert f"{gain:+.1f}" in rows[0][column], (model, rows[0][column])  # (a)'s deciding number
