@@ -593,7 +593,8 @@ def _train(cfg: TrainConfig, world: World, progress: bool, console) -> dict:
     eval_settings = dict(problems=cfg.eval_problems, samples=cfg.eval_samples, temperature=cfg.eval_temperature,
                          ks=[k for k in EVAL_KS if k <= cfg.eval_samples], max_new_tokens=cfg.max_new_tokens,
                          seed=stream_seed(cfg.seed, 0, 1), world=world)
-    eval_items = heldout_items(task, cfg.eval_problems)  # drawn once: the same problems at every evaluation
+    # drawn once: the same problems at every evaluation (none drawn for a run that never evaluates)
+    eval_items = heldout_items(task, cfg.eval_problems) if cfg.eval_every else None
     selection_items = validation_items(task, cfg.eval_problems, cfg.eval_problems) \
         if cfg.select_split == "validation" and cfg.eval_every else None
 
