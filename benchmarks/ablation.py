@@ -7,7 +7,7 @@ sampler; without compaction (finished rows decode to the end, as before); and, f
 models, with transformers' concatenating DynamicCache instead of the preallocated one.
 Update: the forward and backward of one rollout batch's loss, four ways:
   per-row, whole batch     one forward per sequence over prompt + completion, padded (before)
-  packed, whole batch      each group's prompt once, completions end to end (rlvr.rollout.pack)
+  packed, whole batch      each group's prompt once, completions end to end (rlvr.rollout.forward.pack)
   per-row, auto            micro-batches up to the model's token budget
   packed, auto             both (rlvr's default)
 Timings alternate between the variants within one process (median of --repeats); the peak
@@ -48,7 +48,7 @@ def setup(args):
 
 
 def sample(policy, items, args, seed: int):
-    from rlvr.rollout import sample_groups
+    from rlvr.rollout.sample import sample_groups
 
     policy.module.eval()
     batch = sample_groups(policy, items, args.k, max_new_tokens=args.max_new_tokens, temperature=1.0,
@@ -59,8 +59,8 @@ def sample(policy, items, args, seed: int):
 
 def update(policy, batch, packed: bool, micro: str) -> tuple[float, float, int]:
     """Seconds of forward and of backward for a token-mean loss over the batch, and micro-batches."""
-    from rlvr.rollout import Scorer, micro_batches
-    from rlvr.trainer import micro_batch_rows
+    from rlvr.rollout.forward import Scorer, micro_batches
+    from rlvr.train.step import micro_batch_rows
 
     scorer = Scorer(policy, 1.0, pack=packed)
     chunks = micro_batches(batch, micro_batch_rows(micro), policy.update_token_budget, packed)
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--sampling-only", action="store_true", help="time the sampling variants only")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # child: one update variant's peak memory
     args = parser.parse_args()
-    import rlvr.rollout as rollout
+    import rlvr.rollout.sample as rollout
 
     policy, items = setup(args)
     batch = sample(policy, items, args, seed=0)

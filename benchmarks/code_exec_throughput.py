@@ -9,7 +9,7 @@ two-assert tests of docs/reliability.md) with `RewardPool(workers=--workers)`, t
 step does, after one warm-up round; prints the calls per second of each round and their median.
 Also prints the CPU time per call of the workers and the processes they started, which other
 load on the machine disturbs less than calls/s. `--verifier module:function` with `--path DIR`
-measures another implementation, e.g. a copy of an older rlvr/code_exec.py saved as
+measures another implementation, e.g. a copy of an older rlvr/rewards/code/execute.py saved as
 DIR/baseline_code_exec.py next to its sandbox_boot.py. Run it on an otherwise idle machine: every
 call starts an interpreter, so the result is CPU-bound.
 """
@@ -41,7 +41,7 @@ def main() -> None:
         return round_trips(args.round_trips)
     if args.path:
         sys.path.insert(0, args.path)
-    from rlvr.reward_pool import RewardPool
+    from rlvr.rewards.pool import RewardPool
 
     texts = [CORRECT if i % 2 == 0 else WRONG for i in range(args.calls)]
     items = [{"id": str(i), "prompt": "add", "answer": ADD_TESTS} for i in range(args.calls)]
@@ -69,7 +69,7 @@ def main() -> None:
 
 def round_trips(count: int) -> None:
     """The cost of one call from the judge's tests into the sandbox (median of 5 pairs)."""
-    from rlvr.code_exec import run_sandboxed
+    from rlvr.rewards.code.execute import run_sandboxed
 
     def seconds(calls: int) -> float:
         started = time.perf_counter()

@@ -35,7 +35,7 @@ def main() -> None:
     from rlvr.backends import load_policy
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    from rlvr.rollout import _draw, _uniforms, left_pad, sample_groups
+    from rlvr.rollout.sample import _draw, _uniforms, left_pad, sample_groups
     from rlvr.tasks import get_task
 
     policy = load_policy(args.model)
@@ -51,7 +51,7 @@ def main() -> None:
 
     class SameDraws(LogitsProcessor):
         """Makes generate() draw what rlvr's sampler draws: the token whose cumulative probability
-        first exceeds the same uniform (rlvr.rollout._draw), all other logits set to -inf."""
+        first exceeds the same uniform (rlvr.rollout.sample._draw), all other logits set to -inf."""
 
         def __init__(self, uniforms: torch.Tensor, prompt_width: int) -> None:
             self.uniforms, self.prompt_width = uniforms, prompt_width

@@ -13,46 +13,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlvr.config import (ConfigError, RunFailed, TrainConfig, check_basic_values, check_model_path, check_processes,
-                         check_task, check_writable, config_fields, load_toml, opt, require_positive)
+from rlvr.config import (ConfigError, RunFailed, TrainConfig, add_fields, build, check_basic_values, check_writable, config_fields,
+                         load_toml, opt, require_positive)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own errors: exit 2 with usage, like ours
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _add_fields(parser: argparse.ArgumentParser, cls, skip: tuple = (), config_flag: bool = True) -> None:
-    """One flag per config field; defaults are SUPPRESSed so we can tell what was given."""
-    defaults = cls()
-    for f in config_fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_text = f"{f.metadata['help']} (default: {default})".replace("%", "%%")  # argparse %-formats help
-        type_name = f.type if isinstance(f.type, str) else f.type.__name__
-        if type_name == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        elif type_name.startswith("list"):
-            item = f.metadata.get("item", int)
-            parser.add_argument(flag, nargs="*" if item is str else "+", type=item, default=argparse.SUPPRESS,
-                                help=help_text, action="extend" if item is str else "store")
-        else:
-            parser.add_argument(flag, type={"int": int, "float": float}.get(type_name, str),
-                                default=argparse.SUPPRESS, help=help_text,
-                                metavar={"int": "N", "float": "X"}.get(type_name, "VALUE"))
-    if config_flag:
-        parser.add_argument("--config", default=None, metavar="FILE.toml",
-                            help="read settings from a TOML file; flags given on the command line override it")
-
-
-def _build(cls, args: argparse.Namespace):
-    """defaults <- --config file <- command-line flags."""
-    values = load_toml(args.config, cls) if args.config else {}
-    values.update({f.name: getattr(args, f.name) for f in config_fields(cls) if hasattr(args, f.name)})
-    return cls(**values)
 
 
 @dataclass
@@ -92,6 +60,11 @@ class EvalConfig:
             setattr(self, name, run_cfg.get(name, getattr(self, name)))
 
     def validate(self) -> None:
+        """Every check of `rlvr eval`, before any work starts: the values, then the model, the
+        task and the processes (the checks of rlvr.backends, rlvr.tasks and rlvr.distributed)."""
+        from rlvr.distributed import check_processes
+        from rlvr.train.preflight import check_model_and_task
+
         check_basic_values(self)
         self.resolve_run()
         require_positive(self, ("samples", "problems", "max_new_tokens"))
@@ -106,28 +79,28 @@ class EvalConfig:
         if self.device not in ("cpu", "cuda"):
             raise ConfigError("device", f"must be cpu or cuda, got {self.device!r}")
         check_processes(self.nproc, self.dist_timeout, self.device)
-        check_model_path(self.model, self)
-        check_task(self.task, self.seed, self.max_new_tokens, self.model, prompts_of=self)
+        check_model_and_task(self)
         check_writable(str(Path(self.out).parent) if Path(self.out).parent != Path("") else ".", "out")
 
 
-def _launch_ranks(cfg, args) -> int | None:
-    """`--nproc N` (N > 1) outside torchrun: validates the config here (exit 2 before any process
-    starts), then runs this same command as N ranks and returns their exit code. None: this
-    process runs the command itself (one process, or one rank of a launched run)."""
+def _launch_ranks(cfg, args, check) -> int | None:
+    """`--nproc N` (N > 1) outside torchrun: `check(cfg)` validates the config here (exit 2
+    before any process starts), then this same command runs as N ranks; returns their exit code.
+    None: this process runs the command itself (one process, or one rank of a launched run)."""
     from rlvr.distributed import launch, launched_world_size
 
     if cfg.nproc <= 1 or launched_world_size() is not None:
         return None
-    cfg.validate()
+    check(cfg)
     return launch(cfg.nproc, [args.command, *args.argv], args.command)
 
 
 def cmd_train(args) -> int:
-    from rlvr.trainer import train
+    from rlvr.train import train
+    from rlvr.train.preflight import check_train_config
 
-    cfg = _build(TrainConfig, args)
-    code = _launch_ranks(cfg, args)
+    cfg = build(TrainConfig, args)
+    code = _launch_ranks(cfg, args, check_train_config)
     if code is not None:
         return code
     summary = train(cfg)
@@ -139,8 +112,8 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from rlvr import distributed
 
-    cfg = _build(EvalConfig, args)
-    code = _launch_ranks(cfg, args)
+    cfg = build(EvalConfig, args)
+    code = _launch_ranks(cfg, args, EvalConfig.validate)
     if code is not None:
         return code
     cfg.validate()
@@ -155,7 +128,7 @@ def _evaluate(cfg: "EvalConfig", world) -> int:
     """`rlvr eval` in this process: with W ranks each samples its shard of the problems, and rank
     0 writes eval.json from every rank's per-problem results (the same file as 1 process)."""
     from rlvr.backends import ModelSettings, load_policy
-    from rlvr.evaluation import evaluate_policy
+    from rlvr.eval.runner import evaluate_policy
     from rlvr.tasks import get_task
 
     policy = load_policy(cfg.model, ModelSettings.of(cfg))
@@ -183,9 +156,9 @@ def _evaluate(cfg: "EvalConfig", world) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from rlvr.pretrain import PretrainConfig, pretrain
+    from rlvr.train.pretrain import PretrainConfig, pretrain
 
-    cfg = _build(PretrainConfig, args)
+    cfg = build(PretrainConfig, args)
     cfg.validate()
     recipe = pretrain(cfg)
     print(f"rlvr pretrain: {recipe['how']}; {recipe['steps']} steps in {recipe['seconds']} s on "
@@ -195,7 +168,7 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from rlvr.compare import CompareConfig, preset_path, run_compare
+    from rlvr.study.compare import CompareConfig, preset_path, run_compare
 
     # defaults <- --preset <- --config <- command-line flags
     values = load_toml(preset_path(args.preset), CompareConfig, TrainConfig) if args.preset else {}
@@ -216,7 +189,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from rlvr.export import export_run, from_args
+    from rlvr.train.export import export_run, from_args
 
     done = export_run(from_args(args))
     step = "" if done["step"] is None else f" (step {done['step']})"
@@ -226,13 +199,13 @@ def cmd_export(args) -> int:
 
 
 def _export_options(parser: argparse.ArgumentParser) -> None:
-    from rlvr.export import add_options
+    from rlvr.train.export import add_options
 
     add_options(parser)
 
 
 def cmd_report(args) -> int:
-    from rlvr.report import ReportError, build_report
+    from rlvr.study.report import ReportError, build_report
 
     out = args.out or (args.dirs[0] if len(args.dirs) == 1 else "report")
     context = {}
@@ -261,9 +234,9 @@ def cmd_plan(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from rlvr.plan import PlanConfig, run_plan
+    from rlvr.study.plan import PlanConfig, run_plan
 
-    cfg = _build(PlanConfig, args)
+    cfg = build(PlanConfig, args)
     rows = run_plan(cfg)
     table = Table(title=f"rlvr plan: {cfg.model} on {cfg.task}, B={cfg.prompts_per_step} prompts per step "
                         f"(cost: median of {cfg.steps - 1} timed steps; signal: pilot of {rows[0]['pilot_prompts']} "
@@ -300,17 +273,17 @@ def cmd_tasks(args) -> int:
 
 def _fields_of(load_class):
     """Options generated from a config class; `load_class` imports it only when the parser is built."""
-    return lambda parser: _add_fields(parser, load_class())
+    return lambda parser: add_fields(parser, load_class())
 
 
 def _compare_options(parser: argparse.ArgumentParser) -> None:
-    from rlvr.compare import OWNED, CompareConfig, preset_names
+    from rlvr.study.compare import OWNED, CompareConfig, preset_names
 
-    _add_fields(parser, CompareConfig, config_flag=False)
+    add_fields(parser, CompareConfig, config_flag=False)
     parser.add_argument("--preset", default=None, metavar="NAME",
                         help="start from a shipped study's settings (rlvr/presets/NAME.toml; --config and flags "
                              f"override them): {', '.join(preset_names())}")
-    _add_fields(parser, TrainConfig, skip=tuple(OWNED) + ("seed",))
+    add_fields(parser, TrainConfig, skip=tuple(OWNED) + ("seed",))
     parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="first seed (default: 0)")
 
 
@@ -321,13 +294,13 @@ def _report_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _pretrain_config():
-    from rlvr.pretrain import PretrainConfig
+    from rlvr.train.pretrain import PretrainConfig
 
     return PretrainConfig
 
 
 def _plan_config():
-    from rlvr.plan import PlanConfig
+    from rlvr.study.plan import PlanConfig
 
     return PlanConfig
 

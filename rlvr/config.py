@@ -2,10 +2,16 @@
 
 The CLI builds its options from these fields (`--prompts-per-step` for `prompts_per_step`),
 `--config FILE.toml` supplies values, flags override the file, and `validate()` refuses a bad
-config before any work starts with a ConfigError naming the field and the fix.
+value with a ConfigError naming the field and the fix.
+
+This module is the floor of the house: plain data, importing no other part of rlvr. The checks
+that need another part (the task exists, the model loads, the verifier imports, the world size
+divides B) live in that part and run, with `validate()`, from one place before any work starts:
+`rlvr.train.preflight.check_train_config`.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -217,39 +223,8 @@ class TrainConfig:
         self.validate_sampling()
         if self.device not in ("cpu", "cuda"):
             raise ConfigError("device", f"must be cpu or cuda, got {self.device!r}")
-        if self.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ConfigError("device", "cuda was asked for but torch sees no GPU; use --device cpu")
-        from rlvr.advantages import ADVANTAGES
-        from rlvr.losses import AGGREGATIONS
-
-        if self.advantage not in ADVANTAGES:
-            raise ConfigError("advantage", f"unknown {self.advantage!r}; known: {', '.join(ADVANTAGES.names())}")
-        if self.loss_agg not in AGGREGATIONS:
-            raise ConfigError("loss_agg", f"unknown {self.loss_agg!r}; known: {', '.join(AGGREGATIONS.names())}")
-        from rlvr.loggers import check_loggers
-
-        try:
-            check_loggers(self.log)
-        except ValueError as err:
-            raise ConfigError("log", str(err)) from None
         if self.lora_rank and not self.lora_alpha > 0:
             raise ConfigError("lora_alpha", f"must be > 0 with --lora-rank, got {self.lora_alpha}")
-        check_model_path(self.model, self)
-        check_task(self.task, self.seed, self.max_new_tokens, self.model, prompts_of=self)
-        if self.select_split == "validation" and self.eval_every:
-            from rlvr.evaluation import validation_items
-            from rlvr.tasks import get_task
-
-            try:
-                validation_items(get_task(self.task, seed=self.seed), self.eval_problems, self.eval_problems)
-            except ValueError as err:
-                raise ConfigError("select_split", str(err)) from None
-        check_reward(self.reward, self.task)
-        check_writable(self.out)
-        self.validate_distributed()
 
 
     def selection_metrics(self) -> list[str]:
@@ -304,59 +279,6 @@ class TrainConfig:
         if not self.overlong_penalty >= 0:
             raise ConfigError("overlong_penalty", f"must be ≥ 0, got {self.overlong_penalty}")
 
-    def world_size(self) -> int:
-        """Derived: the ranks this run will have: torchrun's WORLD_SIZE when launched by it, else --nproc."""
-        from rlvr.distributed import launched_world_size
-
-        return launched_world_size() or self.nproc
-
-    def validate_distributed(self) -> None:
-        """--nproc, --dist-timeout and --fsdp, and what data parallelism cannot do exactly."""
-        from rlvr.distributed import launched_world_size
-
-        check_processes(self.nproc, self.dist_timeout, self.device)
-        world = self.world_size()
-        ranks = f"{world} processes" if launched_world_size() is None else f"torchrun's {world} processes"
-        b = self.prompts_per_step
-        if world > b:
-            raise ConfigError("nproc", f"{ranks} need at least one prompt each, but a step has {b} (--prompts-per-step); "
-                                       f"use --nproc {b} or fewer (a divisor of {b}), or --prompts-per-step {world}")
-        if b % world:
-            raise ConfigError("prompts_per_step", f"{b} prompts per step cannot be split into equal shards of whole "
-                                                  f"groups for {ranks}; use --prompts-per-step "
-                                                  f"{b // world * world} or {(b // world + 1) * world}, or a number "
-                                                  f"of processes that divides {b}")
-        if world > 1:
-            for name, what in (("clip_cov", "draws tokens at random among the batch's by covariance"),
-                               ("kl_cov", "penalises the batch's top tokens by covariance"),
-                               ("top_entropy_tokens", "keeps the batch's top tokens by entropy")):
-                if getattr(self, name):
-                    raise ConfigError(name, f"{what}; with {world} processes each rank would rank only its own "
-                                            "shard and the run would differ from 1 process. Run it with one "
-                                            "process (--nproc 1), or drop it")
-        if self.fsdp:
-            from rlvr.backends import resolve
-            from rlvr.distributed import FSDP_ON_CPU_ENV
-
-            if resolve(self.model).backend != "hf":
-                raise ConfigError("fsdp", "shards Hugging Face models over GPUs; the built-in model (0.8 M "
-                                          "parameters) fits every rank: use plain data parallelism (--nproc N "
-                                          "without --fsdp)")
-            if self.device != "cuda" and not os.environ.get(FSDP_ON_CPU_ENV):
-                raise ConfigError("fsdp", "runs on GPUs (--device cuda, NCCL); on the CPU use plain data "
-                                          "parallelism (--nproc N without --fsdp)")
-            for name, why in (("group_filter", "gives ranks different numbers of samples"),
-                              ("adaptive_k", "gives ranks different numbers of samples"),
-                              ("beta", "needs a second (reference) copy of the model")):
-                if getattr(self, name):
-                    raise ConfigError(name, f"{why}, which --fsdp does not support yet (every forward of a sharded "
-                                            f"model is a collective); drop --{name.replace('_', '-')} or --fsdp")
-            if str(self.micro_batch_size) == "auto":
-                raise ConfigError("micro_batch_size", "auto sizes micro-batches by each rank's own token counts, "
-                                                      "but with --fsdp every forward is a collective and all ranks "
-                                                      "must run the same number: give --micro-batch-size N (rows, "
-                                                      "0 = the whole shard)")
-
     def extra_rollout_budget(self) -> int:
         """Derived: completions --group-filter may add to a step (-1 resolves to 2·B·K)."""
         if self.max_extra_rollouts < 0:
@@ -365,26 +287,6 @@ class TrainConfig:
 
 
 MAX_INT = 2**31 - 1  # no setting needs more; beyond it seeds and counters overflow
-
-
-def check_processes(nproc: int, timeout: float, device: str) -> None:
-    """--nproc and --dist-timeout, of `rlvr train` and `rlvr eval`."""
-    from rlvr.distributed import launched_world_size
-
-    if nproc < 1:
-        raise ConfigError("nproc", f"must be at least 1, got {nproc}")
-    if not timeout > 0:
-        raise ConfigError("dist_timeout", f"must be > 0 seconds, got {timeout}")
-    launched = launched_world_size()
-    if launched is not None and nproc not in (1, launched):
-        raise ConfigError("nproc", f"this process is one of {launched} ranks started by torchrun, which decides the "
-                                   f"world size; drop --nproc {nproc} (or launch without torchrun)")
-    if device == "cuda" and launched is None and nproc > 1:
-        import torch
-
-        if nproc > torch.cuda.device_count():
-            raise ConfigError("nproc", f"one process per GPU, but torch sees {torch.cuda.device_count()} GPUs; use "
-                                       f"--nproc {torch.cuda.device_count()} or fewer")
 
 
 def require_positive(cfg, names) -> None:
@@ -406,67 +308,6 @@ def check_basic_values(cfg) -> None:
             raise ConfigError(f.name, "contains a NUL character")
     if getattr(cfg, "out", None) == "":
         raise ConfigError("out", "give a directory (an empty path would be the working directory)")
-
-
-def check_reward(reward: str, task: str) -> None:
-    """The verifier must be known or importable; code_exec needs tasks whose answers are tests."""
-    from rlvr.verifiers import load_verifier, needs_task
-
-    if reward == "code_exec" and not task.startswith("jsonl:"):
-        raise ConfigError("reward", "code_exec judges each completion as a program; use it with a jsonl:<path> "
-                                    "task whose items hold assert-style tests in \"answer\" or stdin/stdout pairs "
-                                    "in \"tests\" (docs/reliability.md)")
-    if needs_task(reward):
-        return
-    try:
-        load_verifier(reward)
-    except ValueError as err:
-        raise ConfigError("reward", str(err)) from None
-
-
-def check_model_path(model: str, cfg: Any = None, field_name: str = "model") -> None:
-    """`--model` must name something loadable, and its settings must suit the backend."""
-    from rlvr.backends import ModelError, resolve
-
-    try:
-        ref = resolve(model)
-    except ModelError as err:
-        raise ConfigError(field_name, str(err)) from None
-    if cfg is None:
-        return
-    if ref.backend == "tiny":
-        for name in ("lora_rank", "gradient_checkpointing"):
-            if getattr(cfg, name, 0):
-                raise ConfigError(name, "is for Hugging Face models; the built-in model is small and trained in full")
-    if getattr(cfg, "chat_template", "auto") not in ("auto", "none"):
-        raise ConfigError("chat_template", f"must be auto or none, got {cfg.chat_template!r}")
-
-
-def check_task(name: str, seed: int, max_new_tokens: int, model: str, field_name: str = "task",
-               prompts_of: Any = None) -> None:
-    """The task and its answer format must exist, and its prompts (as the model will see them:
-    tokenized, through the chat template when there is one) plus completions must fit the
-    model's context. `prompts_of`: the config holding the prompt settings (chat template, ...)."""
-    from rlvr.answers import ANSWER_FORMATS
-    from rlvr.backends import ModelError, ModelSettings, load_prompts
-    from rlvr.tasks import get_task
-
-    answer_format = getattr(prompts_of, "answer_format", "auto")
-    if answer_format != "auto" and answer_format not in ANSWER_FORMATS:
-        raise ConfigError("answer_format", f"unknown {answer_format!r}; known: auto, {', '.join(ANSWER_FORMATS.names())}")
-    try:
-        task = get_task(name, seed=seed, answer_format=answer_format)
-        items = [task.item(split, i) for split in ("train", "heldout") for i in range(32)]
-    except Exception as err:  # any failure to build the task is the user's task setting
-        raise ConfigError(field_name, str(err)) from None
-    try:
-        prompts = load_prompts(model, ModelSettings.of(prompts_of))
-    except ModelError as err:
-        raise ConfigError("model", str(err)) from None
-    longest = max(len(prompts.encode_prompt(item)) for item in items)
-    if longest + max_new_tokens > prompts.max_seq_len:
-        raise ConfigError("max_new_tokens", f"prompts of {name!r} take up to {longest} tokens; with "
-                          f"{max_new_tokens} new tokens that exceeds the model's context of {prompts.max_seq_len}")
 
 
 def check_writable(out: str, field_name: str = "out") -> None:
@@ -492,6 +333,38 @@ def check_writable(out: str, field_name: str = "out") -> None:
 
 def config_fields(cls) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def add_fields(parser: argparse.ArgumentParser, cls, skip: tuple = (), config_flag: bool = True) -> None:
+    """One flag per config field; defaults are SUPPRESSed so we can tell what was given."""
+    defaults = cls()
+    for f in config_fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = f"{f.metadata['help']} (default: {default})".replace("%", "%%")  # argparse %-formats help
+        type_name = f.type if isinstance(f.type, str) else f.type.__name__
+        if type_name == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif type_name.startswith("list"):
+            item = f.metadata.get("item", int)
+            parser.add_argument(flag, nargs="*" if item is str else "+", type=item, default=argparse.SUPPRESS,
+                                help=help_text, action="extend" if item is str else "store")
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float}.get(type_name, str),
+                                default=argparse.SUPPRESS, help=help_text,
+                                metavar={"int": "N", "float": "X"}.get(type_name, "VALUE"))
+    if config_flag:
+        parser.add_argument("--config", default=None, metavar="FILE.toml",
+                            help="read settings from a TOML file; flags given on the command line override it")
+
+
+def build(cls, args: argparse.Namespace):
+    """defaults <- --config file <- command-line flags."""
+    values = load_toml(args.config, cls) if args.config else {}
+    values.update({f.name: getattr(args, f.name) for f in config_fields(cls) if hasattr(args, f.name)})
+    return cls(**values)
 
 
 def load_toml(path: str, *classes) -> dict[str, Any]:

@@ -158,6 +158,22 @@ def launched_world_size() -> int | None:
     return None
 
 
+def check_processes(nproc: int, timeout: float, device: str) -> None:
+    """--nproc and --dist-timeout, of `rlvr train` and `rlvr eval`."""
+    if nproc < 1:
+        raise ConfigError("nproc", f"must be at least 1, got {nproc}")
+    if not timeout > 0:
+        raise ConfigError("dist_timeout", f"must be > 0 seconds, got {timeout}")
+    launched = launched_world_size()
+    if launched is not None and nproc not in (1, launched):
+        raise ConfigError("nproc", f"this process is one of {launched} ranks started by torchrun, which decides the "
+                                   f"world size; drop --nproc {nproc} (or launch without torchrun)")
+    if device == "cuda" and launched is None and nproc > 1:
+        if nproc > torch.cuda.device_count():
+            raise ConfigError("nproc", f"one process per GPU, but torch sees {torch.cuda.device_count()} GPUs; use "
+                                       f"--nproc {torch.cuda.device_count()} or fewer")
+
+
 def start(device: str, timeout: float, fsdp: bool = False) -> World:
     """Joins the ranks' process group when this process is one of W > 1 ranks (gloo on CPU,
     NCCL on CUDA, every collective held to `timeout` seconds); else the single-process World."""
@@ -194,7 +210,7 @@ def stop(world: World) -> None:
 def _die_with_launcher() -> None:
     """Linux: the kernel kills this rank when its launcher (torchrun's agent, or `rlvr --nproc`)
     dies, even by SIGKILL, so no rank outlives a killed run and writes into a resumed one. Its
-    reward workers follow it the same way (rlvr/reward_pool.py)."""
+    reward workers follow it the same way (rlvr/rewards/pool.py)."""
     parent = int(os.environ.get(LAUNCHER_ENV, 0)) or os.getppid()  # torchrun: its agent, our parent
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

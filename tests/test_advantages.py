@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from rlvr.advantages import ADVANTAGES
-from rlvr.sampling import groups_with_signal
+from rlvr.algo.advantages import ADVANTAGES
+from rlvr.rollout.strategies import groups_with_signal
 from rlvr.registry import UnknownNameError
 
 

@@ -1,4 +1,4 @@
-"""Tests of rlvr.answers: each format's extraction on real-looking replies, and tasks using them."""
+"""Tests of rlvr.tasks.answers: each format's extraction on real-looking replies, and tasks using them."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from random import Random
 
 import pytest
 
-from rlvr.answers import ANSWER_FORMATS, AUTO, resolve_answer_format
+from rlvr.tasks.answers import ANSWER_FORMATS, AUTO, resolve_answer_format
 from rlvr.registry import UnknownNameError
 from rlvr.tasks import get_task
 from rlvr.tasks.arithmetic import last_integer

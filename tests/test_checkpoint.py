@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rlvr import checkpoint
+from rlvr.train import checkpoint
 
 
 def test_a_failed_write_and_a_killed_one_leave_no_partial_directory(tmp_path, monkeypatch):

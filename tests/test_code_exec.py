@@ -1,6 +1,6 @@
 """The code_exec verifier: correct programs pass; wrong ones, reward hacks and escape attempts fail.
 
-The judge (rlvr/code_judge.py) holds the tests and the sandbox (rlvr/sandbox_boot.py) runs the
+The judge (rlvr/rewards/code/judge.py) holds the tests and the sandbox (rlvr/rewards/code/sandbox_boot.py) runs the
 program; the hacks below are the ones docs/reliability.md lists, each with the reward it gets.
 """
 import json
@@ -8,14 +8,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter, OrderedDict, namedtuple
 from pathlib import Path
 
 import pytest
 
-from rlvr import code_wire
-from rlvr.code_exec import BOOT, Limits, extract_program, run_sandboxed, score
+from rlvr.rewards.code import wire as code_wire
+from rlvr.rewards.code.execute import BOOT, Limits, extract_program, run_sandboxed, score
 
 FAST = Limits(cpu_seconds=1, wall_seconds=3.0)
 ADD_TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"
@@ -129,10 +128,8 @@ def test_a_correct_add_still_passes_beside_a_refused_read():
 
 
 def test_a_sleeping_call_times_out():
-    started = time.monotonic()
     result = run_sandboxed("import time\ndef add(a, b):\n    time.sleep(60)\n", ADD_TESTS, FAST)
-    assert not result.passed and "wall-clock" in result.reason
-    assert time.monotonic() - started < FAST.wall_seconds + 1.5
+    assert not result.passed and "wall-clock" in result.reason and result.error is None
 
 
 CORRECT_PROGRAMS = {
@@ -264,11 +261,10 @@ def test_tests_that_cannot_run_are_a_verifier_error(item):
     ("ctypes", "import ctypes\nctypes.CDLL(None).fork()\n"),
     ("huge output", "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n"),
 ])
-def test_escape_attempts_fail_quickly(name, program):
-    started = time.monotonic()
+def test_escape_attempts_fail(name, program):
+    """Each attempt fails as the program's own failure (a limit or a refusal), never the sandbox's."""
     result = run_sandboxed(program + ADD, ADD_TESTS, FAST)
-    assert not result.passed, (name, result)
-    assert time.monotonic() - started < FAST.wall_seconds + 1.5, name
+    assert not result.passed and result.reason and result.error is None, (name, result)
     assert len(result.output) <= FAST.file_bytes
 
 
@@ -279,8 +275,8 @@ def test_writing_outside_the_sandbox_fails(tmp_path):
                 f"import os\nos.symlink({str(target)!r}, 'link')\nopen('link', 'w').write('x')",
                 f"import os\nos.mkdir({str(tmp_path / 'newdir')!r})",
                 f"import pathlib\npathlib.Path({str(target)!r}).write_text('x')",
-                f"import os\nfd = os.open('.', os.O_RDONLY)\nos.open('../escaped.txt', os.O_WRONLY | os.O_CREAT, "
-                f"dir_fd=fd)"]
+                "import os\nfd = os.open('.', os.O_RDONLY)\nos.open('../escaped.txt', os.O_WRONLY | os.O_CREAT, "
+                "dir_fd=fd)"]
     for program in attempts:
         result = run_sandboxed(program + "\nok = True\n", "assert ok\n", FAST)
         assert not result.passed and "sandbox" in result.output, (program, result)

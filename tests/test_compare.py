@@ -15,9 +15,9 @@ import pytest
 
 from made_runs import write_run
 from rlvr.cli import main
-from rlvr.compare import CompareConfig, plan_runs
+from rlvr.study.compare import CompareConfig, plan_runs
 from rlvr.config import ConfigError
-from rlvr.report import build_report, to_html
+from rlvr.study.report import build_report, to_html
 
 SUMMARY_KEYS = {"match", "steps", "seeds", "arms", "verdicts"}
 ARM_KEYS = {"name", "k", "variant", "hm@4_gain_at_100", "entropy_retention_at_100", "entropy_retention_final",
@@ -209,7 +209,7 @@ def test_html_escapes_every_text():
 
 
 def test_the_shipped_preset_loads_validates_and_flags_override_it(tmp_path, monkeypatch, capsys):
-    import rlvr.compare
+    import rlvr.study.compare
 
     seen = {}
 
@@ -217,7 +217,7 @@ def test_the_shipped_preset_loads_validates_and_flags_override_it(tmp_path, monk
         seen.update(cc=cc, base=base, command=command)
         return None, []
 
-    monkeypatch.setattr(rlvr.compare, "run_compare", fake_run)
+    monkeypatch.setattr(rlvr.study.compare, "run_compare", fake_run)
     main(["compare", "--preset", "smollm2", "--steps", "7", "--out", str(tmp_path / "c")])
     cc, base = seen["cc"], seen["base"]
     assert cc.steps == 7 and cc.out == str(tmp_path / "c")  # flags override the preset

@@ -14,7 +14,8 @@ import re
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import rlvr.trainer
+import rlvr.train
+from rlvr.train.preflight import check_train_config
 from rlvr.cli import main
 from rlvr.config import TrainConfig, config_fields
 
@@ -75,17 +76,18 @@ def run_cli(argv: list[str], monkeypatch_train) -> tuple[int, str]:
 
 @contextlib.contextmanager
 def validate_only():
-    """Replaces training by validation only: the CLI path up to and including cfg.validate()."""
+    """Replaces training by validation only: the CLI path up to and including the checks that
+    train() runs first (rlvr.train.preflight.check_train_config)."""
     def train(cfg, *args, **kwargs):
-        cfg.validate()
+        check_train_config(cfg)
         return {"line": "validated"}
 
-    real = rlvr.trainer.train
-    rlvr.trainer.train = train
+    real = rlvr.train.train
+    rlvr.train.train = train
     try:
         yield
     finally:
-        rlvr.trainer.train = real
+        rlvr.train.train = real
 
 
 def check(code: int, err: str) -> None:
@@ -134,9 +136,9 @@ def test_random_argument_lists_validate_or_exit_2_naming_the_field(argv, tmp_pat
 
 
 def test_the_stub_sees_the_same_config_a_real_start_would(tmp_path, monkeypatch):
-    """The fuzzed path is the real one: main -> argparse -> TOML -> TrainConfig -> validate."""
+    """The fuzzed path is the real one: main -> argparse -> TOML -> TrainConfig -> check_train_config."""
     seen = []
-    monkeypatch.setattr(rlvr.trainer, "train", lambda cfg, *a, **k: seen.append(cfg) or {"line": ""})
+    monkeypatch.setattr(rlvr.train, "train", lambda cfg, *a, **k: seen.append(cfg) or {"line": ""})
     (tmp_path / "c.toml").write_text("k = 4\n")
     assert main(["train", "--config", str(tmp_path / "c.toml"), "--steps", "3"]) == 0
     assert seen[0].k == 4 and seen[0].steps == 3

@@ -229,15 +229,12 @@ def test_one_process_run_killed_resumes_as_two_ranks(runs, tmp_path):
     ("bad_rewards:hangs_on_rank_1", "0", 8, "within --dist-timeout 8 s"),
 ])
 def test_a_failing_rank_ends_the_run_by_name(tmp_path, reward, workers, timeout, expected):
-    started = time.monotonic()
     process = start("train", *RUN, "--out", str(tmp_path / "run"), "--nproc", "2", "--reward", reward,
                     "--reward-workers", workers, "--max-reward-error-frac", "0.25", "--dist-timeout", str(timeout))
     seen = watch(process)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1, stderr
-    # Within the timeout; a hang is only noticed when the timeout expires, after the run got going.
-    assert time.monotonic() - started < timeout + (15 if "hangs" in reward else 0)
-    assert expected in stderr, stderr
+    assert expected in stderr, stderr  # the cause: the failed calls, the exit code, or the collective's timeout
     assert "Traceback" not in stderr, stderr
     assert_none_left(seen)
 
@@ -256,33 +253,45 @@ def test_eval_with_two_ranks_writes_the_same_eval_json(tmp_path):
 
 # ---------------------------------------------------------------- FSDP2
 
-@pytest.mark.slow
-def test_fsdp_code_path_on_cpu(tmp_path):
-    """--fsdp's code (fully_shard, summed reduce-scatter, decoding with the layers gathered once,
-    full state dicts for checkpoints, best/ and final/) run on the CPU through the test hook
-    RLVR_TEST_FSDP_ON_CPU (float32, gloo): 2 sharded ranks train and evaluate like one unsharded
-    process, and their checkpoint resumes in 1 process, for a full fine-tune (Llama, tied
-    embeddings) and LoRA (Qwen2). What this cannot cover: NCCL, CUDA placement, bf16 compute."""
+def fsdp_matches_one_process(tmp_path, arch: str, extra: tuple, schedule: tuple) -> None:
+    """`schedule`: (steps, processes) parts of the --fsdp run, each resuming the last; the same
+    steps run unsharded in one process. Metrics, final weights and best/ must agree."""
     pytest.importorskip("transformers")
     from hf_models import make_hf_model_dir
 
+    model = make_hf_model_dir(tmp_path / arch, arch)
+    common = ["--prompts-per-step", "4", "--k", "4", "--threads", "1", "--quiet", "--checkpoint-every", "1",
+              "--micro-batch-size", "8", "--model", str(model), "--max-new-tokens", "6", "--eval-every", "2",
+              "--eval-problems", "8", "--eval-samples", "4", "--reward", "shaped_rewards:digit_share", *extra]
+    runs = {name: tmp_path / f"{arch}-{name}" for name in ("one", "fsdp")}
+    for steps, nproc in schedule:
+        done = rlvr("train", *common, "--steps", str(steps), "--out", str(runs["one"]))
+        assert done.returncode == 0, done.stderr[-3000:]
+        done = rlvr("train", *common, "--steps", str(steps), "--out", str(runs["fsdp"]), "--nproc", nproc, "--fsdp",
+                    RLVR_TEST_FSDP_ON_CPU="1")
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_metrics(runs["one"], runs["fsdp"])
+    weights = "adapter_model.safetensors" if extra else "model.safetensors"
+    a, b = (load_file(str(runs[name] / "final" / weights)) for name in ("one", "fsdp"))
+    assert set(a) == set(b) and max(float((a[k] - b[k]).abs().max()) for k in a) <= ABS
+    assert (runs["fsdp"] / "best" / "best.json").is_file()
+
+
+def test_fsdp_two_sharded_ranks_train_like_one_process(tmp_path):
+    """The fast variant: --fsdp's code (fully_shard, summed reduce-scatter, decoding with the
+    layers gathered once, full state dicts for checkpoints, best/ and final/) on the CPU through
+    the test hook RLVR_TEST_FSDP_ON_CPU (float32, gloo): 2 sharded ranks, 2 steps with an
+    evaluation, a full fine-tune of a random Llama. What this cannot cover: NCCL, CUDA
+    placement, bf16 compute."""
+    fsdp_matches_one_process(tmp_path, "llama", (), ((2, "2"),))
+
+
+@pytest.mark.slow
+def test_fsdp_code_path_on_cpu(tmp_path):
+    """The full version: a full fine-tune (Llama, tied embeddings) and LoRA (Qwen2), 3 steps
+    sharded over 2 ranks, then resumed to 5 in 1 process."""
     for arch, extra in (("llama", ()), ("qwen2", ("--lora-rank", "4"))):
-        model = make_hf_model_dir(tmp_path / arch, arch)
-        common = ["--prompts-per-step", "4", "--k", "4", "--threads", "1", "--quiet", "--checkpoint-every", "1",
-                  "--micro-batch-size", "8", "--model", str(model), "--max-new-tokens", "6", "--eval-every", "2",
-                  "--eval-problems", "8", "--eval-samples", "4", "--reward", "shaped_rewards:digit_share", *extra]
-        runs = {name: tmp_path / f"{arch}-{name}" for name in ("one", "fsdp")}
-        for steps, nproc in ((3, "2"), (STEPS, "1")):  # 3 steps sharded over 2 ranks, resumed to 5 in 1 process
-            done = rlvr("train", *common, "--steps", str(steps), "--out", str(runs["one"]))
-            assert done.returncode == 0, done.stderr[-3000:]
-            done = rlvr("train", *common, "--steps", str(steps), "--out", str(runs["fsdp"]), "--nproc", nproc, "--fsdp",
-                        RLVR_TEST_FSDP_ON_CPU="1")
-            assert done.returncode == 0, done.stderr[-3000:]
-        assert_same_metrics(runs["one"], runs["fsdp"])
-        weights = "adapter_model.safetensors" if extra else "model.safetensors"
-        a, b = (load_file(str(runs[name] / "final" / weights)) for name in ("one", "fsdp"))
-        assert set(a) == set(b) and max(float((a[k] - b[k]).abs().max()) for k in a) <= ABS
-        assert (runs["fsdp"] / "best" / "best.json").is_file()
+        fsdp_matches_one_process(tmp_path, arch, extra, ((3, "2"), (STEPS, "1")))
 
 
 # ---------------------------------------------------------------- refused before any work

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from rlvr.entropy import EntropyMonitor, masked_mean, token_entropy
+from rlvr.algo.entropy import EntropyMonitor, masked_mean, token_entropy
 
 
 def test_token_entropy_matches_torch_distributions_with_padding():

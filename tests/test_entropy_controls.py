@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from rlvr.cli import main
-from rlvr.entropy import AdaptiveEntropyCoefficient, CollapseDetector, EntropyMonitor
-from rlvr.losses import LossSettings, clip_cov_keep, kl_cov_select, policy_loss, token_covariance, top_entropy_select
+from rlvr.algo.entropy import AdaptiveEntropyCoefficient, CollapseDetector, EntropyMonitor
+from rlvr.algo.losses import (LossSettings, clip_cov_keep, kl_cov_select, policy_loss, token_covariance, top_entropy_select)
 
 
 def run_detector(entropies, ratio, patience):

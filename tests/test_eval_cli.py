@@ -2,7 +2,7 @@
 import json
 
 from rlvr.cli import main
-from rlvr.evaluation import metrics_from_per_problem, pass_at_k
+from rlvr.algo.stats import metrics_from_per_problem, pass_at_k
 
 
 def test_eval_prints_table_and_writes_recomputable_json(model_dir, tmp_path, capsys):

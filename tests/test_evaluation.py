@@ -1,4 +1,4 @@
-"""Tests of rlvr.evaluation's metrics against independent references (TERMS.md, Evaluation).
+"""Tests of rlvr.algo.stats's metrics against independent references (TERMS.md, Evaluation).
 
 References: pass@k against the closed form with exact integer binomials; HM@k_ranked on
 hand-made problems; bootstrap and Wilson intervals by their coverage on simulated data.
@@ -14,15 +14,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from rlvr.evaluation import (
-    bootstrap_ci,
-    hm_at_k_ranked,
-    paired_bootstrap_gain,
-    pass_at_k,
-    pass_at_k_per_problem,
-    summarize_metric,
-    wilson_ci,
-)
+from rlvr.algo.stats import (bootstrap_ci, hm_at_k_ranked, paired_bootstrap_gain, pass_at_k, pass_at_k_per_problem, summarize_metric, wilson_ci)
 
 
 def closed_form_pass_at_k(n: int, c: int, k: int) -> float:
@@ -376,7 +368,7 @@ def test_summarize_metric_rejects_bad_input():
 
 
 def test_heldout_items_are_distinct_problems_in_stream_order_and_a_small_split_gives_all_it_has():
-    from rlvr.evaluation import heldout_items
+    from rlvr.eval.runner import heldout_items
     from rlvr.tasks import get_task
     from rlvr.tasks.base import split_of
 

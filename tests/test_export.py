@@ -1,4 +1,4 @@
-"""`rlvr export RUN --to DIR` (rlvr/export.py): round trips and refusals.
+"""`rlvr export RUN --to DIR` (rlvr/train/export.py): round trips and refusals.
 
 An export's eval equals the run's eval (same seed and settings) for the built-in model, a
 transformers model and a LoRA run (adapter alone, and merged); a transformers export loads with
@@ -96,8 +96,7 @@ def test_builtin_step_and_best_export_their_weights(tiny_run, tmp_path):
     assert export(tiny_run, tmp_path / "step1", "--step", "1") == 0
     step1 = torch.load(tiny_run / "checkpoints" / "step_000001" / "state.pt", weights_only=False)["model"]
     assert same_tensors(load_file(str(tmp_path / "step1" / "model.safetensors")), step1)
-    if not (tiny_run / "best" / "best.json").is_file():
-        pytest.skip("this trainer keeps no best/ yet")
+    assert (tiny_run / "best" / "best.json").is_file()  # --keep-best hm@4 (the default) with --eval-every
     assert export(tiny_run, tmp_path / "best", "--best") == 0
     meta = json.loads((tmp_path / "best" / "config.json").read_text())
     assert meta["source"] == "best" and meta["steps"] == json.loads((tiny_run / "best" / "best.json").read_text())["step"]

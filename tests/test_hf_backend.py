@@ -24,7 +24,8 @@ from hf_models import make_hf_model_dir  # noqa: E402
 from rlvr.backends import ModelSettings, load_policy  # noqa: E402
 from rlvr.cli import main  # noqa: E402
 from rlvr.config import TrainConfig  # noqa: E402
-from rlvr.rollout import completion_logprobs, sample_groups  # noqa: E402
+from rlvr.rollout.forward import completion_logprobs
+from rlvr.rollout.sample import sample_groups  # noqa: E402
 from rlvr.tasks import get_task  # noqa: E402
 
 TIMING = ("perf/", "sampling/extra_seconds")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlvr.checkpoint import SLOW_CHECKPOINT_ENV
+from rlvr.train.checkpoint import SLOW_CHECKPOINT_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 12

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlvr.cli import main
-from rlvr.loggers import TRACKERS, TRACKERS_FILE, attach_files, mlflow_key, read_ids
+from rlvr.train.trackers import TRACKERS, TRACKERS_FILE, attach_files, mlflow_key, read_ids
 
 SMALL = ["--k", "4", "--prompts-per-step", "2", "--max-new-tokens", "6", "--threads", "1", "--quiet"]
 EVAL = ["--eval-every", "2", "--eval-problems", "4", "--eval-samples", "4"]

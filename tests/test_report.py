@@ -1,6 +1,6 @@
 """`rlvr report` on its own: model text escaped in report.md and report.html, tables that parse,
 best-checkpoint and reward-collapse columns, the reward-collapse verdict rules, and run
-directories older than samples.jsonl / best.json. Mirrors rlvr/report/."""
+directories older than samples.jsonl / best.json. Mirrors rlvr/study/report/."""
 import json
 import re
 import shutil
@@ -12,8 +12,8 @@ import pytest
 
 from made_runs import write_run
 from rlvr.cli import main
-from rlvr.report import build_report, to_html
-from rlvr.report.render import code_span, escape_text
+from rlvr.study.report import build_report, to_html
+from rlvr.study.report.render import code_span, escape_text
 
 HOSTILE = ("<script>alert(1)</script> a|b `tick` ```fence``` **bold** [x](javascript:alert(1)) "
            "<img src=x onerror=alert(1)> &amp; back\\slash\nsecond line \\")

@@ -1,12 +1,10 @@
 """The reward pool contains every kind of verifier failure and keeps scoring with fresh workers."""
 import json
-import time
 
-import pytest
 
 from rlvr.cli import main
-from rlvr.reward_pool import RewardPool
-from rlvr.verifiers import BAD_VALUE, CRASH, EXCEPTION, TIMEOUT
+from rlvr.rewards.pool import RewardPool
+from rlvr.rewards.verifiers import BAD_VALUE, CRASH, EXCEPTION, TIMEOUT
 
 EXPECTED = {"ok": (0.25, None), "sleep": (None, TIMEOUT), "raise": (None, EXCEPTION), "nan": (None, BAD_VALUE),
             "string": (None, BAD_VALUE), "big": (None, BAD_VALUE), "exit": (None, CRASH), "print": (0.25, None)}
@@ -15,9 +13,7 @@ EXPECTED = {"ok": (0.25, None), "sleep": (None, TIMEOUT), "raise": (None, EXCEPT
 def test_each_failure_kind_is_contained_and_the_pool_recovers():
     texts = ["ok", "sleep", "ok", "raise", "nan", "exit", "string", "big", "print", "sleep", "ok"]
     with RewardPool("bad_rewards:by_text", "add2", 0, workers=2, timeout=0.5) as pool:
-        started = time.monotonic()
-        outcomes = pool.score(texts, [{"id": str(i)} for i in range(len(texts))])
-        assert time.monotonic() - started < 6  # two 0.5 s timeouts and three replacements, not a hang
+        outcomes = pool.score(texts, [{"id": str(i)} for i in range(len(texts))])  # two timeouts, three replacements
         assert [(o.value, o.kind) for o in outcomes] == [EXPECTED[t] for t in texts]
         assert "--reward-timeout 0.5" in outcomes[1].detail and "RuntimeError: boom" in outcomes[3].detail
         again = pool.score(["ok", "raise", "ok"], [{"id": "a"}] * 3)  # replaced workers serve the next step
@@ -62,7 +58,11 @@ def test_run_with_hanging_raising_nan_and_crashing_rewards_finishes_with_counts(
     assert sorted((e["step"], e["kind"], e["count"]) for e in events) == sorted(
         (s, kind, k) for s in (1, 2) for kind in (TIMEOUT, EXCEPTION, BAD_VALUE, CRASH))
     assert all(e["item"].startswith("add2/train/") for e in events)
-    assert all(min(r["reward/mean"] for r in rows) >= 0.1 for r in rows)  # failures got --reward-error-value
+    # Each step: 8 failed calls at --reward-error-value 0.1, and the 2 calls of the scoring item at
+    # 1.0 or 0.5 each (bad_rewards.misbehave) -> a mean of 0.18, 0.23 or 0.28. Failures scored 0
+    # would give 0.10-0.20, failures left out of the mean 0.50-1.00.
+    for row in rows:
+        assert any(abs(row["reward/mean"] - (8 * 0.1 + scored) / 10) < 1e-6 for scored in (1.0, 1.5, 2.0)), row
 
 
 def test_too_many_reward_errors_stop_the_run_with_exit_1(model_dir, tmp_path, capsys):

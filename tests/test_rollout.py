@@ -2,7 +2,8 @@ import torch
 
 from conftest import make_policy
 from rlvr.backends.tiny import ByteTokenizer, attention_mask
-from rlvr.rollout import _positions, completion_logprobs, left_pad, sample_groups
+from rlvr.rollout.sample import left_pad, position_ids, sample_groups
+from rlvr.rollout.forward import completion_logprobs
 
 TOK = ByteTokenizer()
 ITEMS = [{"id": "a", "prompt": "12+3="}, {"id": "b", "prompt": "7-100="}, {"id": "c", "prompt": "1="}]
@@ -55,14 +56,14 @@ def test_kv_cache_logits_equal_full_forward_logits():
     extra = torch.tensor([[ord("1"), ord("6")], [ord("8"), TOK.eos_id]])  # two more tokens each
     with torch.no_grad():
         cache = model.new_cache(2, ids.shape[1] + 2)
-        cached = [model.forward(ids, _positions(mask), mask, cache)[:, -1]]
+        cached = [model.forward(ids, position_ids(mask), mask, cache)[:, -1]]
         start = mask.sum(1, keepdim=True)
         for t in range(2):
             key_mask = torch.cat([mask, torch.ones(2, t + 1, dtype=torch.bool)], 1)
             cached.append(model.forward(extra[:, t : t + 1], start + t, key_mask, cache)[:, -1])
         full_ids = torch.cat([ids, extra], 1)
         full_mask = torch.cat([mask, torch.ones(2, 2, dtype=torch.bool)], 1)
-        full = model.forward(full_ids, _positions(full_mask), full_mask)
+        full = model.forward(full_ids, position_ids(full_mask), full_mask)
     for t in range(3):
         assert torch.allclose(cached[t], full[:, ids.shape[1] - 1 + t], atol=1e-5)
 
@@ -101,7 +102,7 @@ def test_a_groups_samples_depend_only_on_its_own_generator():
 
 
 def test_inverse_cdf_draws_follow_the_probabilities_and_skip_zero_mass():
-    from rlvr.rollout import _draw
+    from rlvr.rollout.sample import _draw
 
     probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
     u = torch.rand(200_000, generator=torch.Generator().manual_seed(0))

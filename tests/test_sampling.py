@@ -1,4 +1,4 @@
-"""Sampling strategies and reward structures (rlvr/sampling.py), each against a hand computation
+"""Sampling strategies and reward structures (rlvr/rollout/strategies.py), each against a hand computation
 or an independent brute force."""
 import itertools
 import math
@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-from conftest import make_model, make_policy
-from rlvr.advantages import ADVANTAGES, pass_at_k_advantage
+from conftest import make_policy
+from rlvr.algo.advantages import ADVANTAGES, pass_at_k_advantage
 from rlvr.backends.tiny import ByteTokenizer
 from rlvr.config import ConfigError, TrainConfig
-from rlvr.reward_pool import RewardPool
-from rlvr.rollout import completion_logprobs, concat_batches, sample_groups, select_rows
-from rlvr.sampling import (Sampler, allocate_group_sizes, group_advantages, groups_with_signal, max_variance_subset,
-                           overlong_penalty, select_for_training, signal_probability)
+from rlvr.rewards.pool import RewardPool
+from rlvr.rollout.forward import completion_logprobs
+from rlvr.rollout.sample import concat_batches, sample_groups, select_rows
+from rlvr.rollout.strategies import (Sampler, allocate_group_sizes, group_advantages, groups_with_signal, max_variance_subset, overlong_penalty, select_for_training, signal_probability)
 from rlvr.tasks import get_task
 from shaped_rewards import always_zero, digit_share, has_digit
 

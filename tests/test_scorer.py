@@ -1,4 +1,4 @@
-"""The training forward (rlvr.rollout.Scorer): packed rows (each group's prompt once, no padding)
+"""The training forward (rlvr.rollout.forward.Scorer): packed rows (each group's prompt once, no padding)
 against the per-row reference forward (`completion_logprobs`), for values AND gradients, on the
 built-in model and on tiny random Qwen2 / Llama models (sdpa and eager attention); the packing
 itself; and the micro-batch planner."""
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import make_policy
-from rlvr.rollout import Scorer, completion_logprobs, micro_batches, sample_groups
+from rlvr.rollout.forward import Scorer, completion_logprobs, micro_batches
+from rlvr.rollout.sample import sample_groups
 from rlvr.tasks import get_task
 
 HAS_HF = importlib.util.find_spec("transformers") is not None and importlib.util.find_spec("peft") is not None
@@ -77,7 +78,7 @@ def test_packed_forward_equals_per_row_forward_hf(tmp_path, arch, attention):
 
 
 def test_pack_lays_out_prompts_once_and_completions_apart():
-    from rlvr.rollout import pack
+    from rlvr.rollout.forward import pack
 
     prompt_ids = torch.tensor([[0, 5, 6], [0, 5, 6], [7, 8, 9]])
     prompt_mask = torch.tensor([[False, True, True], [False, True, True], [True, True, True]])
@@ -153,7 +154,7 @@ def test_data_parallel_step_with_a_non_finite_loss_runs_every_backward_and_skips
     from contextlib import contextmanager
 
     from rlvr.config import TrainConfig
-    from rlvr.trainer import train_step
+    from rlvr.train.step import train_step
 
     class CountingScorer(Scorer):
         backwards = 0

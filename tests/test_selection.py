@@ -7,7 +7,7 @@ import pytest
 from rlvr.backends import load_policy
 from rlvr.cli import main
 from rlvr.config import ConfigError, TrainConfig
-from rlvr.entropy import CollapseDetector, RewardMonitor
+from rlvr.algo.entropy import CollapseDetector, RewardMonitor
 from rlvr.tasks import get_task
 
 
@@ -70,7 +70,7 @@ def test_validation_selection_is_disjoint_from_the_reported_problems(tmp_path):
                  "--select-split", "validation") == 0
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if "eval/selected" in r]
     assert len(rows) == 2 and json.loads((out / "best" / "best.json").read_text())["split"] == "validation"
-    from rlvr.evaluation import heldout_items, validation_items
+    from rlvr.eval.runner import heldout_items, validation_items
 
     task = get_task("arith", seed=0)
     reported = {item["key"] for item in heldout_items(task, 10)}

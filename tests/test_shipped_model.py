@@ -1,6 +1,6 @@
 """The shipped built-in model: it loads, and RL has something to learn with it."""
 from rlvr.backends.tiny import load_policy
-from rlvr.pretrain import heldout_accuracy
+from rlvr.train.pretrain import heldout_accuracy
 from rlvr.tasks import DEFAULT_TASK, get_task
 
 

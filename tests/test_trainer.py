@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlvr.config import ConfigError, TrainConfig
-from rlvr.trainer import train
+from rlvr.train import train
 
 TIMING = ("perf/", "sampling/extra_seconds")
 

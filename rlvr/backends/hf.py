@@ -29,14 +29,13 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from rlvr.backends import (HF_INSTALL, SMOLLM2_INSTALL, ModelError, ModelRef, ModelSettings, packed_row_tokens,
-                           resolve)
+from rlvr.backends.base import (HF_INSTALL, RLVR_META, SMOLLM2_INSTALL, ModelError, ModelRef, ModelSettings,
+                                packed_row_tokens)
 
 transformers.utils.logging.disable_progress_bar()  # rlvr shows its own progress; no bar per weight load
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTED_MARK = "rlvr_converted.json"
-RLVR_META = "rlvr.json"  # what rlvr adds to a directory it saves (trained_by, steps, config, base model)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _PROBE = "Zq7Xv"  # assistant text used to find the chat template's end-of-turn token
 
@@ -125,20 +124,8 @@ def check_causal_lm(path: Path, config: dict) -> None:
 
 
 def _base_of_adapter(ref: ModelRef) -> tuple[ModelRef, str]:
-    """The base model a LoRA adapter directory was trained on, and how rlvr named it (`--model`
-    of the run that trained it, e.g. smollm2; its resolved path when rlvr did not save it)."""
-    adapter = json.loads((ref.path / "adapter_config.json").read_text())
-    meta = json.loads((ref.path / RLVR_META).read_text()) if (ref.path / RLVR_META).is_file() else {}
-    base = adapter.get("base_model_name_or_path") or ""
-    if not Path(base).is_dir() and meta.get("base_model"):  # e.g. the smollm2 cache was cleared
-        base = meta["base_model"]
-    try:
-        base_ref = resolve(base)
-    except ModelError as err:
-        raise ModelError(f"the LoRA adapter in {str(ref.path)!r} needs its base model {base!r}: {err}") from None
-    if base_ref.backend != "hf" or base_ref.adapter:
-        raise ModelError(f"the base model {base!r} of the adapter in {str(ref.path)!r} is not a transformers model")
-    return base_ref, meta.get("base_model", str(base_ref.path))
+    """The base model of a LoRA adapter directory and its rlvr name (resolved by rlvr.backends.resolve)."""
+    return ref.base, ref.base_name
 
 
 def _has_tokenizer(path: Path) -> bool:

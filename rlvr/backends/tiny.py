@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rlvr.backends import packed_row_tokens
+from rlvr.backends.base import packed_row_tokens
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 

@@ -6,7 +6,7 @@ a-b with 1- to 3-digit operands, negative results allowed) and `mul` (a 1-2 digi
 ("95"); each item's `question` asks the same for chat models ("What is 37 + 58? Answer with just
 the number.").
 
-The verifier reads the answer in the task's answer format (rlvr.answers; by default `last-number`,
+The verifier reads the answer in the task's answer format (rlvr.tasks.answers; by default `last-number`,
 so chatty models that reason before answering are scored fairly too) and compares the last signed
 integer of that text with the answer: "\\boxed{95}" in format `boxed` scores 1 for 37+58, and a
 reply whose extraction holds no integer scores 0.

@@ -3,7 +3,7 @@
 A task turns (split, index) into an item -- a JSON-serialisable dict with at least `id`,
 `prompt` (raw text for completion models), `question` (the user message for chat models, ending
 with the answer format's instruction), `answer` and `level` -- and scores completions against it
-with a verifier in [0, 1]. How the final answer is read is an answer format (rlvr.answers).
+with a verifier in [0, 1]. How the final answer is read is an answer format (rlvr.tasks.answers).
 
 The split of a problem is decided by a SHA-256 hash of its canonical key (for example "37+58"),
 never by the seed or the index, so every run's held-out problems are disjoint from every run's
@@ -16,8 +16,8 @@ from abc import ABC, abstractmethod
 from random import Random
 from typing import Callable, TypeVar
 
-from rlvr.answers import AUTO, AnswerFormat, resolve_answer_format
-from rlvr.answers import last_line  # noqa: F401  (re-exported: it lived here before rlvr.answers)
+from rlvr.tasks.answers import AUTO, AnswerFormat, resolve_answer_format
+from rlvr.tasks.answers import last_line  # noqa: F401  (re-exported: it lived here before rlvr.tasks.answers)
 from rlvr.registry import Registry
 
 SPLITS = ("train", "heldout")
@@ -81,7 +81,7 @@ class Task(ABC):
 
     name: str = ""
     description: str = ""  # one line, shown by `rlvr tasks`
-    default_answer_format: str  # the rlvr.answers format that "auto" means for this task
+    default_answer_format: str  # the rlvr.tasks.answers format that "auto" means for this task
     answer_format: AnswerFormat  # set by use_answer_format
     answer_format_is_default: bool  # True when chosen as "auto"; a task may read looser then
 

@@ -6,7 +6,7 @@ custom `--reward module:function` can read them). A problem's split follows the 
 prompt; the seed shuffles the order each split is shown in, and `item(split, i)` wraps around
 when i passes the split's size.
 
-Verification reads the answer text in the task's answer format (rlvr.answers), then compares:
+Verification reads the answer text in the task's answer format (rlvr.tasks.answers), then compares:
 an answer that is a number numerically with the last number of that text; any other answer with
 its last non-empty line, stripped and case-insensitively. The default format ("auto") is
 `whole`, the whole reply, so by default the last number or last line of the completion is read.
@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from random import Random
 
-from rlvr.answers import last_line
+from rlvr.tasks.answers import last_line
 from rlvr.tasks.base import SPLITS, Task, check_split, split_of
 
 EXPECTED = (

@@ -3,7 +3,7 @@
 reasoning-gym datasets are virtual: entry `i` is generated on demand from the dataset seed and
 `i`. The adapter draws candidate indices from the seeded stream and keeps those whose question
 hashes into the wanted split, so the split follows the question text, not the seed. Scoring is
-the dataset's own `score_answer`, given the answer read in the task's answer format (rlvr.answers).
+the dataset's own `score_answer`, given the answer read in the task's answer format (rlvr.tasks.answers).
 
 The default format is `answer-tag`: the answer inside the last <answer></answer> tags, and, only
 under "auto", the last non-empty line of a reply that has no tags at all (an explicitly chosen
@@ -17,7 +17,7 @@ from collections import OrderedDict
 from random import Random
 from types import ModuleType
 
-from rlvr.answers import last_line, tagged_answer
+from rlvr.tasks.answers import last_line, tagged_answer
 from rlvr.registry import UnknownNameError
 from rlvr.tasks.base import Task, draw_in_split
 

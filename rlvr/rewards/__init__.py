@@ -1,0 +1,36 @@
+"""The reward wing: verifiers, the worker processes that call them, and the checkers inside.
+
+One entry point for the rest of rlvr:
+  * `load_verifier(spec, task)`: a verifier by name (`task`, `code_exec`, `math_verify`) or
+    `module:function` (rlvr/rewards/verifiers.py, the registry);
+  * `RewardPool`: calls it in worker processes with a per-call timeout, so a hang or a crash costs
+    one reward (rlvr/rewards/pool.py); `rlvr.rewards.scoring.score_batch` turns a batch of
+    completions into the (B, K) reward tensor with the failures counted;
+  * `check_reward(spec, task)`: the pre-run check that the verifier exists and suits the task.
+
+Inside: `math_answers` (math-verify, numbers and LaTeX) and `code/` (the code_exec verifier: the
+sandbox, the judge and the wire between them). This package's modules import no torch: the
+reward workers import them, and start in well under a second.
+"""
+from __future__ import annotations
+
+from rlvr.config import ConfigError
+from rlvr.rewards.pool import RewardFailure, RewardPool, WorkerStartError
+from rlvr.rewards.verifiers import CRASH, TIMEOUT, load_verifier, needs_task
+
+__all__ = ["CRASH", "TIMEOUT", "RewardFailure", "RewardPool", "WorkerStartError", "check_reward", "load_verifier",
+           "needs_task"]
+
+
+def check_reward(reward: str, task: str) -> None:
+    """The verifier must be known or importable; code_exec needs tasks whose answers are tests."""
+    if reward == "code_exec" and not task.startswith("jsonl:"):
+        raise ConfigError("reward", "code_exec judges each completion as a program; use it with a jsonl:<path> "
+                                    "task whose items hold assert-style tests in \"answer\" or stdin/stdout pairs "
+                                    "in \"tests\" (docs/reliability.md)")
+    if needs_task(reward):
+        return
+    try:
+        load_verifier(reward)
+    except ValueError as err:
+        raise ConfigError("reward", str(err)) from None

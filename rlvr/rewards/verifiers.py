@@ -1,0 +1,81 @@
+"""Reward names -> verifier functions, and one verifier call with its failures caught.
+
+`--reward` is a registered name (`task`: the task's own score; `code_exec`: runs the completion
+as a program against the item's tests, see rlvr/rewards/code/execute.py; `math_verify`: the completion's math
+answer against the item's with math-verify, see rlvr/rewards/math_answers.py) or `module:function` with the
+signature `f(completion: str, item: dict) -> float`, imported from the working directory or
+PYTHONPATH. This module is free of torch so that reward worker processes start fast.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+from typing import Callable
+
+from rlvr.registry import Registry
+
+Verifier = Callable[[str, dict], float]
+
+# Each entry builds the verifier from the task (None when the verifier needs no task).
+REWARDS: Registry[Callable] = Registry("reward")
+
+# Failure kinds of one call; "timeout" and "crash" exist only with worker processes.
+EXCEPTION, BAD_VALUE, TIMEOUT, CRASH = "exception", "bad_value", "timeout", "crash"
+
+
+@REWARDS.register("task")
+def _task_score(task) -> Verifier:
+    return task.score
+
+
+@REWARDS.register("code_exec")
+def _code_exec(task) -> Verifier:
+    from rlvr.rewards.code.execute import score
+
+    return score
+
+
+@REWARDS.register("math_verify")
+def _math_verify(task) -> Verifier:
+    from rlvr.rewards.math_answers import import_math_verify, score
+
+    import_math_verify()  # ValueError with the install line, before any work
+    return score
+
+
+def needs_task(spec: str) -> bool:
+    return spec == "task"
+
+
+def load_verifier(spec: str, task=None) -> Verifier:
+    """A registered name -> its verifier; 'module:function' -> that function, imported.
+
+    Raises ValueError with the known names, or with why the import failed."""
+    if spec in REWARDS:
+        return REWARDS.get(spec)(task)
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise ValueError(f"unknown reward {spec!r}; known: {', '.join(REWARDS.names())}, or module:function")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # the working directory, as `python -m` would have it
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # any import failure is the user's --reward setting
+        raise ValueError(f"cannot import module {module_name!r} ({type(err).__name__}: {err}); it must be "
+                         "importable from the working directory or PYTHONPATH") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ValueError(f"module {module_name!r} has no function {function_name!r}")
+    return function
+
+
+def call_verifier(verifier: Verifier, completion: str, item: dict) -> tuple[float | None, str | None, str]:
+    """One call: (reward, None, "") or (None, failure kind, detail). Never raises an Exception."""
+    try:
+        value = verifier(completion, item)
+    except Exception as err:
+        return None, EXCEPTION, f"{type(err).__name__}: {err}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
+        return None, BAD_VALUE, f"returned {value!r:.200}, expected a float in [0, 1]"
+    return float(value), None, ""

@@ -1,0 +1,280 @@
+r"""report.md and report.html: the tables, the verdicts, the samples, and the page.
+
+report.md is CommonMark with GFM tables; report.html is that markdown rendered by markdown-it-py
+with raw HTML off (so any `<...>` in any text comes out as text), plots embedded as base64 data
+URIs, one self-contained file.
+
+Text that the report does not write itself (model completions, questions, answers, arm names,
+paths, flags) goes through `escape_text` or `code_span` before it enters the markdown, so it can
+neither break a table nor turn into markup: markdown's inline syntax characters are
+backslash-escaped, a pipe becomes `\|`, and a newline is shown as ⏎.
+"""
+from __future__ import annotations
+
+import base64
+import platform
+import re
+from pathlib import Path
+
+from rlvr.study.report.runs import CONTROL_FIELDS, METRIC, Arm, fmt, fmt_ci, fmt_onsets, ratio, variant_flags
+
+SAMPLE_CHARS = 300  # a completion longer than this is cut in the report (samples.jsonl has it whole)
+NEWLINE_MARK = "⏎"
+# markdown's inline syntax, and '_' only where it can open or close emphasis (not inside x86_64)
+_INLINE_SYNTAX = re.compile(r"([\\`*\[\]<>&|]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def escape_text(text: str, limit: int | None = None) -> str:
+    r"""Any text as literal markdown inline text, safe in a table cell: control characters shown as
+    \xNN, newlines as ⏎, markdown's inline syntax characters and pipes backslash-escaped; cut
+    to `limit` characters with a note of how many more there were."""
+    text = str(text)
+    cut = ""
+    if limit is not None and len(text) > limit:
+        cut, text = f" … ({len(text) - limit} more characters)", text[:limit]
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", " ")
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    text = _INLINE_SYNTAX.sub(r"\\\1", text)
+    return text.replace("\n", f" {NEWLINE_MARK} ") + cut
+
+
+def code_span(text: str, in_table: bool = False) -> str:
+    r"""`text` as a code span whatever backticks it holds (the fence is longer than any run of
+    backticks inside); in a table a pipe is written `\|`, which the table parser turns back."""
+    text = " ".join(str(text).splitlines())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    if in_table:
+        text = text.replace("|", "\\|")
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _sentence(text: str) -> str:
+    """The report's own sentences in a table cell (they may quote arm names or flags): pipes escaped."""
+    return " ".join(text.splitlines()).replace("|", "\\|")
+
+
+def machine_line() -> str:
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    return (f"{platform.system()} {platform.machine()} ({cpu}), {os.cpu_count()} CPU cores visible, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def train_command(arm: Arm) -> str:
+    """The `rlvr train` flags that reproduce one run of the arm (seed and out left to the user)."""
+    from rlvr.config import TrainConfig, to_dict
+
+    defaults = to_dict(TrainConfig())
+    parts = []
+    for key, value in arm.config.items():
+        if key in ("out", "seed", "quiet", "force", "threads") or defaults.get(key) == value:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else f"--no-{key.replace('_', '-')}")
+        else:
+            parts.append(f"{flag} {value}")
+    return "rlvr train " + " ".join(parts)
+
+
+def _best_cell(n: dict, show_metric: bool) -> str:
+    """'0.655 (steps 150, 200)': the mean best value over seeds and each seed's best step."""
+    if not any(s is not None for s in n["best_steps"]):
+        return "n/a"
+    steps = ", ".join("n/a" if s is None else str(s) for s in n["best_steps"])
+    metric = f"{', '.join(f'{m} ({split})' for m, split in n['best_metrics'])}: " if show_metric else ""
+    return f"{metric}{fmt(n['best_value'], '.3f')} (step{'s' if len(n['best_steps']) > 1 else ''} {steps})"
+
+
+def _best_note(arms: list[Arm], numbers: dict[str, dict]) -> str:
+    kinds = sorted({kind for a in arms for kind in numbers[a.name]["best_metrics"]})
+    if not kinds:
+        return ("Best: n/a, no run kept a best evaluation (best/best.json is written with --keep-best and "
+                "--eval-every).")
+    splits = {split for _, split in kinds}
+    note = ("Best: the evaluation each run kept in best/ (--keep-best), mean over seeds, with each seed's step. "
+            "@last is each run's last evaluation.")
+    if "heldout" in splits:
+        note += (" Chosen on the same held-out problems it is reported on (--select-split heldout), so the best "
+                 "value is biased upward; @last is not.")
+    if "validation" in splits:
+        note += (" With --select-split validation the value is the validation slice's, chosen there; the held-out "
+                 "numbers stay unbiased.")
+    return note
+
+
+def results_table(arms: list[Arm], numbers: dict[str, dict]) -> list[str]:
+    kinds = {kind for a in arms for kind in numbers[a.name]["best_metrics"]}
+    plain_best = kinds <= {(METRIC, "heldout")}
+    lines = [f"| arm | K | {METRIC} @0 | {METRIC} @100 | {METRIC} @last | "
+             f"{'best ' + METRIC if plain_best else 'best (metric, split)'} (step per seed) | gain @100 [pts] | "
+             "gain @last [pts] | entropy retention @100 | retention @last | entropy collapse onset (per seed) | "
+             "reward collapse onset (per seed) | reward, last 20 steps | zero-signal groups (mean) |",
+             "|" + "---|" * 14]
+    for arm in arms:
+        n = numbers[arm.name]
+        lines.append(
+            f"| {escape_text(arm.name)} | {arm.config['k']} | {fmt_ci(n['metric_at_0'], 'frac')} | "
+            f"{fmt_ci(n['metric_at_100'], 'frac')} | {fmt_ci(n['metric_last'], 'frac')} | "
+            f"{_best_cell(n, not plain_best)} | {fmt_ci(n['gain_at_100'])} | {fmt_ci(n['gain_last'])} | "
+            f"{fmt(n['retention_at_100'])} | {fmt(n['retention_final'])} | {fmt_onsets(n['collapse_onsets'])} | "
+            f"{fmt_onsets(n['reward_collapse_onsets'], n['reward_detector_on'])} | {fmt(n['reward_last20'], '.3f')} | "
+            f"{fmt(n['zero_signal_mean'])} |")
+    detector = next((a.config for a in arms if a.config.get("reward_collapse_ratio")), None)
+    reward_rule = (f"training-reward EMA below {detector['reward_collapse_ratio']} × its best for "
+                   f"{detector.get('reward_collapse_patience')} steps (--reward-collapse-ratio, --reward-collapse-patience)"
+                   if detector else "the training-reward EMA falling below a fraction of its best for a patience")
+    lines += ["", _best_note(arms, numbers), "",
+              f"Collapse onsets: the step each seed's detector fixes as the onset; entropy: EMA below --collapse-ratio × "
+              f"the step-0 entropy for --collapse-patience steps; reward: {reward_rule}. 'none' = watched, never fired; "
+              "'off' = no reward detector in that run (turned off, or a run older than it).", ""]
+    return lines
+
+
+def cost_table(arms: list[Arm], numbers: dict[str, dict]) -> list[str]:
+    first = numbers[arms[0].name]
+    lines = ["| arm | K | s/step (median) | × first | training s per run | peak MiB | × first |",
+             "|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        n = numbers[arm.name]
+        lines.append(
+            f"| {escape_text(arm.name)} | {arm.config['k']} | {fmt(n['step_seconds_median'], '.3f')} | "
+            f"{fmt(ratio(n['step_seconds_median'], first['step_seconds_median']))} | {fmt(n['train_seconds'], '.1f')} | "
+            f"{fmt(n['peak_memory_mib'], '.0f')} | {fmt(ratio(n['peak_memory_mib'], first['peak_memory_mib']))} |")
+    lines += ["", "Peak memory is the process's resident memory during a training step (evaluation excluded), "
+                  f"including ~{fmt(first['memory_before_step_mib'], '.0f')} MiB (first arm) already in use before the "
+                  "step: runtime, model and optimizer.", ""]
+    return lines
+
+
+def _sample_cells(row: dict | None) -> str:
+    if row is None:
+        return "n/a | n/a"
+    completion = escape_text(row.get("completion", ""), SAMPLE_CHARS) or "(empty)"
+    extracted = "none" if row.get("extracted") is None else escape_text(row["extracted"], SAMPLE_CHARS)
+    score = row.get("score")
+    return f"{completion} | {extracted}, {'n/a' if score is None else format(score, '.2f')}"
+
+
+def samples_section(arms: list[Arm]) -> list[str]:
+    """Per arm (its first seed), the same held-out problems at the first and the last evaluation, side by side."""
+    lines = ["## Samples: the same held-out problems at the first and the last evaluation", "",
+             "Each arm's first seed; the problems --eval-show picks (the first held-out ones), the greedy completion "
+             "and one sampled completion of each, with the extracted answer and its score. Model text is shown "
+             f"literally: {NEWLINE_MARK} marks a newline, and a completion longer than {SAMPLE_CHARS} characters is cut "
+             "(the run's samples.jsonl holds it whole).", ""]
+    for arm in arms:
+        run = arm.usable[0]
+        lines += [f"### {escape_text(arm.name)} (seed {run.seed})", ""]
+        rows = [r for r in run.samples if "step" in r and "id" in r]
+        if not rows:
+            lines += ["n/a: this run has no samples.jsonl (a run older than it, or --eval-show 0).", ""]
+            continue
+        first, last = min(r["step"] for r in rows), max(r["step"] for r in rows)
+        at = {(r["step"], r["id"], r.get("kind")): r for r in rows}
+        problem = {r["id"]: r for r in rows}
+        problems = list(dict.fromkeys(r["id"] for r in rows if r["step"] == first))
+        kinds = [k for k in ("greedy", "sampled") if any(r.get("kind") == k for r in rows)]
+        steps = [first] if first == last else [first, last]
+        header = "| question | answer | kind | " + " | ".join(
+            f"step {s} completion | step {s} extracted, score" for s in steps) + " |"
+        lines += [header, "|" + "---|" * (3 + 2 * len(steps))]
+        for pid in problems:
+            for kind in kinds:
+                cells = [at.get((s, pid, kind)) for s in steps]
+                lines.append(f"| {escape_text(problem[pid].get('question', ''), SAMPLE_CHARS)} | "
+                             f"{escape_text(problem[pid].get('answer', ''), SAMPLE_CHARS)} | {kind} | "
+                             + " | ".join(_sample_cells(c) for c in cells) + " |")
+        if first == last:
+            lines += ["", f"Only step {first} was evaluated."]
+        lines.append("")
+    return lines
+
+
+def markdown(arms: list[Arm], numbers: dict[str, dict], summary: dict, plots: list[Path], context: dict) -> str:
+    lines = [f"# rlvr K comparison: {escape_text(', '.join(a.name for a in arms))}", ""]
+    if context.get("command"):
+        lines += [f"Command: {code_span(context['command'])}", ""]
+    jobs = context.get("jobs", 1)
+    config = arms[0].config
+    lines += [f"Machine: {escape_text(context.get('machine') or machine_line())}"
+              + (f". Runs went {jobs} at a time, so step times include their contention for the cores." if jobs > 1 else ""),
+              "",
+              f"Task {code_span(config['task'])}, model {code_span(config['model'])}, {summary['steps']} steps, "
+              f"{summary['seeds']} seed(s) per arm, matched by **{summary['match']}** "
+              f"({'every arm samples the same prompts per step' if summary['match'] == 'prompts' else 'every arm generates the same number of samples per step'}). "
+              f"Numbers across seeds are means; CIs are 95% over seeds and held-out problems; gains are paired against "
+              f"each run's own step 0, in points of {METRIC}.", ""]
+    problems = {r.evals[min(r.evals)]["n_problems"] for a in arms for r in a.usable if r.evals}
+    if problems:
+        lines += [f"Held-out problems per evaluation: {', '.join(map(str, sorted(problems)))}.", ""]
+    bad = [f"{a.name} seed {r.seed}: {r.status}" for a in arms for r in a.runs if r.status not in ("finished", "stopped")]
+    if bad:
+        lines += ["**Runs that did not finish:** " + escape_text("; ".join(bad)) + " (their rows cover the steps they reached).", ""]
+    if context.get("unreadable"):
+        lines += ["**Runs that failed before writing anything:** " + escape_text("; ".join(context["unreadable"])), ""]
+
+    lines += ["## Verdicts on the claims", "", "| claim | verdict | evidence |", "|---|---|---|"]
+    for v in summary["verdicts"]:
+        lines.append(f"| {_sentence(v['claim'])} | **{v['verdict']}** | {_sentence(v['evidence'])} |")
+    lines += ["", "## Results per arm", ""] + results_table(arms, numbers)
+    lines += ["## Cost per arm", ""] + cost_table(arms, numbers)
+
+    lines += ["## Effective settings per arm", "",
+              "The confounders that published K comparisons disagree through, as each arm ran them.", "",
+              "| arm | variant | K | prompts/step | samples/step generated / trained (measured mean) | lr | lr scaling | loss agg | updates/step | temperature | advantage | entropy control |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        c = arm.config
+        control = ", ".join(f"{f}={c[f]}" for f in CONTROL_FIELDS if c.get(f)) or "none"
+        if c.get("clip_high", 0) > c.get("clip_low", 0):
+            control += f", clip-high {c['clip_high']}"
+        lines.append(f"| {escape_text(arm.name)} | {code_span(variant_flags(arm, arms[0]) or '-', in_table=True)} | "
+                     f"{c['k']} | {c['prompts_per_step']} | "
+                     f"{fmt(numbers[arm.name]['generated_per_step'], '.0f')} / {fmt(numbers[arm.name]['trained_per_step'], '.0f')} | "
+                     f"{c['lr']:g} | {escape_text(arm.meta.get('lr_scaling', 'none'))} | {c['loss_agg']} | "
+                     f"{c['updates_per_step']} | {c['temperature']} | {c['advantage']} | {escape_text(control)} |")
+    lines += ["", "Each arm's runs are reproduced by (add `--seed N --out DIR`):", ""]
+    lines += [f"- {escape_text(arm.name)}: {code_span(train_command(arm))}" for arm in arms]
+    lines += ["", "## Plots", ""]
+    lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
+    lines += [""] + samples_section(arms)
+    runs = ", ".join(sorted({str(r.path) for a in arms for r in a.runs}))
+    lines += [f"Summary for scripts: `summary.json`. Runs: {escape_text(runs)}.", ""]
+    return "\n".join(lines)
+
+
+def _markdown_parser():
+    from markdown_it import MarkdownIt
+
+    # commonmark + GFM tables; raw HTML off, so '<script>' anywhere in the markdown is text
+    return MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"
+         "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 6px;"
+         "vertical-align:top}th{background:#f3f3f3;text-align:left}"
+         # the samples tables (each right after its arm's h3) may hold long unbroken model text
+         "h3+table td{overflow-wrap:anywhere;min-width:5.5em}"
+         "code{background:#f5f5f5;padding:0 3px}img{width:49%;min-width:420px}")
+
+
+def to_html(md: str, plot_dir: Path) -> str:
+    """A self-contained page from the report's markdown: rendered by markdown-it-py with raw HTML
+    off (every text escaped), images under plots/ embedded as base64 PNG data URIs."""
+    parser = _markdown_parser()
+    tokens = parser.parse(md)
+    for token in tokens:
+        for child in token.children or []:
+            src = child.attrGet("src") if child.type == "image" else None
+            if isinstance(src, str) and src.startswith("plots/") and (plot_dir / src[len("plots/"):]).is_file():
+                data = base64.b64encode((plot_dir / src[len("plots/"):]).read_bytes()).decode()
+                child.attrSet("src", f"data:image/png;base64,{data}")
+    body = parser.renderer.render(tokens, parser.options, {})
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>rlvr report</title><style>{STYLE}</style></head>"
+            f"<body>{body}</body></html>\n")

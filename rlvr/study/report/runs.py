@@ -1,0 +1,322 @@
+"""Run directories read back, grouped into arms, and the numbers the report shows per arm.
+
+A run directory is what `rlvr train` writes: config.json, metrics.jsonl, evals.jsonl,
+events.jsonl, and, when the run has them, samples.jsonl (a few completions per evaluation),
+best/best.json (--keep-best) and arm.json (written by `rlvr compare` to name the arm). Files that
+an older run lacks read as empty, and the numbers built on them as None ("n/a" in the report).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rlvr.algo.stats import per_problem_values, seed_bootstrap_ci
+
+METRIC = "hm@4"
+MIDPOINT = 100  # the seed's claims are about the first 100 steps
+CONTROL_FIELDS = ("entropy_coef", "entropy_target", "clip_cov", "kl_cov", "top_entropy_tokens")
+
+
+class ReportError(ValueError):
+    """Bad input to `rlvr report` (no runs found, unreadable run); the message says which."""
+
+
+@dataclass
+class Run:
+    """One run directory, read back."""
+
+    path: Path
+    arm: str
+    seed: int
+    config: dict
+    meta: dict  # arm.json: variant flags, match, lr scaling, order (absent for plain runs)
+    rows: list  # training steps (step ≥ 1), in order
+    evals: dict  # step -> evaluation (per-problem counts included)
+    events: list
+    status: str  # finished | stopped | incomplete | failed
+    best: dict | None = None  # best/best.json: {"step", "metric", "value", "ci", "split"}; None without --keep-best
+    samples: list = field(default_factory=list)  # samples.jsonl rows: completions of a few held-out problems
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        points = [(r["step"], r[key]) for r in self.rows if key in r and r[key] is not None]
+        steps, values = zip(*points) if points else ((), ())
+        return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+
+    def value_at(self, key: str, step: int) -> float | None:
+        for r in self.rows:
+            if r["step"] == step:
+                return r.get(key)
+        return None
+
+    @property
+    def collapse_onset(self) -> int | None:
+        onsets = [e["onset"] for e in self.events if e.get("event") == "collapse"]
+        return min(onsets) if onsets else None
+
+    @property
+    def reward_detector_on(self) -> bool:
+        """The reward-collapse detector watched this run (off with ratio 0, absent in runs older than it)."""
+        return bool(self.config.get("reward_collapse_ratio"))
+
+    @property
+    def reward_collapse_onset(self) -> int | None:
+        onsets = [e["onset"] for e in self.events if e.get("event") == "reward_collapse"]
+        return min(onsets) if onsets else None
+
+
+@dataclass
+class Arm:
+    name: str
+    runs: list = field(default_factory=list)
+
+    @property
+    def config(self) -> dict:
+        return self.runs[0].config
+
+    @property
+    def meta(self) -> dict:
+        return self.runs[0].meta
+
+    @property
+    def usable(self) -> list:
+        return [r for r in self.runs if r.rows]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a kill
+            continue
+    return rows
+
+
+def read_run(path: Path) -> Run:
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text())["config"]
+    except (OSError, json.JSONDecodeError, KeyError) as err:
+        raise ReportError(f"{path} is not a run directory: cannot read config.json ({err})") from None
+    meta = json.loads((path / "arm.json").read_text()) if (path / "arm.json").is_file() else {}
+    name = meta.get("arm") or (path.parent.name if re.fullmatch(r"seed\d+", path.name) else path.name)
+    rows = [r for r in _read_jsonl(path / "metrics.jsonl") if r.get("step", 0) >= 1 and "reward/mean" in r]
+    evals = {e["step"]: e for e in _read_jsonl(path / "evals.jsonl")}
+    events = _read_jsonl(path / "events.jsonl")
+    try:
+        best = json.loads((path / "best" / "best.json").read_text())
+    except (OSError, json.JSONDecodeError):  # no --keep-best, or a run older than it
+        best = None
+    if meta.get("failed"):
+        status = "failed"
+    elif (path / "final").is_dir():
+        status = "stopped" if any(e.get("event") == "stop" for e in events) else "finished"
+    else:
+        status = "incomplete"
+    return Run(path, name, int(config["seed"]), config, meta, rows, evals, events, status, best,
+               _read_jsonl(path / "samples.jsonl"))
+
+
+def find_runs(dirs: list[str]) -> list[Run]:
+    """Run directories under each DIR (a compare directory, an arm directory or a run)."""
+    runs: list[Run] = []
+    for d in dirs:
+        root = Path(d)
+        if not root.is_dir():
+            raise ReportError(f"{d} is not a directory")
+        # A run directory holds config.json and metrics.jsonl; model directories inside it
+        # (final/, best/, exports) hold a config.json of their own and no metrics.
+        found = [root] if (root / "config.json").is_file() else sorted(p.parent for p in root.glob("**/config.json")
+                                                                        if (p.parent / "metrics.jsonl").is_file())
+        if not found:
+            raise ReportError(f"no run directories (holding config.json) under {d}")
+        runs.extend(read_run(p) for p in found)
+    return runs
+
+
+def group_arms(runs: list[Run]) -> list[Arm]:
+    arms: dict[str, Arm] = {}
+    for run in runs:
+        arms.setdefault(run.arm, Arm(run.arm)).runs.append(run)
+    ordered = sorted(arms.values(), key=lambda a: (a.meta.get("order", math.inf), list(arms).index(a.name)))
+    for arm in ordered:
+        arm.runs.sort(key=lambda r: r.seed)
+    return ordered
+
+
+# ----------------------------------------------------------------------------------------
+# numbers
+# ----------------------------------------------------------------------------------------
+
+def _eval_values(run: Run, step: int) -> np.ndarray | None:
+    e = run.evals.get(step)
+    return None if e is None else per_problem_values(e["per_problem"], METRIC)
+
+
+def metric_at(arm: Arm, step: int | str) -> dict | None:
+    """hm@4 at `step` ('last' = each run's last evaluation): mean over seeds and its CI."""
+    per_seed = []
+    for run in arm.usable:
+        s = max(run.evals) if step == "last" and run.evals else step
+        values = _eval_values(run, s)
+        if values is None:
+            return None
+        per_seed.append(values)
+    if not per_seed:
+        return None
+    return {"value": float(np.mean([v.mean() for v in per_seed])), "ci": list(seed_bootstrap_ci(per_seed))}
+
+
+def gain_at(arm: Arm, step: int | str) -> dict | None:
+    """hm@4 gain from step 0 in points, paired per problem within each run."""
+    per_seed = []
+    for run in arm.usable:
+        s = max(run.evals) if step == "last" and run.evals else step
+        before, after = _eval_values(run, 0), _eval_values(run, s)
+        if before is None or after is None or s == 0:
+            return None
+        per_seed.append(100.0 * (after - before))
+    if not per_seed:
+        return None
+    return {"value": float(np.mean([v.mean() for v in per_seed])), "ci": list(seed_bootstrap_ci(per_seed))}
+
+
+def arm_difference(a: Arm, b: Arm) -> dict | None:
+    """hm@4 of arm a minus arm b at each run's last evaluation, in points, paired by seed and
+    problem (runs of one seed evaluate the same problems). None when they cannot be paired."""
+    by_seed = {r.seed: r for r in b.usable}
+    per_seed = []
+    for run in a.usable:
+        other = by_seed.get(run.seed)
+        if other is None or not run.evals or not other.evals:
+            return None
+        ea, eb = run.evals[max(run.evals)], other.evals[max(other.evals)]
+        if [p["id"] for p in ea["per_problem"]] != [p["id"] for p in eb["per_problem"]]:
+            return None
+        per_seed.append(100.0 * (per_problem_values(ea["per_problem"], METRIC) - per_problem_values(eb["per_problem"], METRIC)))
+    if not per_seed:
+        return None
+    return {"value": float(np.mean([v.mean() for v in per_seed])), "ci": list(seed_bootstrap_ci(per_seed))}
+
+
+def mean_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def arm_numbers(arm: Arm) -> dict:
+    """Everything the table and the verdicts need about one arm."""
+    runs = arm.usable
+    last_rows = [r.rows[-1] for r in runs]
+    seconds = [row["perf/step_seconds"] for r in runs for row in r.rows]
+    onsets = [r.collapse_onset for r in runs]
+    reward_onsets = [r.reward_collapse_onset for r in runs]
+    best = [r.best for r in runs]
+    reward_last20 = {r.seed: float(np.mean([x["reward/mean"] for x in r.rows[-20:]])) for r in runs}
+    return {
+        "seeds": [r.seed for r in arm.runs],
+        "status": {r.seed: r.status for r in arm.runs},
+        "steps_done": [len(r.rows) for r in runs],
+        "metric_at_0": metric_at(arm, 0),
+        "metric_at_100": metric_at(arm, MIDPOINT),
+        "metric_last": metric_at(arm, "last"),
+        "gain_at_100": gain_at(arm, MIDPOINT),
+        "gain_last": gain_at(arm, "last"),
+        "retention_at_100": mean_or_none([r.value_at("entropy/retention", MIDPOINT) for r in runs]),
+        "retention_final": mean_or_none([row.get("entropy/retention") for row in last_rows]),
+        "retention_final_per_seed": [row.get("entropy/retention") for row in last_rows],
+        "reward_last20": mean_or_none(list(reward_last20.values())),
+        "reward_last20_by_seed": reward_last20,
+        "collapse_onsets": onsets,
+        "collapse_step": min([o for o in onsets if o is not None], default=None),
+        # reward collapse (a second detector, on the training-reward EMA against its best): per seed
+        "reward_collapse_onsets": reward_onsets,
+        "reward_detector_on": [r.reward_detector_on for r in runs],
+        "reward_collapse_step": min([o for o in reward_onsets if o is not None], default=None),
+        # --keep-best: each seed's best evaluation (best/best.json), None where a run has none
+        "best_steps": [b["step"] if b else None for b in best],
+        "best_values": [b["value"] if b else None for b in best],
+        "best_value": float(np.mean([b["value"] for b in best])) if best and all(best) else None,
+        "best_metrics": sorted({(b["metric"], b.get("split", "heldout")) for b in best if b}),
+        "step_seconds_median": float(np.median(seconds)) if seconds else None,
+        "peak_memory_mib": max((row["perf/peak_memory_mib"] for r in runs for row in r.rows), default=None),
+        "memory_before_step_mib": mean_or_none([_median_or_none([x["perf/memory_before_step_mib"] for x in r.rows
+                                                                  if "perf/memory_before_step_mib" in x]) for r in runs]),
+        # the memory a step itself needs: peak minus memory in use before, on the probe steps that measure it
+        "step_memory_mib": mean_or_none([_median_or_none([x["perf/peak_memory_mib"] - x["perf/memory_before_step_mib"]
+                                                           for x in r.rows if "perf/memory_before_step_mib" in x])
+                                          for r in runs]),
+        # what sampling strategies really spend: generated vs trained samples per step (nominal B·K before
+        # the sampling/* keys existed)
+        "generated_per_step": mean_or_none([float(np.mean([x.get("sampling/generated", r.config["prompts_per_step"] *
+                                                                r.config["k"]) for x in r.rows])) for r in runs]),
+        "zero_signal_mean": mean_or_none([float(np.mean([x["reward/zero_signal_frac"] for x in r.rows])) for r in runs]),
+        "train_seconds": mean_or_none([float(sum(x["perf/step_seconds"] for x in r.rows)) for r in runs]),
+        "trained_per_step": mean_or_none([float(np.mean([x.get("sampling/trained", r.config["prompts_per_step"] *
+                                                              r.config["k"]) for x in r.rows])) for r in runs]),
+    }
+
+
+def _median_or_none(values: list) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or not reference:
+        return None
+    return value / reference
+
+
+def variant_flags(arm: Arm, first: Arm) -> str:
+    """What the arm changes: compare's variant flags, else its config's differences from the first arm."""
+    if "variant" in arm.meta:
+        return arm.meta["variant"]
+    diffs = [f"--{k.replace('_', '-')} {v}" for k, v in arm.config.items()
+             if k not in ("out", "seed", "force", "quiet", "threads") and first.config.get(k) != v]
+    return " ".join(diffs)
+
+
+def match_mode(arms: list[Arm]) -> str:
+    recorded = {a.meta.get("match") for a in arms if a.meta.get("match")}
+    if len(recorded) == 1:
+        return recorded.pop()
+    prompts = {a.config["prompts_per_step"] for a in arms}
+    samples = {a.config["prompts_per_step"] * a.config["k"] for a in arms}
+    return "prompts" if len(prompts) == 1 or len(samples) > 1 else "samples"
+
+
+
+def has_entropy_control(config: dict) -> bool:
+    return any(config.get(f) for f in CONTROL_FIELDS) or config.get("clip_high", 0) > config.get("clip_low", 0)
+
+
+# ----------------------------------------------------------------------------------------
+# number formats shared by the tables and the verdicts' evidence
+# ----------------------------------------------------------------------------------------
+
+def fmt_ci(x: dict | None, scale: str = "pts") -> str:
+    """'+15.1 pts [+11.3, +19.3]' for a gain in points, '0.612 [0.559, 0.666]' for a fraction."""
+    if x is None:
+        return "n/a"
+    value, (low, high) = x["value"], x["ci"]
+    if scale == "pts":
+        return f"{value:+.1f} pts [{low:+.1f}, {high:+.1f}]"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def fmt_onsets(onsets: list, detector_on: list | None = None) -> str:
+    """'138, none, off': a collapse onset per seed; 'none' = the detector watched and never fired,
+    'off' = no detector watched that seed (turned off, or a run older than the detector)."""
+    on = detector_on or [True] * len(onsets)
+    return ", ".join("off" if not d else "none" if o is None else str(o) for o, d in zip(onsets, on)) or "n/a"

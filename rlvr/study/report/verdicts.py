@@ -1,0 +1,201 @@
+"""The verdicts on the seed's claims (a)-(e): fixed rules, documented in docs/compare.md.
+
+Each claim gets supported / refuted / inconclusive and the numbers that decided it. The rules are
+the part of the report people argue about, so they live here, apart from tables and plots, and
+change only together with docs/compare.md ("The verdicts").
+
+Two detectors feed them (TERMS.md): the entropy-collapse detector (`collapse` events) and the
+reward-collapse detector (`reward_collapse` events: the training-reward EMA below
+--reward-collapse-ratio × its best for --reward-collapse-patience steps). A reward collapse is a
+training collapse too, so it counts where a claim is about training collapsing or staying stable
+((c), (e)); claim (b) is about entropy alone and only mentions it.
+"""
+from __future__ import annotations
+
+from rlvr.study.report.runs import (MIDPOINT, Arm, arm_difference, fmt, fmt_ci, has_entropy_control, ratio, variant_flags)
+
+
+def _is_plain(arm: Arm, k: int) -> bool:
+    return arm.config["k"] == k and not arm.meta.get("variant") and not has_entropy_control(arm.config)
+
+
+def _added_memory(n: dict) -> float | None:
+    """Peak memory of a step minus the memory in use before it: what the step itself needs."""
+    return n["step_memory_mib"]
+
+
+def _onsets(n: dict) -> str:
+    return "[" + ", ".join("none" if o is None else str(o) for o in n["collapse_onsets"]) + "]"
+
+
+def _reward_onsets(n: dict) -> str:
+    """'[none, 212]' per seed; 'off' for a seed no reward-collapse detector watched."""
+    return "[" + ", ".join("off" if not on else "none" if o is None else str(o)
+                           for o, on in zip(n["reward_collapse_onsets"], n["reward_detector_on"])) + "]"
+
+
+def _reward_fired(n: dict) -> tuple[int, bool]:
+    """(seeds whose reward-collapse detector fired, whether that is at least half the seeds)."""
+    fired = sum(o is not None for o in n["reward_collapse_onsets"])
+    return fired, fired > 0 and fired * 2 >= (len(n["reward_collapse_onsets"]) or 1)
+
+
+def _reward_detector(arm: Arm) -> str:
+    c = arm.config
+    if not c.get("reward_collapse_ratio"):
+        return "reward-collapse detector off or not recorded in these runs"
+    return (f"reward detector: training-reward EMA below {c['reward_collapse_ratio']} × its best for "
+            f"{c.get('reward_collapse_patience')} steps")
+
+
+def _stable(n: dict, collapse_ratio: float) -> tuple[bool, bool]:
+    """(steady, collapsed): steady = the collapse detector (TERMS.md) fired in no seed and the
+    seeds keep on average ≥ 0.5 of their step-0 entropy at the end; collapsed = the detector
+    fired in at least half the seeds or the mean retention ended below the collapse ratio."""
+    seeds = len(n["collapse_onsets"]) or 1
+    fired = sum(o is not None for o in n["collapse_onsets"])
+    steady = fired == 0 and n["retention_final"] is not None and n["retention_final"] >= 0.5
+    collapsed = fired * 2 >= seeds and fired > 0 or (n["retention_final"] is not None and n["retention_final"] < collapse_ratio)
+    return steady, collapsed
+
+
+def _reward_note(n: dict) -> str:
+    """For a claim about entropy alone: a reward collapse, when one happened, is mentioned, not judged."""
+    fired, _ = _reward_fired(n)
+    if not fired:
+        return ""
+    return (f"; the reward-collapse detector fired in {fired} of {len(n['reward_collapse_onsets'])} seed(s) "
+            f"(onsets {_reward_onsets(n)}), which this claim about entropy does not judge")
+
+
+def _paired_reward_diffs(n: dict, base: dict) -> str:
+    """'difference per seed -0.015, +0.004': the arm's last-20-step reward minus the base arm's, seed by seed."""
+    seeds = [s for s in n["reward_last20_by_seed"] if s in base["reward_last20_by_seed"]]
+    if not seeds:
+        return "no common seeds"
+    diffs = [n["reward_last20_by_seed"][s] - base["reward_last20_by_seed"][s] for s in seeds]
+    return "difference per seed " + ", ".join(f"{d:+.3f}" for d in diffs)
+
+
+def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
+    """The seed's claims (a)-(e), each supported / refuted / inconclusive with its numbers."""
+    k8 = next((a for a in arms if _is_plain(a, 8)), None)
+    k16 = next((a for a in arms if _is_plain(a, 16)), None)
+    control = next((a for a in arms if a.config["k"] == 16 and a is not k16 and has_entropy_control(a.config)), None)
+    out = []
+
+    def add(claim, verdict, evidence):
+        out.append({"claim": claim, "verdict": verdict, "evidence": evidence})
+
+    claim = "(a) K=8 gains at least 10 points of HM@4 within the first 100 steps"
+    gain = numbers[k8.name]["gain_at_100"] if k8 else None
+    if gain is None:
+        add(claim, "inconclusive", "no K=8 arm with evaluations at steps 0 and 100 (needs --steps ≥ 100 and "
+                                   "--eval-every dividing 100)")
+    else:
+        lo, hi = gain["ci"]
+        verdict = "supported" if lo >= 10 else "refuted" if hi < 10 else "inconclusive"
+        add(claim, verdict, f"K=8 hm@4 gain at step 100: {fmt_ci(gain)} (95% CI over {len(k8.usable)} seed(s) and "
+                            f"the held-out problems); supported needs the whole CI ≥ 10, refuted the whole CI < 10")
+
+    collapse_ratio = (k8 or k16 or arms[0]).config.get("collapse_ratio", 0.3)
+    claim = "(b) K=8 policy entropy stays steady"
+    if k8 is None:
+        add(claim, "inconclusive", "no plain K=8 arm in this comparison")
+    elif min(numbers[k8.name]["steps_done"]) < MIDPOINT:
+        add(claim, "inconclusive", f"the K=8 runs stop before step {MIDPOINT}; steadiness over the claim's horizon "
+                                   "cannot be judged")
+    else:
+        n = numbers[k8.name]
+        steady, collapsed = _stable(n, collapse_ratio)
+        add(claim, "supported" if steady else "refuted" if collapsed else "inconclusive",
+            f"K=8 entropy retention at step 100 {fmt(n['retention_at_100'])}, at the end {fmt(n['retention_final'])} "
+            f"(per seed {[fmt(r) for r in n['retention_final_per_seed']]}); collapse detector fired in "
+            f"{sum(o is not None for o in n['collapse_onsets'])} of {len(n['collapse_onsets'])} seed(s). Steady = no "
+            f"collapse in any seed and mean retention ≥ 0.5 of the step-0 entropy; refuted = collapse in ≥ half the seeds or mean "
+            f"retention < {collapse_ratio}" + _reward_note(n))
+
+    claim = "(c) K=16 policy entropy decays after ~100 steps and training collapses"
+    if k16 is None:
+        add(claim, "inconclusive", "no plain K=16 arm in this comparison")
+    else:
+        n = numbers[k16.name]
+        steady, collapsed = _stable(n, collapse_ratio)
+        late = max(n["steps_done"], default=0) > MIDPOINT
+        reward_fired, reward_collapsed = _reward_fired(n)
+        evidence = (f"K=16 entropy retention at step 100 {fmt(n['retention_at_100'])}, at the end "
+                    f"{fmt(n['retention_final'])} (per seed {[fmt(r) for r in n['retention_final_per_seed']]}); collapse onsets per seed {_onsets(n)} (detector: EMA below "
+                    f"{collapse_ratio} × step-0 for {k16.config.get('collapse_patience')} steps); reward-collapse onsets "
+                    f"per seed {_reward_onsets(n)} ({_reward_detector(k16)})")
+        rule = ("; supported = entropy collapse in ≥ half the seeds, or reward collapse in ≥ half the seeds with entropy "
+                "not steady; refuted = no collapse of either kind and mean retention ≥ 0.5; otherwise inconclusive")
+        if not late:
+            add(claim, "inconclusive", evidence + f"; the runs stop by step {MIDPOINT}, so a later decay cannot be seen")
+        elif collapsed or (reward_collapsed and not steady):
+            add(claim, "supported", evidence + rule)
+        elif steady and not reward_fired:
+            add(claim, "refuted", evidence + rule)
+        elif steady:
+            add(claim, "inconclusive", evidence + rule + f" (training reward collapsed in {reward_fired} seed(s) while "
+                                                         "entropy stayed steady: a collapse, but not the entropy decay "
+                                                         "the claim names)")
+        else:
+            add(claim, "inconclusive", evidence + rule + " (entropy fell without a detected collapse)")
+
+    claim = "(d) K=16 costs about twice the memory and compute per step of K=8"
+    if k8 is None or k16 is None:
+        add(claim, "inconclusive", "needs plain K=8 and K=16 arms")
+    else:
+        a, b = numbers[k8.name], numbers[k16.name]
+        t = ratio(b["step_seconds_median"], a["step_seconds_median"])
+        m = ratio(b["peak_memory_mib"], a["peak_memory_mib"])
+        added = ratio(_added_memory(b), _added_memory(a))
+        same_prompts = k8.config["prompts_per_step"] == k16.config["prompts_per_step"]
+        within = lambda r: r is not None and 1.5 <= r <= 2.5  # noqa: E731  "about 2x": within ±25%
+        evidence = (f"K=16/K=8 median step time {fmt(t)}× ({fmt(b['step_seconds_median'], '.3f')} vs "
+                    f"{fmt(a['step_seconds_median'], '.3f')} s); memory added by a step {fmt(added)}× "
+                    f"({fmt(_added_memory(b), '.0f')} vs {fmt(_added_memory(a), '.0f')} MiB) on top of "
+                    f"~{fmt(a['memory_before_step_mib'], '.0f')} MiB in use before any step at every K (runtime, model, "
+                    f"optimizer), so total peak {fmt(m)}×; the verdict uses step time and the memory a step adds, "
+                    f"'about 2×' = within 1.5-2.5×")
+        if not same_prompts:
+            add(claim, "inconclusive", evidence + "; the arms do not sample the same prompts per step (--match samples), "
+                                                  "so per-step cost is not the K=16 vs K=8 cost of the claim")
+        else:
+            add(claim, "supported" if within(t) and within(added) else "refuted", evidence)
+
+    claim = "(e) an entropy control keeps K=16 stable"
+    if control is None or k16 is None:
+        add(claim, "inconclusive", "needs a plain K=16 arm and a K=16 arm with an entropy control")
+    else:
+        n, base = numbers[control.name], numbers[k16.name]
+        steady, collapsed = _stable(n, collapse_ratio)
+        _, base_entropy_collapsed = _stable(base, collapse_ratio)
+        reward_fired, _ = _reward_fired(n)
+        base_reward_collapsed = _reward_fired(base)[1]
+        base_collapsed = base_entropy_collapsed or base_reward_collapsed
+        diff = arm_difference(control, k16)
+        evidence = (f"'{control.name}' ({variant_flags(control, arms[0])}): retention at the end "
+                    f"{fmt(n['retention_final'])} (per seed {[fmt(r) for r in n['retention_final_per_seed']]}) vs "
+                    f"{fmt(base['retention_final'])} without it; collapse onsets "
+                    f"{_onsets(n)} vs {_onsets(base)}; reward-collapse onsets {_reward_onsets(n)} vs "
+                    f"{_reward_onsets(base)}; hm@4 at the last evaluation minus plain K=16: "
+                    f"{fmt_ci(diff)}; training reward over the last 20 steps {fmt(n['reward_last20'], '.3f')} vs "
+                    f"{fmt(base['reward_last20'], '.3f')} ({_paired_reward_diffs(n, base)})")
+        if max(n["steps_done"], default=0) <= MIDPOINT:
+            add(claim, "inconclusive", evidence + f"; the runs stop by step {MIDPOINT}, before the reported decay")
+        elif not steady:
+            add(claim, "refuted", evidence + "; the controlled arm did not stay steady (no collapse in any seed and "
+                                             "mean retention ≥ 0.5)")
+        elif reward_fired:
+            add(claim, "refuted", evidence + f"; entropy held, but the controlled arm's training reward collapsed in "
+                                             f"{reward_fired} seed(s)")
+        elif diff is not None and diff["ci"][1] < 0:
+            add(claim, "refuted", evidence + "; entropy held, but hm@4 is significantly worse than without the control")
+        elif not base_collapsed:
+            add(claim, "inconclusive", evidence + "; plain K=16 did not collapse here, so there was nothing to stabilise")
+        else:
+            how = " and ".join(w for w, c in (("in entropy", base_entropy_collapsed), ("in reward", base_reward_collapsed)) if c)
+            add(claim, "supported", evidence + f"; steady where plain K=16 collapsed ({how}), hm@4 not significantly worse")
+    return out
+

@@ -1,0 +1,245 @@
+"""The RLVR training loop: one run of group-sampled clipped policy gradient.
+
+Run it:  rlvr train --k 8 --steps 100 --out runs/k8      (or rlvr.train.train(TrainConfig(...)))
+         rlvr train --nproc 4 ...  or  torchrun --nproc-per-node 4 -m rlvr train ...
+         (data parallel: each rank takes a shard of the step's prompts; the same run as one
+         process, see rlvr/distributed.py and docs/distributed.md)
+
+`train()` checks the config, sets up (run directory, model, resume), then loops: a step
+(rlvr/train/step.py), an evaluation every --eval-every steps (rlvr/train/evaluator.py), the
+collapse detectors (rlvr/train/guards.py) and a checkpoint; and finishes with final/ and the
+summary. One step, data flowing one way:
+  B prompts -> K samples each, one batch, exact token entropy from the sampling logits
+  -> rewards (verifier; failures contained) -> the samples to train on (all, unless a sampling
+  strategy of docs/sampling.md is on) -> group advantages (by name)
+  -> clipped policy-gradient loss, `updates_per_step` optimizer updates -> metrics -> checkpoint.
+
+Where it departs from the papers:
+  * The "old" log-probs of the first update are the current policy's own, detached, from the
+    same forward pass that computes the loss: the ratio is exactly 1 on-policy and no extra
+    forward pass is spent. Later updates on the same batch reuse those log-probs, as PPO does.
+  * The prompt stream and the sampling noise are functions of (seed, step) and the checkpointed
+    stream position (which --group-filter moves by more than B per step); each group's noise
+    has its own generator, seeded by its prompt's stream position. So a resumed run samples
+    exactly what an uninterrupted one would have, at any number of processes, and evaluation
+    (its own generators) does not perturb training.
+  * Entropy is the exact entropy of the full next-token distribution at the sampling
+    temperature (TERMS.md), not the sampled token's negative log-prob.
+"""
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import torch
+
+from rlvr import distributed
+from rlvr.config import ConfigError, RunFailed, TrainConfig, to_dict
+from rlvr.distributed import World
+from rlvr.rewards.pool import RewardPool, WorkerStartError
+from rlvr.tasks import get_task
+from rlvr.train.checkpoint import clean_temporaries, load_latest, save_checkpoint
+from rlvr.train.evaluator import InTrainingEval
+from rlvr.train.guards import on_collapse, stop_failed
+from rlvr.train.memory import StepMemory
+from rlvr.train.preflight import check_train_config
+from rlvr.train.progress import Progress
+from rlvr.train.rundir import RunDir, RunLogs, summarize
+from rlvr.train.state import RunState, shared_checkpoint
+from rlvr.train.step import run_step
+
+
+def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
+    """Runs (or resumes) one training run; returns the summary ({} on ranks other than 0).
+    Raises ConfigError on bad input, before any work starts.
+
+    Launched by torchrun (or `rlvr train --nproc N`), this process is one of W ranks: it joins
+    the process group, trains on its shard of every step and leaves the writing to rank 0."""
+    check_train_config(cfg)
+    world = distributed.start(cfg.device, cfg.dist_timeout, cfg.fsdp)
+    try:
+        return Training(cfg, world, progress, console).run()
+    finally:
+        distributed.stop(world)
+
+
+def check_run_dir(run: RunDir, cfg: TrainConfig) -> None:
+    """Rank 0, before any work: --out must hold no run of another config (or --force empties it)."""
+    run.check_compatible(cfg)
+    if cfg.force:
+        run.start_fresh()
+
+
+def prepare_run_dir(run: RunDir, cfg: TrainConfig, world_size: int) -> tuple[dict | None, bool]:
+    """Rank 0, once the model has loaded: cleans what a killed run left, picks the checkpoint to
+    resume -> (its state or None, whether final/ is written)."""
+    clean_temporaries(run.checkpoints)
+    clean_temporaries(run.root)
+    state = load_latest(run.checkpoints) if run.config_file.is_file() else None
+    if state is None:
+        run.start_fresh()
+    else:
+        run.truncate_metrics(state["step"])
+    run.write_config(cfg, world_size)
+    return state, run.final.is_dir()
+
+
+class Training:
+    """One run in this process, set up and resumed by the constructor: the RunState a checkpoint
+    restores (`st`) and what lives beside it only while the process runs (the run directory and
+    its logs, the task, the reference model, the reward workers, the progress bar)."""
+
+    def __init__(self, cfg: TrainConfig, world: World, progress: bool, console) -> None:
+        self.cfg, self.world = cfg, world
+        threads = cfg.threads
+        if not threads and world.parallel and cfg.device == "cpu":  # the ranks of a machine share its cores
+            threads = max(1, (os.cpu_count() or 1) // world.local_size)
+        if threads:
+            torch.set_num_threads(threads)
+        self.run_dir = RunDir(cfg)
+        world.agree(partial(check_run_dir, self.run_dir, cfg), "checking the run directory")
+        self.task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format)
+        self.st = RunState(cfg, torch.device(cfg.device), world)
+        self.reference = self.st.policy.reference() if cfg.beta > 0 else None  # the start policy, before any resume
+        state, self.final_written = shared_checkpoint(world, partial(prepare_run_dir, self.run_dir, cfg, world.size))
+        if state is not None:
+            self.st.load_state_dict(state)
+        self.logs = RunLogs(self.run_dir, cfg, self.st.step, world.main)
+        self.log_start()
+        self.bar = Progress(cfg, enabled=progress and not cfg.quiet, console=console, mute=not world.main)
+        self.pool: RewardPool | None = None
+        self.last_eval: dict = {}
+
+    def log_start(self) -> None:
+        """The model, the ranks and a resume, as the run's first events."""
+        cfg, world, step = self.cfg, self.world, self.st.step
+        model = self.st.policy.describe()
+        self.logs.events.write({"event": "model", "step": step, **model,
+                                "message": f"{cfg.model}: {model['backend']} backend, {model['parameters']:,} "
+                                           f"parameters, {model['trainable_parameters']:,} trained"})
+        if world.parallel:
+            self.logs.events.write({
+                "event": "distributed", "step": step, "world_size": world.size, "fsdp": world.fsdp,
+                "message": f"{world.size} ranks ({'nccl' if cfg.device == 'cuda' else 'gloo'}"
+                           f"{', FSDP2' if world.fsdp else ', DDP'}), {cfg.prompts_per_step // world.size} "
+                           f"of the {cfg.prompts_per_step} prompts of a step each"})
+        if step:
+            self.logs.events.write({"event": "resume", "step": step, "message": f"resumed from checkpoint at step "
+                                                                               f"{step} with {world.size} process(es)"})
+
+    def run(self) -> dict:
+        """Trains to --steps (or an early stop) and finishes -> the summary ({} on ranks but 0)."""
+        st, cfg = self.st, self.cfg
+        if (st.step >= cfg.steps or st.stopped) and self.final_written:
+            self.logs.close()
+            return summarize(self.run_dir, cfg, already_done=True) if self.world.main else {}
+        self.evaluate = InTrainingEval(cfg, self.world, self.run_dir, self.task)
+        self.pool = self.start_reward_pool()
+        if st.step == 0 and cfg.eval_every:
+            self.last_eval = self.evaluate(st, 0, self.logs)
+            self.logs.metrics.write({"step": 0, **self.last_eval})
+        self.bar.start(st.step)
+        try:
+            self.loop(StepMemory(cfg.device))
+        except RunFailed:
+            self.logs.events.close()
+            raise
+        finally:
+            self.pool.close()
+            self.bar.stop()
+            self.logs.close_rows()
+        return self.finish()
+
+    def start_reward_pool(self) -> RewardPool:
+        """The verifier's worker processes on every rank; exit 2 when any rank's cannot load it."""
+        cfg, world = self.cfg, self.world
+        try:
+            pool = RewardPool(cfg.reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout, cfg.answer_format)
+            pool_error = None
+        except WorkerStartError as err:
+            pool, pool_error = None, str(err)
+        errors = [(rank, e) for rank, e in enumerate(world.gather(pool_error, "starting the reward workers")) if e]
+        if not errors:
+            return pool
+        if pool is not None:
+            pool.close()
+        self.logs.close()
+        rank, error = errors[0]
+        raise ConfigError("reward", f"the reward workers{f' of rank {rank}' if world.parallel else ''} could not "
+                                    f"load it: {error}")
+
+    def loop(self, memory: StepMemory) -> None:
+        """Step, evaluate, log, guard, checkpoint: until --steps, a stop, or an early stop."""
+        st, cfg = self.st, self.cfg
+        while st.step < cfg.steps:
+            st.step += 1
+            step = st.step
+            row = run_step(st, cfg, self.task, self.pool, self.reference, memory, self.logs.events)
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                self.last_eval = self.evaluate(st, step, self.logs)
+                row.update(self.last_eval)
+            self.logs.metrics.write(row)
+            self.bar.update(step, row, self.last_eval)
+            if cfg.max_bad_steps and st.bad_steps >= cfg.max_bad_steps:
+                stop_failed(self.logs.events, step, f"--max-bad-steps: {st.bad_steps} steps in a row (up to step "
+                            f"{step}) had a non-finite loss or gradient and were skipped; the newest checkpoint holds "
+                            "the last good weights. Lower --lr or --max-grad-norm, or raise --max-bad-steps")
+            if self.early_stop(step):
+                self.checkpoint()
+                return
+            action = self.detect_collapse(step)
+            if action == "stop":
+                self.checkpoint()
+                return
+            if action == "rollback":
+                self.logs.rewind(st.step)
+                self.bar.update(st.step, row, self.last_eval)
+                continue
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+                self.checkpoint()
+
+    def early_stop(self, step: int) -> bool:
+        """--early-stop: that many evaluations in a row without a significant gain over the best."""
+        st, cfg = self.st, self.cfg
+        if not (cfg.early_stop and st.evals_without_gain >= cfg.early_stop):
+            return False
+        st.stopped = f"early stop at step {step}"
+        self.logs.events.write({"event": "early_stop", "step": step, "best_step": st.best["step"],
+                                "best_value": st.best["value"], "message": (
+                                    f"--early-stop: {st.evals_without_gain} evaluations without a significant gain "
+                                    f"over {cfg.keep_best} {st.best['value']:.3f} at step {st.best['step']}")})
+        return True
+
+    def detect_collapse(self, step: int) -> str | None:
+        """Updates the entropy and the training-reward detectors -> the action taken on an onset
+        (warn, stop or rollback), or None. A stop or rollback on the first ends the check."""
+        st = self.st
+        action = None
+        onsets = (("entropy", st.detector.update(step, st.monitor.ema, st.monitor.initial)),
+                  ("reward", st.reward_detector.update(step, st.reward_monitor.ema, st.reward_monitor.best)))
+        for kind, onset in onsets:
+            if onset is not None:
+                action = on_collapse(st, self.run_dir, self.cfg, step, onset, self.logs.events, self.bar, kind)
+                if action != "warn":
+                    break
+        return action
+
+    def checkpoint(self) -> None:
+        state = self.st.state_dict()  # with --fsdp a collective: every rank gathers, rank 0 keeps the full state
+        if self.world.main:
+            save_checkpoint(self.run_dir.checkpoints, self.st.step, state, keep=self.cfg.keep_checkpoints)
+
+    def finish(self) -> dict:
+        """final/, then the summary and the `done` event (rank 0)."""
+        st, cfg = self.st, self.cfg
+        st.save_model(partial(self.run_dir.save_final,
+                              extra={"trained_by": "rlvr train", "steps": st.step, "config": to_dict(cfg)}))
+        if not self.world.main:
+            return {}
+        summary = summarize(self.run_dir, cfg)
+        if st.stopped:
+            summary["stopped"] = st.stopped
+            summary["line"] = f"stopped early ({st.stopped}) | " + summary["line"]
+        self.logs.events.write({"event": "done", "step": st.step, "message": summary["line"]})
+        self.logs.events.close()
+        return summary

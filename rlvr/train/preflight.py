@@ -1,0 +1,110 @@
+"""The one place a training config is checked before any work starts.
+
+`TrainConfig.validate()` checks values alone (rlvr/config.py imports nothing else). The checks
+that need another part of rlvr live in that part and are called from here: the estimator and
+aggregation names (rlvr.algo's registries), the trackers (rlvr.train.trackers), the model
+(rlvr.backends), the task and its prompts' fit in the model's context (rlvr.tasks, rlvr.backends),
+the validation slice (rlvr.eval), the verifier (rlvr.rewards), the output directory, and the
+processes (rlvr.distributed). Each raises ConfigError naming the field and the fix (exit 2).
+`rlvr train`, `rlvr compare`, `rlvr plan` and `train()` itself call `check_train_config`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from rlvr.algo.advantages import ADVANTAGES
+from rlvr.algo.losses import AGGREGATIONS
+from rlvr.backends import check_model, check_prompts_fit, resolve
+from rlvr.config import ConfigError, TrainConfig, check_writable
+from rlvr.distributed import FSDP_ON_CPU_ENV, check_processes, launched_world_size
+from rlvr.eval.runner import validation_items
+from rlvr.rewards import check_reward
+from rlvr.tasks import check_task, get_task
+from rlvr.train.trackers import check_loggers
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raises ConfigError for the first bad setting of a training run, before any work starts."""
+    cfg.validate()
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "cuda was asked for but torch sees no GPU; use --device cpu")
+    for field_name, registry, name in (("advantage", ADVANTAGES, cfg.advantage), ("loss_agg", AGGREGATIONS, cfg.loss_agg)):
+        if name not in registry:
+            raise ConfigError(field_name, f"unknown {name!r}; known: {', '.join(registry.names())}")
+    try:
+        check_loggers(cfg.log)
+    except ValueError as err:
+        raise ConfigError("log", str(err)) from None
+    check_model_and_task(cfg)
+    if cfg.select_split == "validation" and cfg.eval_every:
+        try:
+            validation_items(get_task(cfg.task, seed=cfg.seed), cfg.eval_problems, cfg.eval_problems)
+        except ValueError as err:
+            raise ConfigError("select_split", str(err)) from None
+    check_reward(cfg.reward, cfg.task)
+    check_writable(cfg.out)
+    check_world(cfg)
+
+
+def check_model_and_task(cfg: Any) -> None:
+    """--model loads and suits its settings; --task builds, and its prompts plus --max-new-tokens
+    fit the model's context. `cfg`: any command's config with those fields (train, eval)."""
+    check_model(cfg.model, cfg)
+    items = check_task(cfg.task, cfg.seed, getattr(cfg, "answer_format", "auto"))
+    check_prompts_fit(cfg.model, cfg, items, cfg.max_new_tokens, cfg.task)
+
+
+def world_size(cfg: TrainConfig) -> int:
+    """The ranks this run will have: torchrun's WORLD_SIZE when launched by it, else --nproc."""
+    return launched_world_size() or cfg.nproc
+
+
+def check_world(cfg: TrainConfig) -> None:
+    """--nproc, --dist-timeout and --fsdp, and what data parallelism cannot do exactly."""
+    check_processes(cfg.nproc, cfg.dist_timeout, cfg.device)
+    world = world_size(cfg)
+    ranks = f"{world} processes" if launched_world_size() is None else f"torchrun's {world} processes"
+    b = cfg.prompts_per_step
+    if world > b:
+        raise ConfigError("nproc", f"{ranks} need at least one prompt each, but a step has {b} (--prompts-per-step); "
+                                   f"use --nproc {b} or fewer (a divisor of {b}), or --prompts-per-step {world}")
+    if b % world:
+        raise ConfigError("prompts_per_step", f"{b} prompts per step cannot be split into equal shards of whole "
+                                              f"groups for {ranks}; use --prompts-per-step "
+                                              f"{b // world * world} or {(b // world + 1) * world}, or a number "
+                                              f"of processes that divides {b}")
+    if world > 1:
+        for name, what in (("clip_cov", "draws tokens at random among the batch's by covariance"),
+                           ("kl_cov", "penalises the batch's top tokens by covariance"),
+                           ("top_entropy_tokens", "keeps the batch's top tokens by entropy")):
+            if getattr(cfg, name):
+                raise ConfigError(name, f"{what}; with {world} processes each rank would rank only its own "
+                                        "shard and the run would differ from 1 process. Run it with one "
+                                        "process (--nproc 1), or drop it")
+    if cfg.fsdp:
+        check_fsdp(cfg)
+
+
+def check_fsdp(cfg: TrainConfig) -> None:
+    """--fsdp: a Hugging Face model on GPUs, without the options a sharded model cannot run."""
+    if resolve(cfg.model).backend != "hf":
+        raise ConfigError("fsdp", "shards Hugging Face models over GPUs; the built-in model (0.8 M "
+                                  "parameters) fits every rank: use plain data parallelism (--nproc N "
+                                  "without --fsdp)")
+    if cfg.device != "cuda" and not os.environ.get(FSDP_ON_CPU_ENV):
+        raise ConfigError("fsdp", "runs on GPUs (--device cuda, NCCL); on the CPU use plain data "
+                                  "parallelism (--nproc N without --fsdp)")
+    for name, why in (("group_filter", "gives ranks different numbers of samples"),
+                      ("adaptive_k", "gives ranks different numbers of samples"),
+                      ("beta", "needs a second (reference) copy of the model")):
+        if getattr(cfg, name):
+            raise ConfigError(name, f"{why}, which --fsdp does not support yet (every forward of a sharded "
+                                    f"model is a collective); drop --{name.replace('_', '-')} or --fsdp")
+    if str(cfg.micro_batch_size) == "auto":
+        raise ConfigError("micro_batch_size", "auto sizes micro-batches by each rank's own token counts, "
+                                              "but with --fsdp every forward is a collective and all ranks "
+                                              "must run the same number: give --micro-batch-size N (rows, "
+                                              "0 = the whole shard)")

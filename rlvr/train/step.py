@@ -1,0 +1,298 @@
+"""One training step: sample and score the groups, choose what to train on, compute advantages,
+take `updates_per_step` clipped policy-gradient updates, and return the step's metrics row.
+
+`run_step` is the step as the loop calls it; `train_step` is the update alone (micro-batches,
+loss, backward, the optimizer), usable on any rollout batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from rlvr import distributed
+from rlvr.algo.entropy import masked_mean, masked_quantiles
+from rlvr.algo.losses import LossSettings, policy_loss, top_entropy_select
+from rlvr.config import RunFailed, TrainConfig
+from rlvr.distributed import World
+from rlvr.rewards.verifiers import TIMEOUT
+from rlvr.rollout.forward import Scorer, micro_batches
+from rlvr.rollout.sample import select_rows
+from rlvr.rollout.strategies import (advantage_function, answer_diversity, gather_samples, group_advantages,
+                                     overlong_penalty, select_for_training)
+from rlvr.train.guards import check_reward_failures
+from rlvr.train.memory import StepMemory
+from rlvr.train.state import RunState
+
+
+@dataclass
+class StepResult:
+    metrics: dict
+    skipped: str | None  # why the update was not applied ("loss" or "gradient" was non-finite), or None
+
+
+# What train_step reports per step, averaged over its updates (plus tokens/trained_frac).
+UPDATE_METRICS = ("loss/policy", "loss/entropy", "loss/kl", "clip/frac", "grad/norm", "clip/cov_tokens",
+                  "clip/kl_cov_tokens")
+
+
+def loss_settings(cfg: TrainConfig, entropy_coef: float) -> LossSettings:
+    return LossSettings(
+        clip_low=cfg.clip_low, clip_high=cfg.clip_high, aggregation=cfg.loss_agg, beta=cfg.beta,
+        entropy_coef=entropy_coef, clip_cov_ratio=cfg.clip_cov_ratio if cfg.clip_cov else 0.0,
+        clip_cov_bounds=(cfg.clip_cov_low, cfg.clip_cov_high),
+        kl_cov_ratio=cfg.kl_cov_ratio if cfg.kl_cov else 0.0, kl_cov_coef=cfg.kl_cov_coef,
+    )
+
+
+def micro_batch_rows(value) -> int | None:
+    """--micro-batch-size: rows per micro-batch (0 = the whole batch), or None for auto."""
+    return None if str(value) == "auto" else int(value)
+
+
+class PhaseClock:
+    """Seconds spent per phase of the update (forward, backward, optimizer); on CUDA it waits for
+    the device at each boundary so the time lands in the phase that queued the work."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.seconds: dict[str, float] = {}
+        self.sync()
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        self.sync()
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
+def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference=None, entropy_coef: float | None = None,
+               generator: torch.Generator | None = None, *, scorer=None, totals: tuple[int, int] | None = None
+               ) -> StepResult:
+    """`updates_per_step` optimizer updates on one rollout batch; returns the step's loss metrics.
+
+    `entropy_coef` is the coefficient in force (controllers and rollbacks move it; default the
+    config's). With `top_entropy_tokens`, only that top fraction of the rollout tokens by entropy
+    is trained on, and the loss is normalised over them. The batch is split into micro-batches
+    (`--micro-batch-size`); each runs through `scorer` (default `Scorer(policy)`; data
+    parallelism passes a wrapped one: then every micro-batch but the last runs under its
+    `no_sync()`), and the loss is normalised by `totals` = (tokens, sequences) of the whole step
+    (default: this batch's), so the gradient does not depend on the split."""
+    entropy_coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
+    settings = loss_settings(cfg, entropy_coef)
+    clock = PhaseClock(policy.device)
+    scorer = scorer if scorer is not None else Scorer(policy, cfg.temperature)
+    rows = batch.num_rows
+    token_mask = batch.completion_mask  # (N, T)
+    if cfg.top_entropy_tokens > 0 and bool(token_mask.any()):
+        token_mask = top_entropy_select(batch.entropy, token_mask, cfg.top_entropy_tokens)
+    total_tokens, total_rows = totals if totals is not None else (max(1, int(token_mask.sum())), rows)
+    chunks = micro_batches(batch, micro_batch_rows(cfg.micro_batch_size), policy.update_token_budget, policy.can_pack)
+    old_logprobs = torch.zeros_like(batch.logprobs)
+    ref_logprobs = None
+    if cfg.beta > 0:
+        with torch.no_grad():
+            ref_scorer = Scorer(reference, cfg.temperature)
+            ref_logprobs = torch.cat([ref_scorer(batch, c)[0] for c in chunks])
+    sums = dict.fromkeys(UPDATE_METRICS, 0.0)
+    skipped = None
+    params = [p for p in policy.module.parameters() if p.requires_grad]
+    no_sync = getattr(scorer, "no_sync", None)
+    clock.lap("other")
+    for update in range(cfg.updates_per_step):
+        optimizer.zero_grad(set_to_none=True)
+        for i, c in enumerate(chunks):
+            with no_sync() if no_sync is not None and i < len(chunks) - 1 else nullcontext():
+                logprobs, entropy = scorer(batch, c, with_entropy=entropy_coef != 0)
+                if update == 0:
+                    old_logprobs[c] = logprobs.detach()
+                loss, m = policy_loss(logprobs, old_logprobs[c], advantages[c], token_mask[c], settings,
+                                      total_tokens, total_rows, None if ref_logprobs is None else ref_logprobs[c],
+                                      entropy, generator)
+                clock.lap("forward")
+                if not torch.isfinite(loss):
+                    skipped = "loss"
+                    if no_sync is None:
+                        break
+                    # Data parallel: every rank must run the same backward collectives, so this one
+                    # goes on; the non-finite gradient reaches every rank and all skip the update.
+                loss.backward()
+                clock.lap("backward")
+            sums["loss/policy"] += m["loss/policy"]
+            sums["clip/cov_tokens"] += m.get("clip/cov_tokens", 0.0)
+            sums["clip/kl_cov_tokens"] += m.get("clip/kl_cov_tokens", 0.0)
+            sums["loss/entropy"] += -entropy_coef * m.get("loss/entropy", 0.0)
+            sums["loss/kl"] += cfg.beta * m.get("loss/kl", 0.0)
+            sums["clip/frac"] += m["clip/frac_sum"] / total_tokens
+        if skipped is None or no_sync is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+            sums["grad/norm"] += float(norm)
+            skipped = skipped or (None if torch.isfinite(norm) else "gradient")
+        if skipped is not None:  # never apply a non-finite update; the step is counted and logged
+            optimizer.zero_grad(set_to_none=True)
+            break
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # the gradients' memory is free while the next step samples
+        clock.lap("optimizer")
+    metrics = {key: value / cfg.updates_per_step for key, value in sums.items()}
+    metrics["tokens/trained_frac"] = total_tokens / max(1, batch.generated_tokens())
+    metrics["perf/micro_batches"] = len(chunks)
+    metrics.update({f"perf/{phase}_seconds": seconds for phase, seconds in clock.seconds.items() if phase != "other"})
+    return StepResult(metrics, skipped)
+
+
+def no_update() -> StepResult:
+    """The metrics of a step that trained on nothing (no group had signal): no update is made."""
+    return StepResult(dict.fromkeys((*UPDATE_METRICS, "tokens/trained_frac"), 0.0), skipped=None)
+
+
+# What train_step reports as a share of the whole step: with W ranks, the ranks' values add up
+# (each is normalised by the step's global token or sequence count).
+SUMMED_UPDATE_METRICS = ("loss/policy", "loss/entropy", "loss/kl", "clip/frac", "clip/cov_tokens", "clip/kl_cov_tokens")
+
+
+def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: StepMemory, events_log) -> dict:
+    """One optimizer step: collect -> select -> advantages -> update -> the step's metrics row.
+
+    With W ranks each rank samples, scores and trains on its shard; the samples' metrics are
+    computed over every rank's samples (gathered), the loss terms summed, times and memory taken
+    at their maximum, so the row describes the whole step and is the same on every rank."""
+    world, step = st.world, st.step
+    for group in st.optimizer.param_groups:
+        group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    memory_before = memory.start(step)
+    started = time.perf_counter()
+    generated, samples = collect(st, cfg, task, pool, events_log)
+    selected = select_for_training(generated, cfg)  # --group-filter, --downsample: this rank's N' ≤ N rows
+    batch = generated.batch if selected.rows is None else select_rows(generated.batch, selected.rows)
+    advantages = group_advantages(advantage_function(cfg), selected.rewards, selected.group_sizes)  # (N',)
+    step_selection = select_for_training(samples, cfg) if world.parallel else selected  # the whole step's
+
+    entropy = masked_mean(samples.entropy, samples.completion_mask)
+    st.controller.update(entropy)  # the coefficient of this step's loss reacts to its own entropy
+    trained_rows = sum(step_selection.group_sizes)
+    result = update_policy(st, cfg, batch, advantages, reference, samples, step_selection, generated.batch)
+    local = {"perf/step_seconds": time.perf_counter() - started, "perf/rollout_seconds": generated.sampling_seconds,
+             "perf/peak_memory_mib": memory.peak(), "sampling/extra_seconds": generated.metrics["sampling/extra_seconds"]}
+    if memory_before is not None:  # a probe step (StepMemory)
+        local["perf/memory_before_step_mib"] = memory_before
+    update, skipped, local = reduce_update(world, step, result, local, trained_rows)
+    st.bad_steps = st.bad_steps + 1 if skipped else 0
+    if skipped:
+        events_log.write({"event": "nan_skip", "step": step, "cause": skipped, "in_a_row": st.bad_steps,
+                          "message": f"non-finite {skipped}; the update was not applied"})
+    return step_row(st, cfg, samples, entropy, update, skipped,
+                    {**generated.metrics, **step_selection.metrics, **local})
+
+
+def collect(st: RunState, cfg: TrainConfig, task, pool, events_log) -> tuple:
+    """Samples and scores this rank's groups -> (its Generated, every rank's StepSamples); stops
+    the run on too many failed verifier calls."""
+    world, step = st.world, st.step
+    st.policy.module.eval()
+    with distributed.decoding(st.policy, world):
+        generated = st.sampler.collect(st.policy, task, pool, st.sampling_seed(step, 0))  # this rank's samples
+    st.policy.module.train()
+    # Entropy, lengths and rewards describe the policy: every generated sample counts, every rank's.
+    samples = gather_samples(world, generated.samples(st.policy.stop_ids), generated.round_groups)  # N rows
+    check_reward_failures(samples.failures, samples.rows, cfg, step, events_log,
+                          samples.failure_ranks if world.parallel else None)
+    return generated, samples
+
+
+def update_policy(st: RunState, cfg: TrainConfig, batch, advantages, reference, samples, step_selection,
+                  generated_batch) -> StepResult:
+    """train_step on this rank's selected rows, or no update when the step kept no group. With W
+    ranks the loss is normalised by the whole step's tokens and sequences, and a rank none of
+    whose groups were kept still joins the gradient all-reduce with an empty row."""
+    world = st.world
+    loss_generator = torch.Generator().manual_seed(st.sampling_seed(st.step, 2))
+    trained_rows = sum(step_selection.group_sizes)
+    totals = None  # one process: train_step normalises by its own batch
+    if world.parallel:
+        trained_mask = samples.completion_mask if step_selection.rows is None else \
+            samples.completion_mask[step_selection.rows]
+        totals = (max(1, int(trained_mask.sum())), trained_rows)  # the loss normaliser of the whole step
+        if trained_rows and not batch.num_rows:  # none of this rank's groups kept: it still joins the all-reduce
+            batch, advantages = idle_batch(generated_batch), advantages.new_zeros(1)
+    if not trained_rows:  # --group-filter found no group with signal within its budget: nothing to learn from
+        return no_update()
+    try:
+        return train_step(st.policy, st.optimizer, batch, advantages, cfg, reference, entropy_coef=st.entropy_coef,
+                          generator=loss_generator, scorer=st.scorer, totals=totals)
+    except RuntimeError as err:
+        if world.parallel and distributed.is_comm_error(err):
+            raise world.lost("the gradient all-reduce", err) from None
+        raise
+
+
+def step_row(st: RunState, cfg: TrainConfig, samples, entropy: float, update: dict, skipped: str | None,
+             rest: dict) -> dict:
+    """The step's row of metrics.jsonl (docs/metrics.md), from every rank's samples and the
+    reduced update; `rest`: the sampling, selection and timing metrics, added as they are."""
+    p10, p50, p90 = masked_quantiles(samples.entropy, samples.completion_mask)
+    lengths = samples.completion_mask.sum(dim=1)  # (N,)
+    penalty = 0.0 if not cfg.overlong_buffer else float(
+        overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty).mean())
+    generated_tokens = int(lengths.sum())
+    return {
+        "step": st.step,
+        "reward/mean": samples.reward_mean(),
+        "reward/std": float(samples.task_rewards.std(unbiased=False)),
+        "reward/zero_signal_frac": samples.zero_signal_frac(),
+        "reward/errors": len(samples.failures),
+        "reward/timeouts": sum(f.kind == TIMEOUT for f in samples.failures),
+        **st.reward_monitor.update(samples.reward_mean()),
+        "entropy/mean": entropy,
+        **st.monitor.update(entropy),
+        "entropy/p10": p10, "entropy/p50": p50, "entropy/p90": p90,
+        "diversity/answers": answer_diversity(samples.answers, samples.group_sizes),
+        **update,
+        "control/entropy_coef": st.entropy_coef,
+        "control/rollbacks": st.rollbacks,
+        "optim/lr": st.optimizer.param_groups[0]["lr"],
+        "optim/skipped": int(skipped is not None),
+        "completion/mean_length": float(lengths.float().mean()),
+        "completion/truncated_frac": float(samples.truncated.float().mean()),
+        "perf/rollout_tokens_per_s": generated_tokens / max(rest["perf/rollout_seconds"], 1e-9),
+        **rest,
+        "reward/overlong_penalty": penalty,
+    }
+
+
+def idle_batch(batch):
+    """One row of `batch` with no token to train on: a rank none of whose groups were kept runs
+    it so that it still takes part in the gradient all-reduce (its loss and gradient are 0)."""
+    row = select_rows(batch, torch.zeros(1, dtype=torch.long))
+    return dataclasses.replace(row, completion_mask=torch.zeros_like(row.completion_mask))
+
+
+def reduce_update(world: World, step: int, result: StepResult, local: dict, trained_rows: int) -> tuple:
+    """The update's metrics, skip decision and timings of the whole step -> (metrics, skipped,
+    timings). One process: unchanged. W ranks: loss terms summed (each rank's is its share of the
+    global normaliser), times and memory at their maximum; grad/norm is the same on every rank
+    (the gradients were all-reduced before it was taken)."""
+    if not world.parallel:
+        return result.metrics, result.skipped, local
+    every = world.gather((result.metrics, result.skipped, local), "reducing the step's metrics")
+    skipped = {s for _, s, _ in every}
+    if None in skipped and len(skipped) > 1:
+        ranks = ", ".join(f"rank {r}: {'applied' if s is None else 'skipped (non-finite ' + s + ')'}"
+                          for r, (_, s, _) in enumerate(every))
+        raise RunFailed(f"step {step}: the ranks disagree on applying the update ({ranks}), so their weights now "
+                        "differ; re-run the same command to resume from the last checkpoint", every_rank=True)
+    metrics = dict(every[0][0])
+    for key in metrics:
+        if key in SUMMED_UPDATE_METRICS:
+            metrics[key] = sum(m.get(key, 0.0) for m, _, _ in every)
+        elif key.startswith("perf/"):
+            metrics[key] = max(m.get(key, 0.0) for m, _, _ in every)
+    # What the loss trained on, of the tokens selected: < 1 only with --top-entropy-tokens, refused with W > 1.
+    metrics["tokens/trained_frac"] = 1.0 if trained_rows else 0.0
+    timings = {key: max(t[key] for _, _, t in every if key in t) for key in {k for _, _, t in every for k in t}}
+    return metrics, "/".join(sorted(skipped)) if None not in skipped else None, timings
