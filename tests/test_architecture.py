@@ -72,6 +72,15 @@ def run_lint(cwd: Path, package_parent: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def lint_with_import(tmp_path: Path, module: str, statement: str) -> subprocess.CompletedProcess:
+    """lint-imports on a copy of the package where `module` (a path under rlvr/) gains `statement`."""
+    shutil.copytree(ROOT / "rlvr", tmp_path / "rlvr", ignore=shutil.ignore_patterns("__pycache__", "assets"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    path = tmp_path / "rlvr" / module
+    path.write_text(path.read_text() + f"\n\ndef _added():\n    {statement}  # noqa: F401\n")
+    return run_lint(tmp_path, tmp_path)
+
+
 def test_the_tree_keeps_the_layer_and_acyclic_contracts():
     done = run_lint(ROOT, ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -80,23 +89,15 @@ def test_the_tree_keeps_the_layer_and_acyclic_contracts():
 
 def test_an_upward_import_breaks_the_contract(tmp_path):
     """The same check on a copy of the package where the math imports the trainer."""
-    shutil.copytree(ROOT / "rlvr", tmp_path / "rlvr", ignore=shutil.ignore_patterns("__pycache__", "assets"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    stats = tmp_path / "rlvr" / "algo" / "stats.py"
-    stats.write_text(stats.read_text() + "\n\ndef _upward():\n    from rlvr.train import step  # noqa: F401\n")
-    done = run_lint(tmp_path, tmp_path)
+    done = lint_with_import(tmp_path, "algo/stats.py", "from rlvr.train import step")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "rlvr.algo.stats -> rlvr.train.step" in done.stdout
-    assert "Contracts: 1 kept, 1 broken." in done.stdout
+    assert "each layer imports only the layers below it BROKEN" in done.stdout
 
 
 def test_a_circle_breaks_the_contract(tmp_path):
     """Two sibling modules of rlvr.train that import each other are refused."""
-    shutil.copytree(ROOT / "rlvr", tmp_path / "rlvr", ignore=shutil.ignore_patterns("__pycache__", "assets"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    memory = tmp_path / "rlvr" / "train" / "memory.py"
-    memory.write_text(memory.read_text() + "\n\ndef _circle():\n    from rlvr.train import step  # noqa: F401\n")
-    done = run_lint(tmp_path, tmp_path)
+    done = lint_with_import(tmp_path, "train/memory.py", "from rlvr.train import step")  # step imports memory
     assert done.returncode == 1, done.stdout + done.stderr
     assert "no import circles" in done.stdout and "BROKEN" in done.stdout
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from rlvr.train.preflight import check_train_config
 from rlvr.backends import load_policy
 from rlvr.cli import main
 from rlvr.config import ConfigError, TrainConfig
@@ -92,7 +93,7 @@ def test_selection_settings_are_refused_with_the_fix(tmp_path):
     ]
     for values, field, fix in cases:
         with pytest.raises(ConfigError) as err:
-            TrainConfig(out=str(tmp_path / "run"), **values).validate()
+            check_train_config(TrainConfig(out=str(tmp_path / "run"), **values))
         assert err.value.field == field and fix in str(err.value), (values, str(err.value))
 
 
