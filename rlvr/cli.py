@@ -13,8 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlvr.config import (ConfigError, RunFailed, TrainConfig, add_fields, build, check_basic_values, check_writable, config_fields,
-                         load_toml, opt, require_positive)
+from rlvr.config import (ConfigError, RunFailed, TrainConfig, add_fields, build, check_basic_values, check_writable,
+                         config_fields, load_toml, opt, require_positive)
 
 
 class _Parser(argparse.ArgumentParser):
