@@ -62,8 +62,10 @@ class TrainConfig:
     chat_template: str = opt("auto", "auto: prompt chat models through their chat template with a natural-language "
                                      "question; none: the task's raw prompt")
     system_prompt: str = opt("", "system message for chat models ('' = the chat template's default)")
-    reward: str = opt("task", "verifier: 'task' (the task's own), 'code_exec' (runs the completion against the item's "
-                              "tests; jsonl tasks) or module:function returning a float in [0, 1]")
+    reward: str = opt("task", "verifier: 'task' (the task's own), 'format' (an answer in the task's format), "
+                              "'code_exec' (runs the completion against the item's tests; jsonl tasks), "
+                              "'math_verify', or module:function returning a float in [0, 1]; several with "
+                              "weights: task:0.8,format:0.2 (or a TOML table)")
     reward_workers: int = opt(2, "verifier worker processes (0 = call it in the training process: no timeout, "
                                  "a crash ends the run)")
     reward_timeout: float = opt(10.0, "seconds one verifier call may take; then its worker is killed and replaced")
@@ -78,11 +80,24 @@ class TrainConfig:
     prompts_per_step: int = opt(8, "B: distinct prompts per step; each step samples B·K completions")
     temperature: float = opt(1.0, "sampling temperature of the training rollouts (> 0)")
     max_new_tokens: int = opt(8, "longest completion in tokens")
-    advantage: str = opt("grpo", "advantage estimator: grpo, dr_grpo or rloo")
+    advantage: str = opt("grpo", "advantage estimator: grpo, dr_grpo, rloo, grpo_batch_std (the std over the step's "
+                                 "rewards) or reinforce_pp (REINFORCE++-baseline)")
     loss_agg: str = opt("token-mean", "loss aggregation: token-mean, seq-mean or token-sum")
     clip_low: float = opt(0.2, "ε_low: policy ratio clipped below at 1 − ε_low")
     clip_high: float = opt(0.2, "ε_high: policy ratio clipped above at 1 + ε_high (> clip-low is clip-higher)")
     beta: float = opt(0.0, "weight of the KL penalty to the frozen start policy (0 = none, no reference model)")
+    kl_estimator: str = opt("k3", "estimator of the --beta KL penalty per token: k1, k2, k3 or k3+ (k3's value with "
+                                  "k2's gradient); docs/training.md says which is unbiased in value and in gradient")
+    policy_loss: str = opt("ppo", "surrogate of the importance ratio: ppo (PPO-clip) or cispo (MiniMax-M1: the ratio "
+                                  "clipped to [1 − clip-low, 1 + clip-high] as a stop-gradient weight on log π)")
+    ratio_level: str = opt("token", "importance ratio per token, or per sequence (GSPO: the geometric mean of the "
+                                    "completion's token ratios, clipped as one; pair it with --loss-agg seq-mean)")
+    dual_clip: float = opt(0.0, "dual-clip c > 1 (Ye et al. 2020): the loss of a token with A < 0 is capped at −A·c "
+                                "(0 = off; verl's default is 3)")
+    positive_weight: float = opt(1.0, "λ of W-REINFORCE (Zhu et al. 2025): the term of samples with positive "
+                                      "advantage is scaled by λ, e.g. 0.1 (1 = off)")
+    mask_truncated: bool = opt(False, "completions cut at --max-new-tokens get no policy gradient (DAPO's overlong "
+                                      "filtering); completion/truncated_frac counts them")
     entropy_coef: float = opt(0.0, "entropy bonus weight: loss −= coef · entropy (the start value with --entropy-target)")
     entropy_target: float = opt(0.0, "adaptive entropy bonus: move the coef by --entropy-coef-step toward this entropy in nats (0 = off)")
     entropy_coef_step: float = opt(0.001, "Δ of --entropy-target: change of the coefficient per step")
@@ -203,7 +218,7 @@ class TrainConfig:
         require_positive(self, ("reward_collapse_patience",))
         self.validate_selection()
         for name in ("max_rollbacks", "rollback_entropy_boost", "entropy_target", "entropy_coef_step",
-                     "entropy_coef_max", "kl_cov_coef"):
+                     "entropy_coef_max", "kl_cov_coef", "positive_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(name, f"must be ≥ 0, got {getattr(self, name)}")
         if self.entropy_target and not 0 <= self.entropy_coef <= self.entropy_coef_max:
@@ -217,6 +232,7 @@ class TrainConfig:
                 raise ConfigError(name, f"must be a fraction in [0, 1], got {getattr(self, name)}")
         if not self.clip_cov_low < self.clip_cov_high:
             raise ConfigError("clip_cov_low", f"must be below --clip-cov-high ({self.clip_cov_high}), got {self.clip_cov_low}")
+        self.validate_objective()
         if self.kl_cov and self.updates_per_step < 2:
             raise ConfigError("kl_cov", "KL-Cov penalises |log π − log π_old|, which is 0 on an on-policy update; "
                                         "use it with --updates-per-step 2 or more")
@@ -245,6 +261,29 @@ class TrainConfig:
             raise ConfigError("early_stop", "needs the metric to judge gains by: give --keep-best METRIC")
         if self.select_split not in ("heldout", "validation"):
             raise ConfigError("select_split", f"must be heldout or validation, got {self.select_split!r}")
+
+    def validate_objective(self) -> None:
+        """--policy-loss, --ratio-level, --dual-clip, --kl-estimator and the token controls, alone
+        and in combination (names are checked against their registries by the preflight)."""
+        if self.ratio_level not in ("token", "sequence"):
+            raise ConfigError("ratio_level", f"must be token or sequence, got {self.ratio_level!r}")
+        if self.dual_clip and not self.dual_clip > 1:
+            raise ConfigError("dual_clip", f"caps the loss of negative-advantage tokens at −A·c with c > 1 (verl uses "
+                                           f"3); got {self.dual_clip}; give a value above 1, or 0 for off")
+        if self.dual_clip and self.policy_loss != "ppo":
+            raise ConfigError("dual_clip", f"is a bound of PPO-clip's surrogate; --policy-loss {self.policy_loss} has "
+                                           "its own: drop one of them")
+        if self.kl_estimator != "k3" and not self.beta > 0:
+            raise ConfigError("kl_estimator", "chooses the estimator of the KL penalty, which is off: give --beta X "
+                                              "> 0, or drop --kl-estimator")
+        for name in ("clip_cov", "kl_cov"):
+            if getattr(self, name) and (self.policy_loss != "ppo" or self.ratio_level != "token" or self.dual_clip):
+                raise ConfigError(name, "selects tokens of PPO-clip's token-level surrogate (Cui et al. 2025); it "
+                                        "does not combine with --policy-loss cispo, --ratio-level sequence or "
+                                        "--dual-clip: drop one of them")
+        if self.clip_cov and self.kl_cov:
+            raise ConfigError("kl_cov", "and --clip-cov are two alternative losses of Cui et al. 2025 (KL-Cov "
+                                        "trains every token unclipped, Clip-Cov keeps PPO's clip); choose one")
 
     def validate_sampling(self) -> None:
         """The sampling strategies and reward structures, alone and in combination."""
@@ -385,8 +424,20 @@ def load_toml(path: str, *classes) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name not in known:
             raise ConfigError("config", f"{path}: unknown setting {key!r}; see --help for the settings")
+        if name == "reward" and isinstance(value, dict):  # [reward] task = 0.8 ... : weighted verifiers
+            value = weighted_reward(path, value)
         values[name] = coerce(name, value, known[name].type)
     return values
+
+
+def weighted_reward(path: str, table: dict) -> str:
+    """A TOML table of verifier = weight -> the --reward spelling name:weight,name:weight."""
+    for name, weight in table.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ConfigError("reward", f"{path}: the weight of {name!r} must be a number, got {weight!r}")
+    if not table:
+        raise ConfigError("reward", f"{path}: the [reward] table names no verifier")
+    return ",".join(f"{name}:{float(weight)!r}" for name, weight in table.items())
 
 
 def to_toml(values: dict[str, Any]) -> str:

@@ -50,5 +50,5 @@ def test_zero_signal_groups_get_zero_advantage(name):
 
 
 def test_unknown_advantage_lists_known_names():
-    with pytest.raises(UnknownNameError, match="dr_grpo, grpo, rloo"):
+    with pytest.raises(UnknownNameError, match="dr_grpo, grpo, grpo_batch_std, reinforce_pp, rloo"):
         ADVANTAGES.get("ppo")

@@ -58,6 +58,20 @@ def test_plan_variant_starts_from_the_first_arm_and_shares_everything_else(tmp_p
     assert all(c.temperature == 0.9 and c.steps == 7 and c.eval_every == 25 for c in plans.values())
 
 
+def test_a_w_reinforce_variant_is_planned_as_an_entropy_control(tmp_path):
+    """`--variant "nsr=--k 16 --positive-weight 0.1"` (issue 26): the arm trains with λ = 0.1 and
+    the report's verdict (e) takes it as K=16's entropy control; plain K=16 is not one."""
+    from rlvr.study.report.runs import entropy_controls, has_entropy_control
+    from rlvr.config import to_dict
+
+    cc = CompareConfig(k=[8, 16], variant=["nsr=--k 16 --positive-weight 0.1"], seeds=1, steps=5,
+                       out=str(tmp_path / "c"))
+    plans = {p.arm: p.config for p in plan_runs(cc, {})}
+    assert plans["nsr"].k == 16 and plans["nsr"].positive_weight == 0.1 and plans["k16"].positive_weight == 1.0
+    assert entropy_controls(to_dict(plans["nsr"])) == ["positive_weight=0.1"]
+    assert not has_entropy_control(to_dict(plans["k16"]))
+
+
 @pytest.mark.parametrize("variant, needle", [
     (["bad flags=--k 4"], "NAME="), (["x=--no-such-flag 3"], "unrecognized"), (["x=--k two"], "invalid int"),
     (["x=--seed 3"], "--seed must be the same"), (["k8=--k 8"], "two arms are named 'k8'"),

@@ -1,7 +1,12 @@
 """Group-relative advantage estimators, registered by name (TERMS.md, "advantage").
 
 Each takes rewards of shape (B, K) — B groups of K samples — and returns advantages of the same
-shape. A group whose rewards are all equal gets advantage 0 from every estimator here.
+shape. A group whose rewards are all equal gets advantage exactly 0 from every estimator here
+(`zero_equal_groups`): in floating point the mean of K equal rewards can be one rounding step
+off, and GRPO's division by a std of ~1e-8 would turn that step into an advantage of 0.03-0.06.
+
+Two estimators are batch-level (`BATCH_LEVEL`): their normaliser is a statistic of every group
+of the step, so they need the step's groups in one call (equal group sizes, one process).
 """
 from __future__ import annotations
 
@@ -12,8 +17,19 @@ import torch
 from rlvr.registry import Registry
 
 ADVANTAGES: Registry = Registry("advantage estimator")
+BATCH_LEVEL = {"grpo_batch_std", "reinforce_pp"}  # normalised by statistics of the whole step
 
 EPS = 1e-6  # keeps GRPO's division finite for zero-variance groups (whose numerator is 0)
+
+
+def equal_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """(B, K) -> (B, 1) bool: True where every reward of the group equals its first."""
+    return (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
+
+
+def zero_equal_groups(rewards: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """Advantages with every all-equal group's set to exactly 0 (they carry no signal)."""
+    return advantages.masked_fill(equal_groups(rewards), 0.0)
 
 
 @ADVANTAGES.register("grpo")
@@ -21,14 +37,14 @@ def grpo(rewards: torch.Tensor) -> torch.Tensor:
     """(r − mean) / (std + ε), std with Bessel's correction as in DeepSeekMath, TRL and verl."""
     mean = rewards.mean(dim=1, keepdim=True)  # (B, 1)
     std = rewards.std(dim=1, keepdim=True, unbiased=True)  # (B, 1)
-    return (rewards - mean) / (std + EPS)
+    return zero_equal_groups(rewards, (rewards - mean) / (std + EPS))
 
 
 @ADVANTAGES.register("dr_grpo")
 def dr_grpo(rewards: torch.Tensor) -> torch.Tensor:
     """r − mean: Dr. GRPO (Liu et al. 2025) drops the std division that up-weights easy and
     hard prompts."""
-    return rewards - rewards.mean(dim=1, keepdim=True)
+    return zero_equal_groups(rewards, rewards - rewards.mean(dim=1, keepdim=True))
 
 
 @ADVANTAGES.register("rloo")
@@ -36,7 +52,27 @@ def rloo(rewards: torch.Tensor) -> torch.Tensor:
     """r_i − mean of the other K−1 rewards (leave-one-out baseline, Ahmadian et al. 2024)."""
     k = rewards.shape[1]
     others = (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)  # (B, K)
-    return rewards - others
+    return zero_equal_groups(rewards, rewards - others)
+
+
+@ADVANTAGES.register("grpo_batch_std")
+def grpo_batch_std(rewards: torch.Tensor) -> torch.Tensor:
+    """(r − group mean) / (std of all the step's rewards + ε): GRPO with the std taken over the
+    batch, not the group (TRL's scale_rewards="batch"; Liu et al. 2025 argue the per-group std
+    up-weights groups that are nearly solved or nearly failed). Bessel-corrected std."""
+    centred = rewards - rewards.mean(dim=1, keepdim=True)  # (B, K)
+    return zero_equal_groups(rewards, centred / (rewards.std(unbiased=True) + EPS))
+
+
+@ADVANTAGES.register("reinforce_pp")
+def reinforce_pp(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE++-baseline (Hu 2025, arXiv 2501.03262): the group mean as baseline, then the
+    centred rewards whitened over the whole batch, (c − mean(c)) / (std(c) + ε). verl
+    (`reinforce_plus_plus_baseline`) whitens over tokens, so long completions weigh more in its
+    batch statistics; rlvr whitens over completions, one value each. Bessel-corrected std."""
+    centred = rewards - rewards.mean(dim=1, keepdim=True)  # (B, K)
+    whitened = (centred - centred.mean()) / (centred.std(unbiased=True) + EPS)
+    return zero_equal_groups(rewards, whitened)
 
 
 def pass_at_k_advantage(rewards: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,12 +1,13 @@
 """The reward wing: verifiers, the worker processes that call them, and the checkers inside.
 
 One entry point for the rest of rlvr:
-  * `load_verifier(spec, task)`: a verifier by name (`task`, `code_exec`, `math_verify`) or
-    `module:function` (rlvr/rewards/verifiers.py, the registry);
-  * `RewardPool`: calls it in worker processes with a per-call timeout, so a hang or a crash costs
-    one reward (rlvr/rewards/pool.py); `rlvr.rewards.scoring.score_batch` turns a batch of
-    completions into the (B, K) reward tensor with the failures counted;
-  * `check_reward(spec, task)`: the pre-run check that the verifier exists and suits the task.
+  * `load_verifier(spec, task)`: a verifier by name (`task`, `format`, `code_exec`, `math_verify`)
+    or `module:function` (rlvr/rewards/verifiers.py, the registry);
+  * `open_pool(spec, ...)`: a `RewardPool` that calls it in worker processes with a per-call
+    timeout, so a hang or a crash costs one reward (rlvr/rewards/pool.py), or a `WeightedPool` of
+    several (`--reward a:w,b:w`, each in its own pool); `rlvr.rewards.scoring.score_batch` turns
+    a batch of completions into the (B, K) reward tensor with the failures counted;
+  * `check_reward(spec, task)`: the pre-run check that each verifier exists and suits the task.
 
 Inside: `math_answers` (math-verify, numbers and LaTeX) and `code/` (the code_exec verifier: the
 sandbox, the judge and the wire between them). This package's modules import no torch: the
@@ -15,15 +16,25 @@ reward workers import them, and start in well under a second.
 from __future__ import annotations
 
 from rlvr.config import ConfigError
-from rlvr.rewards.pool import RewardFailure, RewardPool, WorkerStartError
-from rlvr.rewards.verifiers import CRASH, TIMEOUT, load_verifier, needs_task
+from rlvr.rewards.pool import RewardFailure, RewardPool, WeightedPool, WorkerStartError, open_pool
+from rlvr.rewards.verifiers import CRASH, TIMEOUT, load_verifier, needs_task, parse_reward
 
-__all__ = ["CRASH", "TIMEOUT", "RewardFailure", "RewardPool", "WorkerStartError", "check_reward", "load_verifier",
-           "needs_task"]
+__all__ = ["CRASH", "TIMEOUT", "RewardFailure", "RewardPool", "WeightedPool", "WorkerStartError", "check_reward",
+           "load_verifier", "needs_task", "open_pool", "parse_reward"]
 
 
 def check_reward(reward: str, task: str) -> None:
-    """The verifier must be known or importable; code_exec needs tasks whose answers are tests."""
+    """The verifier (each of a weighted mix's) must be known or importable; code_exec needs tasks
+    whose answers are tests."""
+    try:
+        components = parse_reward(reward)
+    except ValueError as err:
+        raise ConfigError("reward", str(err)) from None
+    for name, _ in components or [(reward, 1.0)]:
+        _check_verifier(name, task)
+
+
+def _check_verifier(reward: str, task: str) -> None:
     if reward == "code_exec" and not task.startswith("jsonl:"):
         raise ConfigError("reward", "code_exec judges each completion as a program; use it with a jsonl:<path> "
                                     "task whose items hold assert-style tests in \"answer\" or stdin/stdout pairs "

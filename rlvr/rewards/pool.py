@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from rlvr.rewards.verifiers import CRASH, TIMEOUT, call_verifier, load_verifier, needs_task
+from rlvr.rewards.verifiers import CRASH, TIMEOUT, call_verifier, load_verifier, needs_task, parse_reward
 
 HEADER = struct.Struct(">I")
 STARTUP_SECONDS = 120.0  # a worker must import the verifier within this (a heavy user module may be slow)
@@ -57,6 +57,7 @@ class RewardFailure:
     kind: str  # "exception", "bad_value", "timeout" or "crash"
     item_id: str
     detail: str
+    component: str = ""  # with weighted verifiers (--reward a:w,b:w): which one failed
 
 
 def _frame(message) -> bytes:
@@ -217,6 +218,47 @@ class RewardPool:
             worker.kill()
             raise WorkerStartError(detail)
         return worker
+
+
+class WeightedPool:
+    """Several verifiers with weights (--reward a:w,b:w; TRL's reward_weights): each runs in its
+    own RewardPool, so each has its own workers, its own --reward-timeout per call and its own
+    failure counts, and a completion's reward is Σ weight · that verifier's reward (a failed call
+    counts --reward-error-value for its verifier)."""
+
+    def __init__(self, components: list[tuple[str, float]], task_name: str, seed: int, workers: int,
+                 timeout: float, answer_format: str = "auto") -> None:
+        self.components: list[tuple[str, float, RewardPool]] = []
+        try:
+            for name, weight in components:
+                self.components.append((name, weight, RewardPool(name, task_name, seed, workers, timeout,
+                                                                 answer_format)))
+        except WorkerStartError as err:
+            self.close()
+            raise WorkerStartError(f"{name}: {err}") from None
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.components]
+
+    def __enter__(self) -> "WeightedPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for _, _, pool in self.components:
+            pool.close()
+
+
+def open_pool(reward: str, task_name: str, seed: int, workers: int, timeout: float,
+              answer_format: str = "auto") -> RewardPool | WeightedPool:
+    """The pool for `--reward`: a RewardPool for one verifier, a WeightedPool for a weighted mix."""
+    components = parse_reward(reward)
+    if components is None:
+        return RewardPool(reward, task_name, seed, workers, timeout, answer_format)
+    return WeightedPool(components, task_name, seed, workers, timeout, answer_format)
 
 
 def _build_verifier(spec: dict):

@@ -44,8 +44,50 @@ def _math_verify(task) -> Verifier:
     return score
 
 
+@REWARDS.register("format")
+def _format(task) -> Verifier:
+    """1 when the completion states a final answer in the task's answer format (right or wrong),
+    else 0: a format reward, meant as a small weighted part of a mix (--reward task:0.8,format:0.2)."""
+    return lambda completion, item: float(task.extract_answer(completion) is not None)
+
+
+NEEDS_TASK = {"task", "format"}  # verifiers built from the task (in each worker, from its name and seed)
+
+
 def needs_task(spec: str) -> bool:
-    return spec == "task"
+    return spec in NEEDS_TASK
+
+
+def parse_reward(spec: str) -> list[tuple[str, float]] | None:
+    """`--reward`: one verifier (-> None), or weighted components `name:w,name:w` (-> [(name, w)]).
+
+    A component is a registered name or module:function, followed by `:weight` (a number; 1 when
+    left out). `module:function` alone is one verifier, not a weight. ValueError for a weight that
+    is not a finite number ≥ 0, for all weights 0, and for a component named twice."""
+    parts = [part.strip() for part in spec.split(",")]
+    components, weighted = [], False
+    for part in parts:
+        head, sep, tail = part.rpartition(":")
+        try:
+            weight = float(tail) if sep else None
+        except ValueError:  # module:function
+            weight = None
+        name = head if weight is not None else part
+        if not name:
+            raise ValueError(f"empty verifier name in {spec!r}; write name:weight, e.g. task:0.8,format:0.2")
+        if weight is not None and not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"the weight of {name!r} must be a finite number ≥ 0, got {tail!r}")
+        weighted = weighted or weight is not None
+        components.append((name, 1.0 if weight is None else weight))
+    if len(parts) == 1 and not weighted:
+        return None  # one verifier, no weight given
+    names = [name for name, _ in components]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:
+        raise ValueError(f"{twice!r} is named twice in {spec!r}; give each verifier once, with its weight")
+    if not any(weight > 0 for _, weight in components):
+        raise ValueError(f"every weight in {spec!r} is 0; at least one verifier must count")
+    return components
 
 
 def load_verifier(spec: str, task=None) -> Verifier:

@@ -138,6 +138,13 @@ def sample_groups(
     )
 
 
+def truncated_rows(completion_ids: torch.Tensor, stop_ids) -> torch.Tensor:
+    """(N, T) completion ids -> (N,) bool: True where no stop token was generated, i.e. the
+    completion was cut at --max-new-tokens."""
+    stops = torch.tensor(list(stop_ids), device=completion_ids.device)
+    return ~torch.isin(completion_ids, stops).any(dim=1)
+
+
 def pad_columns(tensor: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
     """(N, W) -> (N, width), filled with `value` on the left or the right."""
     extra = width - tensor.shape[1]

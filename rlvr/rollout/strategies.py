@@ -40,7 +40,7 @@ from rlvr.algo.advantages import ADVANTAGES, pass_at_k_advantage
 from rlvr.config import TrainConfig
 from rlvr.distributed import SINGLE, World
 from rlvr.rewards.scoring import RewardFailure, score_batch
-from rlvr.rollout.sample import concat_batches, sample_groups
+from rlvr.rollout.sample import concat_batches, sample_groups, truncated_rows
 from rlvr.types import RolloutBatch
 
 # The success estimate must follow a policy that changes as it trains: old counts are
@@ -218,6 +218,7 @@ class Generated:
     metrics: dict = field(default_factory=dict)  # sampling/... of the whole step (every rank's), but for two of this rank's
     sampling_seconds: float = 0.0  # wall time spent in the sampler, all rounds
     round_groups: list[int] = field(default_factory=list)  # groups of each round (this rank's)
+    components: torch.Tensor | None = None  # (N, C) each weighted verifier's reward (--reward a:w,b:w), else None
 
     def reward_mean(self) -> float:
         return reward_mean(self.task_rewards, self.group_sizes)
@@ -228,13 +229,13 @@ class Generated:
     def samples(self, stop_ids) -> "StepSamples":
         """What the step's metrics need of these samples, on the CPU."""
         batch = self.batch
-        stops = torch.tensor(stop_ids, device=batch.completion_ids.device)
-        truncated = ~torch.isin(batch.completion_ids, stops).any(dim=1)  # (N,) no stop token: cut at the limit
+        truncated = truncated_rows(batch.completion_ids, stop_ids)  # (N,) no stop token: cut at the limit
         return StepSamples(task_rewards=self.task_rewards.cpu(), rewards=self.rewards.cpu(),
                            group_sizes=list(self.group_sizes), answers=list(self.answers),
                            failures=list(self.failures), failure_ranks=[0] * len(self.failures),
                            entropy=batch.entropy.float().cpu(), completion_mask=batch.completion_mask.cpu(),
-                           truncated=truncated.cpu())
+                           truncated=truncated.cpu(),
+                           components=None if self.components is None else self.components.cpu())
 
 
 def reward_mean(task_rewards: torch.Tensor, sizes: list[int]) -> float:
@@ -260,6 +261,7 @@ class StepSamples:
     entropy: torch.Tensor  # (N, T) float32 exact token entropy, 0 off the mask
     completion_mask: torch.Tensor  # (N, T) bool, generated tokens
     truncated: torch.Tensor  # (N,) bool, no stop token: cut at --max-new-tokens
+    components: torch.Tensor | None = None  # (N, C) float32 each weighted verifier's reward, else None
 
     @property
     def rows(self) -> int:
@@ -278,7 +280,8 @@ class StepSamples:
             sizes = self.group_sizes[group : group + count]
             rows = slice(row, row + sum(sizes))
             parts.append(StepSamples(self.task_rewards[rows], self.rewards[rows], sizes, self.answers[rows],
-                                     [], [], self.entropy[rows], self.completion_mask[rows], self.truncated[rows]))
+                                     [], [], self.entropy[rows], self.completion_mask[rows], self.truncated[rows],
+                                     None if self.components is None else self.components[rows]))
             group, row = group + count, row + sum(sizes)
         if parts:
             parts[0].failures, parts[0].failure_ranks = self.failures, self.failure_ranks
@@ -294,7 +297,8 @@ class StepSamples:
             failures=[f for p in parts for f in p.failures], failure_ranks=[r for p in parts for r in p.failure_ranks],
             entropy=torch.cat([pad(p.entropy, 0.0) for p in parts]),
             completion_mask=torch.cat([pad(p.completion_mask, False) for p in parts]),
-            truncated=torch.cat([p.truncated for p in parts]))
+            truncated=torch.cat([p.truncated for p in parts]),
+            components=None if parts[0].components is None else torch.cat([p.components for p in parts]))
 
 
 def gather_samples(world: World, local: StepSamples, round_groups: list[int]) -> StepSamples:
@@ -322,6 +326,7 @@ class Round:
     expected_signal: float  # --adaptive-k: Σ 1 − p^k − (1 − p)^k over the round's groups (all ranks'), else 0
     all_sizes: list[int]  # the group sizes of the whole round, every rank's
     signal_groups: int  # --group-filter: groups with signal in the whole round, every rank's (else 0)
+    components: torch.Tensor | None = None  # (n, C) each weighted verifier's reward, else None
 
 
 @dataclass
@@ -415,7 +420,9 @@ class Sampler:
                          group_sizes=sizes, answers=[a for r in sampled for a in r.answers],
                          failures=[f for r in sampled for f in r.failures], metrics=metrics,
                          sampling_seconds=sum(r.sampling_seconds for r in rounds),
-                         round_groups=[len(r.sizes) for r in rounds])
+                         round_groups=[len(r.sizes) for r in rounds],
+                         components=None if sampled[0].components is None else
+                         torch.cat([r.components for r in sampled]))
 
     def sample_round(self, policy, task, pool, seed: int, prompts: int) -> Round:
         """The next `prompts` items of the stream: this rank's shard sampled and scored; every
@@ -433,14 +440,15 @@ class Sampler:
                                   for item, k in zip(every_item, every_size))
         mine = world.shard(prompts)
         items, sizes = every_item[mine.start : mine.stop], every_size[mine.start : mine.stop]
-        batch, rewards, answers, failures = None, torch.zeros(0), [], []
+        batch, rewards, answers, failures, components = None, torch.zeros(0), [], [], None
         if items:
             batch = sample_groups(policy, items, sizes if cfg.adaptive_k else cfg.k,
                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                   generator=group_generators(seed, positions[mine.start : mine.stop], policy.device))
         sampling_seconds = time.perf_counter() - started
         if items:
-            rewards, answers, failures = score_groups(pool, task, batch, items, sizes, cfg.reward_error_value)
+            rewards, answers, failures, components = score_groups(pool, task, batch, items, sizes,
+                                                                  cfg.reward_error_value)
         signal_groups = 0
         if cfg.adaptive_k or cfg.group_filter:
             # (task rewards, shaped rewards) of every group of the round, in stream order on every rank
@@ -453,7 +461,7 @@ class Sampler:
             if cfg.group_filter:
                 signal_groups = int(groups_with_signal(torch.cat([g for _, g in every_group]), every_size).sum())
         return Round(batch, rewards, sizes, answers, failures, sampling_seconds, time.perf_counter() - started,
-                     expected_signal, every_size, signal_groups)
+                     expected_signal, every_size, signal_groups, components)
 
     def penalty(self, batch: RolloutBatch) -> torch.Tensor | None:
         """The overlong penalty of each row (N,), or None when --overlong-buffer is 0."""
@@ -468,15 +476,16 @@ class Sampler:
 
 
 def score_groups(pool, task, batch: RolloutBatch, items: list[dict], sizes: list[int],
-                 error_value: float = 0.0) -> tuple[torch.Tensor, list[str | None], list[RewardFailure]]:
+                 error_value: float = 0.0) -> tuple[torch.Tensor, list, list[RewardFailure], torch.Tensor | None]:
     """Scores a round's completions in the reward pool -> rewards (N,) on the batch's device,
-    answers, failures (failed calls score `error_value`)."""
+    answers, failures (failed calls score `error_value`), and each weighted verifier's reward
+    (N, C) (None for one verifier)."""
     if len(set(sizes)) == 1:
         scored = score_batch(pool, task, batch.texts, items, sizes[0], error_value)  # rewards (B, K)
     else:  # groups of different sizes: one item per row, groups of one
         row_items = [item for item, size in zip(items, sizes) for _ in range(size)]
         scored = score_batch(pool, task, batch.texts, row_items, 1, error_value)  # rewards (N, 1)
-    return scored.rewards.reshape(-1).to(batch.group_ids.device), scored.answers, scored.failures
+    return scored.rewards.reshape(-1).to(batch.group_ids.device), scored.answers, scored.failures, scored.components
 
 
 def select_for_training(generated: Generated, cfg: TrainConfig) -> Selection:

@@ -87,7 +87,7 @@ def pilot(cfg: PlanConfig) -> tuple[np.ndarray, int]:
     import torch
 
     from rlvr.backends import ModelSettings, load_policy
-    from rlvr.rewards.pool import RewardPool
+    from rlvr.rewards.pool import open_pool
     from rlvr.rewards.scoring import score_batch
     from rlvr.rollout.sample import sample_groups
     from rlvr.tasks import get_task
@@ -100,7 +100,7 @@ def pilot(cfg: PlanConfig) -> tuple[np.ndarray, int]:
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     items = [task.item("train", i) for i in range(cfg.pilot_prompts)]
     correct = []
-    with RewardPool(cfg.reward, cfg.task, cfg.seed, defaults.reward_workers, defaults.reward_timeout,
+    with open_pool(cfg.reward, cfg.task, cfg.seed, defaults.reward_workers, defaults.reward_timeout,
                     cfg.answer_format) as pool:
         for start in range(0, len(items), 16):
             chunk = items[start:start + 16]

@@ -36,7 +36,7 @@ import torch
 from rlvr import distributed
 from rlvr.config import ConfigError, RunFailed, TrainConfig, to_dict
 from rlvr.distributed import World
-from rlvr.rewards.pool import RewardPool, WorkerStartError
+from rlvr.rewards.pool import RewardPool, WeightedPool, WorkerStartError, open_pool
 from rlvr.tasks import get_task
 from rlvr.train.checkpoint import clean_temporaries, load_latest, save_checkpoint
 from rlvr.train.evaluator import InTrainingEval
@@ -107,7 +107,7 @@ class Training:
         self.logs = RunLogs(self.run_dir, cfg, self.st.step, world.main)
         self.log_start()
         self.bar = Progress(cfg, enabled=progress and not cfg.quiet, console=console, mute=not world.main)
-        self.pool: RewardPool | None = None
+        self.pool: RewardPool | WeightedPool | None = None
         self.last_eval: dict = {}
 
     def log_start(self) -> None:
@@ -150,11 +150,11 @@ class Training:
             self.logs.close_rows()
         return self.finish()
 
-    def start_reward_pool(self) -> RewardPool:
+    def start_reward_pool(self) -> RewardPool | WeightedPool:
         """The verifier's worker processes on every rank; exit 2 when any rank's cannot load it."""
         cfg, world = self.cfg, self.world
         try:
-            pool = RewardPool(cfg.reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout, cfg.answer_format)
+            pool = open_pool(cfg.reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout, cfg.answer_format)
             pool_error = None
         except WorkerStartError as err:
             pool, pool_error = None, str(err)

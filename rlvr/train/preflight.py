@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
-from rlvr.algo.advantages import ADVANTAGES
-from rlvr.algo.losses import AGGREGATIONS
+from rlvr.algo.advantages import ADVANTAGES, BATCH_LEVEL
+from rlvr.algo.losses import AGGREGATIONS, KL_ESTIMATORS, OBJECTIVES
 from rlvr.backends import check_model, check_prompts_fit, resolve
 from rlvr.config import ConfigError, TrainConfig, check_writable
 from rlvr.distributed import FSDP_ON_CPU_ENV, check_processes, launched_world_size
 from rlvr.eval.runner import validation_items
-from rlvr.rewards import check_reward
+from rlvr.rewards import check_reward, parse_reward
 from rlvr.tasks import check_task, get_task
 from rlvr.train.trackers import check_loggers
 
@@ -31,9 +31,15 @@ def check_train_config(cfg: TrainConfig) -> None:
     cfg.validate()
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda was asked for but torch sees no GPU; use --device cpu")
-    for field_name, registry, name in (("advantage", ADVANTAGES, cfg.advantage), ("loss_agg", AGGREGATIONS, cfg.loss_agg)):
+    for field_name, registry in (("advantage", ADVANTAGES), ("loss_agg", AGGREGATIONS), ("policy_loss", OBJECTIVES),
+                                 ("kl_estimator", KL_ESTIMATORS)):
+        name = getattr(cfg, field_name)
         if name not in registry:
             raise ConfigError(field_name, f"unknown {name!r}; known: {', '.join(registry.names())}")
+    if cfg.advantage in BATCH_LEVEL and cfg.adaptive_k:
+        raise ConfigError("advantage", f"{cfg.advantage} normalises by statistics of all the step's groups, taken "
+                                       "in one call on groups of one size; --adaptive-k gives groups of different "
+                                       "sizes: drop one of them")
     try:
         check_loggers(cfg.log)
     except ValueError as err:
@@ -45,6 +51,14 @@ def check_train_config(cfg: TrainConfig) -> None:
         except ValueError as err:
             raise ConfigError("select_split", str(err)) from None
     check_reward(cfg.reward, cfg.task)
+    components = parse_reward(cfg.reward)
+    if cfg.reward_shaping == "passk" and components is not None:
+        raise ConfigError("reward", "--reward-shaping passk needs 0/1 rewards, and weighted verifiers make them "
+                                    "graded; use one verifier, or drop --reward-shaping")
+    if cfg.adaptive_k and components is not None and sum(w for _, w in components) > 1 + 1e-9:
+        raise ConfigError("reward", f"--adaptive-k estimates each level's success rate from rewards in [0, 1], "
+                                    f"and these weights add up to {sum(w for _, w in components):g}; scale them to "
+                                    "add up to 1 at most, or drop --adaptive-k")
     check_writable(cfg.out)
     check_world(cfg)
 
@@ -84,6 +98,11 @@ def check_world(cfg: TrainConfig) -> None:
                 raise ConfigError(name, f"{what}; with {world} processes each rank would rank only its own "
                                         "shard and the run would differ from 1 process. Run it with one "
                                         "process (--nproc 1), or drop it")
+        if cfg.advantage in BATCH_LEVEL:
+            raise ConfigError("advantage", f"{cfg.advantage} normalises by statistics of the whole step's rewards; "
+                                           f"with {world} processes each rank would take its own shard's and the run "
+                                           "would differ from 1 process. Run it with one process (--nproc 1), or "
+                                           "use grpo, dr_grpo or rloo")
     if cfg.fsdp:
         check_fsdp(cfg)
 

@@ -19,11 +19,11 @@ from rlvr.algo.entropy import masked_mean, masked_quantiles
 from rlvr.algo.losses import LossSettings, policy_loss, top_entropy_select
 from rlvr.config import RunFailed, TrainConfig
 from rlvr.distributed import World
-from rlvr.rewards.verifiers import TIMEOUT
+from rlvr.rewards.verifiers import TIMEOUT, parse_reward
 from rlvr.rollout.forward import Scorer, micro_batches
-from rlvr.rollout.sample import select_rows
+from rlvr.rollout.sample import select_rows, truncated_rows
 from rlvr.rollout.strategies import (advantage_function, answer_diversity, gather_samples, group_advantages,
-                                     overlong_penalty, select_for_training)
+                                     overlong_penalty, reward_mean, select_for_training)
 from rlvr.train.guards import check_reward_failures
 from rlvr.train.memory import StepMemory
 from rlvr.train.state import RunState
@@ -46,7 +46,21 @@ def loss_settings(cfg: TrainConfig, entropy_coef: float) -> LossSettings:
         entropy_coef=entropy_coef, clip_cov_ratio=cfg.clip_cov_ratio if cfg.clip_cov else 0.0,
         clip_cov_bounds=(cfg.clip_cov_low, cfg.clip_cov_high),
         kl_cov_ratio=cfg.kl_cov_ratio if cfg.kl_cov else 0.0, kl_cov_coef=cfg.kl_cov_coef,
+        objective=cfg.policy_loss, ratio_level=cfg.ratio_level, dual_clip=cfg.dual_clip,
+        kl_estimator=cfg.kl_estimator, positive_weight=cfg.positive_weight,
     )
+
+
+def loss_token_mask(batch, cfg: TrainConfig, stop_ids) -> torch.Tensor:
+    """The tokens the loss trains on (N, T) bool: the generated ones, less the completions cut at
+    --max-new-tokens with --mask-truncated, less all but the top entropy tokens with
+    --top-entropy-tokens."""
+    token_mask = batch.completion_mask  # (N, T)
+    if cfg.mask_truncated:
+        token_mask = token_mask & ~truncated_rows(batch.completion_ids, stop_ids)[:, None]
+    if cfg.top_entropy_tokens > 0 and bool(token_mask.any()):
+        token_mask = top_entropy_select(batch.entropy, token_mask, cfg.top_entropy_tokens)
+    return token_mask
 
 
 def micro_batch_rows(value) -> int | None:
@@ -88,9 +102,7 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
     clock = PhaseClock(policy.device)
     scorer = scorer if scorer is not None else Scorer(policy, cfg.temperature)
     rows = batch.num_rows
-    token_mask = batch.completion_mask  # (N, T)
-    if cfg.top_entropy_tokens > 0 and bool(token_mask.any()):
-        token_mask = top_entropy_select(batch.entropy, token_mask, cfg.top_entropy_tokens)
+    token_mask = loss_token_mask(batch, cfg, policy.stop_ids)  # (N, T)
     total_tokens, total_rows = totals if totals is not None else (max(1, int(token_mask.sum())), rows)
     chunks = micro_batches(batch, micro_batch_rows(cfg.micro_batch_size), policy.update_token_budget, policy.can_pack)
     old_logprobs = torch.zeros_like(batch.logprobs)
@@ -200,7 +212,8 @@ def collect(st: RunState, cfg: TrainConfig, task, pool, events_log) -> tuple:
     st.policy.module.train()
     # Entropy, lengths and rewards describe the policy: every generated sample counts, every rank's.
     samples = gather_samples(world, generated.samples(st.policy.stop_ids), generated.round_groups)  # N rows
-    check_reward_failures(samples.failures, samples.rows, cfg, step, events_log,
+    calls = samples.rows * (1 if samples.components is None else samples.components.shape[1])  # one per verifier
+    check_reward_failures(samples.failures, calls, cfg, step, events_log,
                           samples.failure_ranks if world.parallel else None)
     return generated, samples
 
@@ -215,8 +228,10 @@ def update_policy(st: RunState, cfg: TrainConfig, batch, advantages, reference, 
     trained_rows = sum(step_selection.group_sizes)
     totals = None  # one process: train_step normalises by its own batch
     if world.parallel:
-        trained_mask = samples.completion_mask if step_selection.rows is None else \
-            samples.completion_mask[step_selection.rows]
+        trained_mask = samples.completion_mask if not cfg.mask_truncated else \
+            samples.completion_mask & ~samples.truncated[:, None]
+        if step_selection.rows is not None:
+            trained_mask = trained_mask[step_selection.rows]
         totals = (max(1, int(trained_mask.sum())), trained_rows)  # the loss normaliser of the whole step
         if trained_rows and not batch.num_rows:  # none of this rank's groups kept: it still joins the all-reduce
             batch, advantages = idle_batch(generated_batch), advantages.new_zeros(1)
@@ -262,7 +277,22 @@ def step_row(st: RunState, cfg: TrainConfig, samples, entropy: float, update: di
         "perf/rollout_tokens_per_s": generated_tokens / max(rest["perf/rollout_seconds"], 1e-9),
         **rest,
         "reward/overlong_penalty": penalty,
+        **component_metrics(cfg, samples),
     }
+
+
+def component_metrics(cfg: TrainConfig, samples) -> dict:
+    """reward/<name>/mean, /errors and /timeouts of each weighted verifier (--reward a:w,b:w)."""
+    components = parse_reward(cfg.reward)
+    if components is None or samples.components is None:
+        return {}
+    metrics = {}
+    for column, (name, _) in enumerate(components):
+        metrics[f"reward/{name}/mean"] = reward_mean(samples.components[:, column], samples.group_sizes)
+        failures = [f for f in samples.failures if f.component == name]
+        metrics[f"reward/{name}/errors"] = len(failures)
+        metrics[f"reward/{name}/timeouts"] = sum(f.kind == TIMEOUT for f in failures)
+    return metrics
 
 
 def idle_batch(batch):

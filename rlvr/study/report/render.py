@@ -16,7 +16,7 @@ import platform
 import re
 from pathlib import Path
 
-from rlvr.study.report.runs import CONTROL_FIELDS, METRIC, Arm, fmt, fmt_ci, fmt_onsets, ratio, variant_flags
+from rlvr.study.report.runs import METRIC, Arm, entropy_controls, fmt, fmt_ci, fmt_onsets, ratio, variant_flags
 
 SAMPLE_CHARS = 300  # a completion longer than this is cut in the report (samples.jsonl has it whole)
 NEWLINE_MARK = "⏎"
@@ -231,9 +231,7 @@ def markdown(arms: list[Arm], numbers: dict[str, dict], summary: dict, plots: li
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         c = arm.config
-        control = ", ".join(f"{f}={c[f]}" for f in CONTROL_FIELDS if c.get(f)) or "none"
-        if c.get("clip_high", 0) > c.get("clip_low", 0):
-            control += f", clip-high {c['clip_high']}"
+        control = ", ".join(entropy_controls(c)) or "none"
         lines.append(f"| {escape_text(arm.name)} | {code_span(variant_flags(arm, arms[0]) or '-', in_table=True)} | "
                      f"{c['k']} | {c['prompts_per_step']} | "
                      f"{fmt(numbers[arm.name]['generated_per_step'], '.0f')} / {fmt(numbers[arm.name]['trained_per_step'], '.0f')} | "

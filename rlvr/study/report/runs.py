@@ -293,8 +293,19 @@ def match_mode(arms: list[Arm]) -> str:
 
 
 
+def entropy_controls(config: dict) -> list[str]:
+    """The entropy controls a run's config turns on, as `field=value` (clip-higher and
+    W-REINFORCE's --positive-weight, whose neutral values are not 0, included)."""
+    controls = [f"{f}={config[f]}" for f in CONTROL_FIELDS if config.get(f)]
+    if config.get("positive_weight", 1.0) != 1.0:
+        controls.append(f"positive_weight={config['positive_weight']}")
+    if config.get("clip_high", 0) > config.get("clip_low", 0):
+        controls.append(f"clip-high {config['clip_high']}")
+    return controls
+
+
 def has_entropy_control(config: dict) -> bool:
-    return any(config.get(f) for f in CONTROL_FIELDS) or config.get("clip_high", 0) > config.get("clip_low", 0)
+    return bool(entropy_controls(config))
 
 
 # ----------------------------------------------------------------------------------------
