@@ -20,12 +20,12 @@ def train(out: Path, *args: str) -> int:
     return main(["train", "--out", str(out), "--quiet", "--threads", "1", *args])
 
 
-def test_best_holds_the_maximum_of_the_evaluations_of_a_300_step_run(tmp_path):
+def test_best_holds_the_maximum_of_the_evaluations_of_a_150_step_run(tmp_path):
     out = tmp_path / "run"
-    assert train(out, "--steps", "300", "--eval-every", "25", "--keep-best", "hm@4", "--eval-problems", "60",
+    assert train(out, "--steps", "150", "--eval-every", "25", "--keep-best", "hm@4", "--eval-problems", "60",
                  "--eval-samples", "8", "--checkpoint-every", "100") == 0
     evals = read_jsonl(out / "evals.jsonl")
-    assert [e["step"] for e in evals] == list(range(0, 301, 25))
+    assert [e["step"] for e in evals] == list(range(0, 151, 25))
     values = [e["metrics"]["hm@4"]["value"] for e in evals]
     best = json.loads((out / "best" / "best.json").read_text())
     assert best["value"] == max(values) and best["metric"] == "hm@4" and best["split"] == "heldout"
