@@ -30,6 +30,10 @@ class EvalConfig:
     run: str = opt("", "a run directory: evaluates its final/ model on its task with its prompt settings "
                        "(overrides --model, --task, --answer-format, --chat-template, --system-prompt)")
     task: str = opt("arith", "task whose held-out split is evaluated")
+    prompt_key: str = opt("prompt", "hf: tasks: the column holding the prompt")
+    answer_key: str = opt("answer", "hf: tasks: the column holding the reference answer")
+    split: str = opt("train", "hf: tasks: the split the held-out problems are carved from (without --eval-split)")
+    eval_split: str = opt("", "hf: tasks: the split evaluated ('' = ~10% of --split, carved by a hash of the prompt)")
     answer_format: str = opt("auto", "how the final answer is stated and read: auto (the task's own), last-number, "
                                      "boxed, answer-tag or last-line")
     chat_template: str = opt("auto", "auto: chat models get the chat template and a natural-language question; "
@@ -56,7 +60,8 @@ class EvalConfig:
         run_cfg = json.loads(config_file.read_text())["config"]
         self.model, self.task = str(Path(self.run) / "final"), run_cfg["task"]
         self.max_new_tokens = run_cfg["max_new_tokens"]
-        for name in ("answer_format", "chat_template", "system_prompt"):  # absent from runs before they existed
+        for name in ("answer_format", "chat_template", "system_prompt", "prompt_key", "answer_key", "split",
+                     "eval_split"):  # absent from runs before they existed
             setattr(self, name, run_cfg.get(name, getattr(self, name)))
 
     def validate(self) -> None:
@@ -129,10 +134,10 @@ def _evaluate(cfg: "EvalConfig", world) -> int:
     0 writes eval.json from every rank's per-problem results (the same file as 1 process)."""
     from rlvr.backends import ModelSettings, load_policy
     from rlvr.eval.runner import evaluate_policy
-    from rlvr.tasks import get_task
+    from rlvr.tasks import get_task, task_options
 
     policy = load_policy(cfg.model, ModelSettings.of(cfg))
-    task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format)
+    task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format, options=task_options(cfg))
     result = evaluate_policy(policy, task, problems=cfg.problems, samples=cfg.samples, ks=cfg.k,
                              temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                              world=world)
@@ -268,6 +273,8 @@ def cmd_tasks(args) -> int:
     else:
         print('reasoning-gym tasks: not installed (pip install -e ".[all]"), then rg:<name>')
     print("your own data: jsonl:<path> (one {\"prompt\", \"answer\"} object per line)")
+    print("a data set on disk: hf:<path> (save_to_disk directory, parquet, JSON/JSONL or CSV; --prompt-key, "
+          "--answer-key, --split, --eval-split; docs/data.md)")
     return 0
 
 

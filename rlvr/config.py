@@ -56,7 +56,14 @@ class TrainConfig:
     # what to train
     model: str = opt("tiny", "model to start from: 'tiny' (built-in), 'smollm2', a .gguf file, a transformers or LoRA "
                              "adapter directory, or an rlvr run directory (docs/models.md)")
-    task: str = opt("arith", "task: a built-in name (see `rlvr tasks`), rg:<name> (reasoning-gym) or jsonl:<path>")
+    task: str = opt("arith", "task: a built-in name (see `rlvr tasks`), rg:<name> (reasoning-gym), jsonl:<path>, or "
+                             "hf:<path> (a save_to_disk directory, or a parquet, JSON/JSONL or CSV file or folder)")
+    prompt_key: str = opt("prompt", "hf: tasks: the column holding the prompt (a 'messages' column of chat turns "
+                                    "is used when there is no 'prompt')")
+    answer_key: str = opt("answer", "hf: tasks: the column holding the reference answer")
+    split: str = opt("train", "hf: tasks: the split trained on")
+    eval_split: str = opt("", "hf: tasks: the split held-out evaluations use ('' = ~10% of --split, carved by a "
+                              "hash of the prompt)")
     answer_format: str = opt("auto", "how the final answer is stated and read: auto (the task's own), last-number, "
                                      "boxed, answer-tag or last-line (docs/models.md)")
     chat_template: str = opt("auto", "auto: prompt chat models through their chat template with a natural-language "

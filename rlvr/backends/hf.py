@@ -157,8 +157,12 @@ class HFPrompts:
         return cls(tokenizer, int(max_len), settings)
 
     def messages(self, item: dict) -> list[dict]:
-        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return system + [{"role": "user", "content": item.get("question") or item["prompt"]}]
+        """The chat turns of an item: its own conversation (an hf: data set's `messages` column),
+        or one user turn with its question; --system-prompt first unless the conversation has one."""
+        turns = item.get("conversation") or [{"role": "user", "content": item.get("question") or item["prompt"]}]
+        has_system = any(turn["role"] == "system" for turn in turns)
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt and not has_system else []
+        return system + list(turns)
 
     def encode_prompt(self, item: dict) -> list[int]:
         if self.chat:

@@ -115,9 +115,9 @@ class RewardPool:
     """Scores (completion, item) pairs with the verifier named `reward`; use as a context manager."""
 
     def __init__(self, reward: str, task_name: str, seed: int, workers: int, timeout: float,
-                 answer_format: str = "auto") -> None:
+                 answer_format: str = "auto", task_options: dict | None = None) -> None:
         self.spec = {"reward": reward, "task": task_name, "seed": seed, "answer_format": answer_format,
-                     "parent": os.getpid()}
+                     "task_options": task_options or {}, "parent": os.getpid()}
         self.timeout = timeout
         self.verifier = _build_verifier(self.spec) if workers == 0 else None
         started = [self._spawn() for _ in range(workers)]
@@ -227,12 +227,12 @@ class WeightedPool:
     counts --reward-error-value for its verifier)."""
 
     def __init__(self, components: list[tuple[str, float]], task_name: str, seed: int, workers: int,
-                 timeout: float, answer_format: str = "auto") -> None:
+                 timeout: float, answer_format: str = "auto", task_options: dict | None = None) -> None:
         self.components: list[tuple[str, float, RewardPool]] = []
         try:
             for name, weight in components:
                 self.components.append((name, weight, RewardPool(name, task_name, seed, workers, timeout,
-                                                                 answer_format)))
+                                                                 answer_format, task_options)))
         except WorkerStartError as err:
             self.close()
             raise WorkerStartError(f"{name}: {err}") from None
@@ -252,13 +252,13 @@ class WeightedPool:
             pool.close()
 
 
-def open_pool(reward: str, task_name: str, seed: int, workers: int, timeout: float,
-              answer_format: str = "auto") -> RewardPool | WeightedPool:
+def open_pool(reward: str, task_name: str, seed: int, workers: int, timeout: float, answer_format: str = "auto",
+              task_options: dict | None = None) -> RewardPool | WeightedPool:
     """The pool for `--reward`: a RewardPool for one verifier, a WeightedPool for a weighted mix."""
     components = parse_reward(reward)
     if components is None:
-        return RewardPool(reward, task_name, seed, workers, timeout, answer_format)
-    return WeightedPool(components, task_name, seed, workers, timeout, answer_format)
+        return RewardPool(reward, task_name, seed, workers, timeout, answer_format, task_options)
+    return WeightedPool(components, task_name, seed, workers, timeout, answer_format, task_options)
 
 
 def _build_verifier(spec: dict):
@@ -266,7 +266,8 @@ def _build_verifier(spec: dict):
     if needs_task(spec["reward"]):
         from rlvr.tasks import get_task
 
-        task = get_task(spec["task"], seed=spec["seed"], answer_format=spec.get("answer_format", "auto"))
+        task = get_task(spec["task"], seed=spec["seed"], answer_format=spec.get("answer_format", "auto"),
+                        options=spec.get("task_options"))
     return load_verifier(spec["reward"], task)
 
 

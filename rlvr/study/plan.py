@@ -90,10 +90,10 @@ def pilot(cfg: PlanConfig) -> tuple[np.ndarray, int]:
     from rlvr.rewards.pool import open_pool
     from rlvr.rewards.scoring import score_batch
     from rlvr.rollout.sample import sample_groups
-    from rlvr.tasks import get_task
+    from rlvr.tasks import get_task, task_options
 
     n = cfg.pilot_samples or max(cfg.k)
-    task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format)
+    task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format, options=task_options(cfg))
     defaults = TrainConfig()
     policy = load_policy(cfg.model, ModelSettings.of(cfg))
     policy.module.eval()
@@ -101,7 +101,7 @@ def pilot(cfg: PlanConfig) -> tuple[np.ndarray, int]:
     items = [task.item("train", i) for i in range(cfg.pilot_prompts)]
     correct = []
     with open_pool(cfg.reward, cfg.task, cfg.seed, defaults.reward_workers, defaults.reward_timeout,
-                    cfg.answer_format) as pool:
+                    cfg.answer_format, task_options(cfg)) as pool:
         for start in range(0, len(items), 16):
             chunk = items[start:start + 16]
             batch = sample_groups(policy, chunk, n, max_new_tokens=cfg.max_new_tokens,

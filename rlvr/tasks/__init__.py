@@ -1,7 +1,8 @@
 """Tasks: problems with verifiers, looked up by name.
 
 A name is a built-in task (`add2`, `arith`, `mul`; see `list_tasks()`), `rg:<dataset>` for a
-reasoning-gym dataset, or `jsonl:<path>` for a file of the user's own problems. `answer_format`
+reasoning-gym dataset, `jsonl:<path>` for a file of the user's own problems, or `hf:<path>` for a
+data set on disk (rlvr/tasks/hf.py). `answer_format`
 names how the final answer is stated and read (rlvr.tasks.answers); "auto" is each task's default.
 """
 from __future__ import annotations
@@ -18,6 +19,9 @@ DEFAULT_TASK = "arith"
 
 RG_PREFIX = "rg:"
 JSONL_PREFIX = "jsonl:"
+HF_PREFIX = "hf:"
+# The data-set options of hf: tasks (TrainConfig and EvalConfig fields), with their defaults.
+TASK_OPTIONS = {"prompt_key": "prompt", "answer_key": "answer", "split": "train", "eval_split": ""}
 
 __all__ = [
     "DEFAULT_TASK",
@@ -28,14 +32,29 @@ __all__ = [
     "ReasoningGymTask",
     "Task",
     "get_task",
+    "task_options",
     "list_reasoning_gym",
     "list_tasks",
     "split_of",
 ]
 
 
-def get_task(name: str, seed: int = 0, answer_format: str = AUTO) -> Task:
-    """The task called `name`, streaming problems chosen by `seed`, reading `answer_format`."""
+def task_options(cfg) -> dict:
+    """The hf: data-set options of a command's config (defaults for a config without them)."""
+    return {key: getattr(cfg, key, default) for key, default in TASK_OPTIONS.items()}
+
+
+def get_task(name: str, seed: int = 0, answer_format: str = AUTO, options: dict | None = None) -> Task:
+    """The task called `name`, streaming problems chosen by `seed`, reading `answer_format`;
+    `options`: an hf: task's column and split settings (TASK_OPTIONS)."""
+    if name.startswith(HF_PREFIX):
+        from rlvr.tasks.hf import HFDatasetTask
+
+        path = name[len(HF_PREFIX) :]
+        if not path:
+            raise ValueError("task 'hf:' names no data set; write hf:<a save_to_disk directory, or a parquet, "
+                             "JSON, JSONL or CSV file, or a folder of them>")
+        return HFDatasetTask(path, seed=seed, answer_format=answer_format, **{**TASK_OPTIONS, **(options or {})})
     if name.startswith(RG_PREFIX):
         return ReasoningGymTask(name[len(RG_PREFIX) :], seed=seed, answer_format=answer_format)
     if name.startswith(JSONL_PREFIX):
@@ -47,7 +66,7 @@ def get_task(name: str, seed: int = 0, answer_format: str = AUTO) -> Task:
         factory = TASKS.get(name)
     except UnknownNameError as error:
         raise UnknownNameError(
-            f"{error}; or rg:<reasoning-gym dataset>, or jsonl:<path> (`rlvr tasks` lists them)"
+            f"{error}; or rg:<reasoning-gym dataset>, jsonl:<path> or hf:<path> (`rlvr tasks` lists them)"
         ) from None
     return factory(seed=seed, answer_format=answer_format)
 
@@ -57,13 +76,24 @@ def list_tasks() -> list[tuple[str, str]]:
     return [(name, TASKS.get(name).description) for name in TASKS.names()]
 
 
-def check_task(name: str, seed: int, answer_format: str = AUTO, field_name: str = "task") -> list[dict]:
+def check_task(name: str, seed: int, answer_format: str = AUTO, field_name: str = "task",
+               options: dict | None = None) -> list[dict]:
     """The task and its answer format must exist and build -> a sample of its items (32 of each
-    split) for the checks that need them. ConfigError otherwise."""
+    split) for the checks that need them. ConfigError otherwise, naming the option at fault."""
     if answer_format != AUTO and answer_format not in ANSWER_FORMATS:
         raise ConfigError("answer_format", f"unknown {answer_format!r}; known: auto, {', '.join(ANSWER_FORMATS.names())}")
+    options = options or {}
+    if not name.startswith(HF_PREFIX):
+        for key, default in TASK_OPTIONS.items():
+            if options.get(key, default) != default:
+                raise ConfigError(key, f"chooses a column or split of an hf:<path> data set; --task {name} has "
+                                       "none: drop it, or give --task hf:<path>")
     try:
-        task = get_task(name, seed=seed, answer_format=answer_format)
+        task = get_task(name, seed=seed, answer_format=answer_format, options=options)
         return [task.item(split, i) for split in ("train", "heldout") for i in range(32)]
     except Exception as err:  # any failure to build the task is the user's task setting
-        raise ConfigError(field_name, str(err)) from None
+        message = str(err)
+        flag = message.split(":", 1)[0]
+        if flag.startswith("--") and flag[2:].replace("-", "_") in TASK_OPTIONS:  # the option at fault
+            raise ConfigError(flag[2:].replace("-", "_"), message.split(": ", 1)[1]) from None
+        raise ConfigError(field_name, message) from None

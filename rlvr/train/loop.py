@@ -37,7 +37,7 @@ from rlvr import distributed
 from rlvr.config import ConfigError, RunFailed, TrainConfig, to_dict
 from rlvr.distributed import World
 from rlvr.rewards.pool import RewardPool, WeightedPool, WorkerStartError, open_pool
-from rlvr.tasks import get_task
+from rlvr.tasks import get_task, task_options
 from rlvr.train.checkpoint import clean_temporaries, load_latest, save_checkpoint
 from rlvr.train.evaluator import InTrainingEval
 from rlvr.train.guards import on_collapse, stop_failed
@@ -98,7 +98,7 @@ class Training:
             torch.set_num_threads(threads)
         self.run_dir = RunDir(cfg)
         world.agree(partial(check_run_dir, self.run_dir, cfg), "checking the run directory")
-        self.task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format)
+        self.task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format, options=task_options(cfg))
         self.st = RunState(cfg, torch.device(cfg.device), world)
         self.reference = self.st.policy.reference() if cfg.beta > 0 else None  # the start policy, before any resume
         state, self.final_written = shared_checkpoint(world, partial(prepare_run_dir, self.run_dir, cfg, world.size))
@@ -154,7 +154,8 @@ class Training:
         """The verifier's worker processes on every rank; exit 2 when any rank's cannot load it."""
         cfg, world = self.cfg, self.world
         try:
-            pool = open_pool(cfg.reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout, cfg.answer_format)
+            pool = open_pool(cfg.reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout, cfg.answer_format,
+                             task_options(cfg))
             pool_error = None
         except WorkerStartError as err:
             pool, pool_error = None, str(err)

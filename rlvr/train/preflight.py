@@ -22,7 +22,7 @@ from rlvr.config import ConfigError, TrainConfig, check_writable
 from rlvr.distributed import FSDP_ON_CPU_ENV, check_processes, launched_world_size
 from rlvr.eval.runner import validation_items
 from rlvr.rewards import check_reward, parse_reward
-from rlvr.tasks import check_task, get_task
+from rlvr.tasks import check_task, get_task, task_options
 from rlvr.train.trackers import check_loggers
 
 
@@ -47,7 +47,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     check_model_and_task(cfg)
     if cfg.select_split == "validation" and cfg.eval_every:
         try:
-            validation_items(get_task(cfg.task, seed=cfg.seed), cfg.eval_problems, cfg.eval_problems)
+            validation_items(get_task(cfg.task, seed=cfg.seed, options=task_options(cfg)), cfg.eval_problems,
+                             cfg.eval_problems)
         except ValueError as err:
             raise ConfigError("select_split", str(err)) from None
     check_reward(cfg.reward, cfg.task)
@@ -67,7 +68,7 @@ def check_model_and_task(cfg: Any) -> None:
     """--model loads and suits its settings; --task builds, and its prompts plus --max-new-tokens
     fit the model's context. `cfg`: any command's config with those fields (train, eval)."""
     check_model(cfg.model, cfg)
-    items = check_task(cfg.task, cfg.seed, getattr(cfg, "answer_format", "auto"))
+    items = check_task(cfg.task, cfg.seed, getattr(cfg, "answer_format", "auto"), options=task_options(cfg))
     check_prompts_fit(cfg.model, cfg, items, cfg.max_new_tokens, cfg.task)
 
 
