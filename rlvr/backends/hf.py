@@ -123,11 +123,6 @@ def check_causal_lm(path: Path, config: dict) -> None:
         raise ModelError(f"{str(path)!r} has a config.json but no weights ({' or '.join(WEIGHT_FILES[::2])})")
 
 
-def _base_of_adapter(ref: ModelRef) -> tuple[ModelRef, str]:
-    """The base model of a LoRA adapter directory and its rlvr name (resolved by rlvr.backends.resolve)."""
-    return ref.base, ref.base_name
-
-
 def _has_tokenizer(path: Path) -> bool:
     return (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file()
 
@@ -146,7 +141,7 @@ class HFPrompts:
 
     @classmethod
     def load(cls, ref: ModelRef, settings: ModelSettings) -> "HFPrompts":
-        model_ref = _base_of_adapter(ref)[0] if ref.adapter else ref
+        model_ref = ref.base if ref.adapter else ref
         tokenizer_dir = ref.path if _has_tokenizer(ref.path) else model_ref.path
         try:
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -282,7 +277,7 @@ class HFPolicy:
         if ref.adapter:
             from peft import PeftModel
 
-            base_ref, base_spec = _base_of_adapter(ref)
+            base_ref, base_spec = ref.base, ref.base_name
             model = _load_weights(base_ref.path)
             peft_model = PeftModel.from_pretrained(model, ref.path, is_trainable=True)
             if not settings.lora_rank:  # full fine-tuning from an adapter: train the merged weights

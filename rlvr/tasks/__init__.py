@@ -91,9 +91,7 @@ def check_task(name: str, seed: int, answer_format: str = AUTO, field_name: str 
     try:
         task = get_task(name, seed=seed, answer_format=answer_format, options=options)
         return [task.item(split, i) for split in ("train", "heldout") for i in range(32)]
-    except Exception as err:  # any failure to build the task is the user's task setting
-        message = str(err)
-        flag = message.split(":", 1)[0]
-        if flag.startswith("--") and flag[2:].replace("-", "_") in TASK_OPTIONS:  # the option at fault
-            raise ConfigError(flag[2:].replace("-", "_"), message.split(": ", 1)[1]) from None
-        raise ConfigError(field_name, message) from None
+    except ConfigError:  # a data-set option at fault names itself
+        raise
+    except Exception as err:  # any other failure to build the task is the user's task setting
+        raise ConfigError(field_name, str(err)) from None

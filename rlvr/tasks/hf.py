@@ -19,10 +19,10 @@ number, else the last line, case-insensitively.
 from __future__ import annotations
 
 from pathlib import Path
-from random import Random
 
-from rlvr.tasks.base import SPLITS, check_split, split_of
-from rlvr.tasks.jsonl import JsonlTask, parse_number
+from rlvr.config import ConfigError
+from rlvr.tasks.base import SPLITS, split_of
+from rlvr.tasks.jsonl import JsonlTask
 
 DATA_INSTALL = 'pip install -e ".[data]"'
 FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
@@ -116,23 +116,23 @@ class HFDatasetTask(JsonlTask):
         loaded = load_splits(self.path)
         for name in (split, eval_split):
             if name and name not in loaded:
-                flag = "--split" if name == split else "--eval-split"
-                raise ValueError(f"{flag}: {self.path} has no split {name!r}; its splits: {', '.join(loaded)}")
+                raise ConfigError("split" if name == split else "eval_split",
+                                  f"{self.path} has no split {name!r}; its splits: {', '.join(loaded)}")
         columns = loaded[split].column_names
         if prompt_key not in columns and not (prompt_key == "prompt" and "messages" in columns):
-            raise ValueError(f"--prompt-key: {self.path} (split {split!r}) has no column {prompt_key!r}; its columns: "
-                             f"{', '.join(columns)}")
+            raise ConfigError("prompt_key", f"{self.path} (split {split!r}) has no column {prompt_key!r}; its "
+                                            f"columns: {', '.join(columns)}")
         if answer_key not in columns:
-            raise ValueError(f"--answer-key: {self.path} (split {split!r}) has no column {answer_key!r}; its columns: "
-                             f"{', '.join(columns)}")
+            raise ConfigError("answer_key", f"{self.path} (split {split!r}) has no column {answer_key!r}; its "
+                                            f"columns: {', '.join(columns)}")
         source = f"{self.path.stem}/{split}"
         rows = [to_item(row, i, prompt_key, answer_key, source) for i, row in enumerate(loaded[split])]
         if eval_split:
             missing = [key for key in (prompt_key, answer_key) if key not in loaded[eval_split].column_names
                        and not (key == "prompt" and "messages" in loaded[eval_split].column_names)]
             if missing:
-                raise ValueError(f"--eval-split: split {eval_split!r} of {self.path} has no column {missing[0]!r}; its "
-                                 f"columns: {', '.join(loaded[eval_split].column_names)}")
+                raise ConfigError("eval_split", f"split {eval_split!r} of {self.path} has no column {missing[0]!r}; "
+                                                f"its columns: {', '.join(loaded[eval_split].column_names)}")
             source = f"{self.path.stem}/{eval_split}"
             heldout = [to_item(row, i, prompt_key, answer_key, source) for i, row in enumerate(loaded[eval_split])]
             self.splits = {"train": rows, "heldout": heldout}
@@ -140,17 +140,9 @@ class HFDatasetTask(JsonlTask):
             self.splits = {name: [] for name in SPLITS}
             for row in rows:
                 self.splits[split_of(row["key"])].append(row)
-        for name, members in self.splits.items():
-            if not members:
-                where = f"split {eval_split!r}" if name == "heldout" and eval_split else f"split {split!r}"
-                carve = "" if eval_split else (" (held-out problems are ~10% of it, carved by a hash of the prompt: "
-                                               "give at least ~30 problems, or --eval-split NAME)")
-                raise ValueError(f"hf: {self.path}: {where} gives no {name} problems{carve}")
-            Random(f"{seed}:{name}").shuffle(members)
-        self.numeric = all(parse_number(row["answer"]) is not None for members in self.splits.values()
-                           for row in members)
-
-    def item(self, split: str, index: int) -> dict:
-        check_split(split)
-        return super().item(split, index)
+        carve = "" if eval_split else (" (held-out problems are ~10% of it, carved by a hash of the prompt: "
+                                       "give at least ~30 problems, or --eval-split NAME)")
+        self.settle_splits(seed, lambda name: f"hf: {self.path}: split "
+                                              f"{(eval_split if name == 'heldout' and eval_split else split)!r} "
+                                              f"gives no {name} problems{carve}")
 

@@ -127,17 +127,21 @@ class JsonlTask(Task):
         self.splits: dict[str, list[dict]] = {split: [] for split in SPLITS}
         for problem in problems:
             self.splits[split_of(problem["key"])].append(problem)
+        self.settle_splits(seed, lambda split: (
+            f"{self.path}: the {split!r} split is empty ({len(problems)} problems in the "
+            f"file); problems are split ~90/10 train/heldout by a hash of the prompt, so "
+            f"give at least ~30 problems"))
+
+    def settle_splits(self, seed: int, empty_message) -> None:
+        """Shuffles each split by the seed (files are often sorted, by source or difficulty) and
+        reads answers as numbers when every answer is one, so answer diversity counts numbers.
+        ValueError(empty_message(split)) for an empty split."""
         for split, members in self.splits.items():
             if not members:
-                raise ValueError(
-                    f"{self.path}: the {split!r} split is empty ({len(problems)} problems in the "
-                    f"file); problems are split ~90/10 train/heldout by a hash of the prompt, so "
-                    f"give at least ~30 problems"
-                )
-            # Files are often sorted (by source or difficulty); the seed decides the order shown.
+                raise ValueError(empty_message(split))
             Random(f"{seed}:{split}").shuffle(members)
-        # A file of numeric answers gets numeric extraction, so answer diversity counts numbers.
-        self.numeric = all(parse_number(problem["answer"]) is not None for problem in problems)
+        self.numeric = all(parse_number(problem["answer"]) is not None for members in self.splits.values()
+                           for problem in members)
 
     def item(self, split: str, index: int) -> dict:
         check_split(split)
