@@ -13,8 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlvr.config import (ConfigError, RunFailed, TrainConfig, add_fields, build, check_basic_values, check_writable,
-                         config_fields, load_toml, opt, require_positive)
+from rlvr.config import (ConfigError, RunFailed, TrainConfig, add_fields, build, check_basic_values, check_truncation,
+                         check_writable, config_fields, load_toml, opt, require_positive)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,9 +39,19 @@ class EvalConfig:
     chat_template: str = opt("auto", "auto: chat models get the chat template and a natural-language question; "
                                      "none: the raw prompt")
     system_prompt: str = opt("", "system message for chat models ('' = the chat template's default)")
+    reward: str = opt("task", "the verifier that decides which completions are correct (score 1): 'task' (the "
+                              "task's own; code_exec for humaneval), 'code_exec', 'math_verify', 'format' or "
+                              "module:function")
+    reward_workers: int = opt(2, "verifier worker processes (0 = call it in this process: no timeout)")
+    reward_timeout: float = opt(10.0, "seconds one verifier call may take; then it counts as wrong and is counted")
+    code_program: str = opt("auto", "the program code_exec runs for HumanEval-form items: prompt+completion, "
+                                    "completion, or auto (by the model: chat template or not)")
     samples: int = opt(16, "n: samples per problem")
     k: list = opt([1, 4, 8], "k values of pass@k / hm@k (each ≤ --samples)")
     temperature: float = opt(1.0, "sampling temperature (0 = greedy only makes pass@1 meaningful)")
+    top_k: int = opt(0, "sample from the k most probable tokens only, renormalised (0 = off)")
+    top_p: float = opt(1.0, "nucleus sampling: the smallest set of most probable tokens holding this mass (1 = off)")
+    min_p: float = opt(0.0, "keep the tokens with at least this fraction of the largest probability (0 = off)")
     problems: int = opt(500, "held-out problems: the first M distinct ones of the split (all of them when it has fewer)")
     max_new_tokens: int = opt(8, "longest completion in tokens")
     seed: int = opt(0, "sampling seed")
@@ -59,15 +69,20 @@ class EvalConfig:
             raise ConfigError("run", f"{self.run!r} is not a finished run directory (config.json and final/)")
         run_cfg = json.loads(config_file.read_text())["config"]
         self.model, self.task = str(Path(self.run) / "final"), run_cfg["task"]
+        if self.reward == "task":  # the run's own evaluation verifier, unless another is asked for
+            from rlvr.rewards import evaluation_verifier
+
+            self.reward = evaluation_verifier(run_cfg.get("reward", "task"), run_cfg.get("eval_reward", ""))
         self.max_new_tokens = run_cfg["max_new_tokens"]
         for name in ("answer_format", "chat_template", "system_prompt", "prompt_key", "answer_key", "split",
-                     "eval_split"):  # absent from runs before they existed
+                     "eval_split", "code_program", "top_k", "top_p", "min_p"):  # absent from runs before they existed
             setattr(self, name, run_cfg.get(name, getattr(self, name)))
 
     def validate(self) -> None:
         """Every check of `rlvr eval`, before any work starts: the values, then the model, the
         task and the processes (the checks of rlvr.backends, rlvr.tasks and rlvr.distributed)."""
         from rlvr.distributed import check_processes
+        from rlvr.rewards import check_reward
         from rlvr.train.preflight import check_model_and_task
 
         check_basic_values(self)
@@ -81,10 +96,16 @@ class EvalConfig:
                                        "samples or a smaller k")
         if not self.temperature >= 0:
             raise ConfigError("temperature", f"must be ≥ 0, got {self.temperature}")
+        check_truncation(self)
+        if self.reward_workers < 0:
+            raise ConfigError("reward_workers", f"must be 0 or more, got {self.reward_workers}")
+        if not self.reward_timeout > 0:
+            raise ConfigError("reward_timeout", f"must be > 0 seconds, got {self.reward_timeout}")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError("device", f"must be cpu or cuda, got {self.device!r}")
         check_processes(self.nproc, self.dist_timeout, self.device)
-        check_model_and_task(self)
+        check_model_and_task(self, splits=("heldout",))
+        check_reward(self.reward, self.task)
         check_writable(str(Path(self.out).parent) if Path(self.out).parent != Path("") else ".", "out")
 
 
@@ -133,19 +154,32 @@ def _evaluate(cfg: "EvalConfig", world) -> int:
     """`rlvr eval` in this process: with W ranks each samples its shard of the problems, and rank
     0 writes eval.json from every rank's per-problem results (the same file as 1 process)."""
     from rlvr.backends import ModelSettings, load_policy
-    from rlvr.eval.runner import evaluate_policy
-    from rlvr.tasks import get_task, task_options
+    from rlvr.eval.runner import evaluate_policy, sampling_record
+    from rlvr.rewards.pool import RewardPool, WorkerStartError
+    from rlvr.tasks import get_task
+    from rlvr.train.preflight import resolved_task_options
+    from rlvr.types import Truncation
 
     policy = load_policy(cfg.model, ModelSettings.of(cfg))
-    task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format, options=task_options(cfg))
-    result = evaluate_policy(policy, task, problems=cfg.problems, samples=cfg.samples, ks=cfg.k,
-                             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                             world=world)
+    options = resolved_task_options(cfg)
+    task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format, options=options)
+    try:
+        pool = RewardPool(cfg.reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout, cfg.answer_format,
+                          options)
+    except WorkerStartError as err:
+        raise ConfigError("reward", f"the reward workers could not load it: {err}") from None
+    with pool:
+        result = evaluate_policy(policy, task, problems=cfg.problems, samples=cfg.samples, ks=cfg.k,
+                                 temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                                 world=world, pool=pool, truncation=Truncation.of(cfg))
     if not world.main:
         return 0
+    failures = sum(record.get("verifier_failures", 0) for record in result["per_problem"])
     report = {"model": cfg.model, "task": cfg.task, "answer_format": task.answer_format.name,
-              "split": "heldout", "n_samples": cfg.samples,
-              "temperature": cfg.temperature, "n_problems": len(result["per_problem"]), **result}
+              "split": "heldout", "verifier": cfg.reward,
+              **({"code_program": options["code_program"]} if getattr(task, "verifier", "task") == "code_exec" else {}),
+              "verifier_failures": failures, "n_samples": cfg.samples, "temperature": cfg.temperature,
+              **sampling_record(Truncation.of(cfg)), "n_problems": len(result["per_problem"]), **result}
     Path(cfg.out).write_text(json.dumps(report, indent=1) + "\n")
     from rich.console import Console
     from rich.table import Table
@@ -156,6 +190,12 @@ def _evaluate(cfg: "EvalConfig", world) -> int:
     for name, m in result["metrics"].items():
         table.add_row(name, f"{m['value']:.3f}", f"[{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]", str(m["n"]))
     Console().print(table)
+    if len(result["per_problem"]) < cfg.problems:
+        print(f"the held-out split of {cfg.task} has {len(result['per_problem'])} distinct problems "
+              f"(--problems {cfg.problems} asked for more)")
+    if failures:
+        print(f"{failures} verifier calls failed (raised, timed out or crashed) and count as wrong; "
+              "eval.json's per_problem records say where")
     print(f"wrote {cfg.out}")
     return 0
 

@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 
     def __init__(self, field_name: str, message: str) -> None:
         self.field = field_name
+        self.message = message
         flag = "--" + field_name.replace("_", "-")
         super().__init__(f"{flag}: {message}")
 
@@ -70,11 +71,14 @@ class TrainConfig:
                                      "question; none: the task's raw prompt")
     system_prompt: str = opt("", "system message for chat models ('' = the chat template's default)")
     reward: str = opt("task", "verifier: 'task' (the task's own), 'format' (an answer in the task's format), "
-                              "'code_exec' (runs the completion against the item's tests; jsonl tasks), "
+                              "'code_exec' (runs the completion against the item's tests: humaneval, jsonl, hf), "
                               "'math_verify', or module:function returning a float in [0, 1]; several with "
                               "weights: task:0.8,format:0.2 (or a TOML table)")
     reward_workers: int = opt(2, "verifier worker processes (0 = call it in the training process: no timeout, "
                                  "a crash ends the run)")
+    code_program: str = opt("auto", "the program code_exec runs for HumanEval-form items: prompt+completion (a "
+                                    "base model continues the prompt), completion (a chat model's whole program, "
+                                    "after the prompt's helpers), or auto (by the model: chat template or not)")
     reward_timeout: float = opt(10.0, "seconds one verifier call may take; then its worker is killed and replaced")
     reward_error_value: float = opt(0.0, "reward of a call that timed out, raised, crashed or returned a bad value")
     max_reward_error_frac: float = opt(0.5, "stop the run (exit 1) when more than this fraction of a step's "
@@ -86,6 +90,10 @@ class TrainConfig:
     k: int = opt(8, "K: completions sampled per prompt (the group size), at least 2")
     prompts_per_step: int = opt(8, "B: distinct prompts per step; each step samples B·K completions")
     temperature: float = opt(1.0, "sampling temperature of the training rollouts (> 0)")
+    top_k: int = opt(0, "sample from the k most probable tokens only, renormalised (0 = off); the training "
+                        "forward's log-probs and entropies are of the same truncated distribution")
+    top_p: float = opt(1.0, "nucleus sampling: the smallest set of most probable tokens holding this mass (1 = off)")
+    min_p: float = opt(0.0, "keep the tokens with at least this fraction of the largest probability (0 = off)")
     max_new_tokens: int = opt(8, "longest completion in tokens")
     advantage: str = opt("grpo", "advantage estimator: grpo, dr_grpo, rloo, grpo_batch_std (the std over the step's "
                                  "rewards) or reinforce_pp (REINFORCE++-baseline)")
@@ -155,6 +163,8 @@ class TrainConfig:
     eval_problems: int = opt(200, "distinct held-out problems per in-training evaluation (all of them when the split has fewer)")
     eval_samples: int = opt(16, "samples per problem in evaluation (n of pass@k)")
     eval_temperature: float = opt(1.0, "sampling temperature of evaluation samples")
+    eval_reward: str = opt("", "the verifier of the evaluations ('' = --reward; with weighted verifiers, the one "
+                               "of largest weight); a completion is correct when it scores 1")
     eval_show: int = opt(4, "held-out problems whose greedy and first sampled completions each evaluation writes "
                             "to samples.jsonl")
     keep_best: str = opt("hm@4", "with --eval-every: keep the model of the best evaluation by this metric in best/ "
@@ -209,6 +219,7 @@ class TrainConfig:
             raise ConfigError("temperature", f"training samples need temperature > 0, got {self.temperature}")
         if not self.eval_temperature >= 0:
             raise ConfigError("eval_temperature", f"must be ≥ 0, got {self.eval_temperature}")
+        check_truncation(self)
         for name in ("clip_low", "clip_high"):
             value = getattr(self, name)
             if not 0 <= value < (1 if name == "clip_low" else 100):
@@ -340,6 +351,16 @@ def require_positive(cfg, names) -> None:
     for name in names:
         if getattr(cfg, name) < 1:
             raise ConfigError(name, f"must be at least 1, got {getattr(cfg, name)}")
+
+
+def check_truncation(cfg) -> None:
+    """--top-k ≥ 0, --top-p in (0, 1], --min-p in [0, 1) (rlvr.types.Truncation)."""
+    if cfg.top_k < 0:
+        raise ConfigError("top_k", f"must be 0 (off) or more, got {cfg.top_k}")
+    if not 0 < cfg.top_p <= 1:
+        raise ConfigError("top_p", f"must be in (0, 1] (1 = off), got {cfg.top_p}")
+    if not 0 <= cfg.min_p < 1:
+        raise ConfigError("min_p", f"must be in [0, 1) (0 = off), got {cfg.min_p}")
 
 
 def check_basic_values(cfg) -> None:

@@ -32,3 +32,27 @@ class RolloutBatch:
 
     def generated_tokens(self) -> int:
         return int(self.completion_mask.sum())
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """--top-k, --top-p, --min-p: the support the sampler draws from, renormalised over it.
+
+    Applied to the tempered distribution in this order: the `top_k` most probable tokens (0 = all;
+    ties with the k-th are kept), then the smallest set of those, most probable first, whose
+    renormalised mass reaches `top_p` (1 = all), then the tokens with at least `min_p` times the
+    largest probability (0 = all). The sampler draws from, and the training forward computes the
+    log-probs, ratios and entropies of, this same truncated distribution (rlvr/rollout/sample.py)."""
+
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0
+
+    @classmethod
+    def of(cls, cfg) -> "Truncation":
+        """The truncation a command's config asks for (none for a config without the options)."""
+        return cls(int(getattr(cfg, "top_k", 0)), float(getattr(cfg, "top_p", 1.0)), float(getattr(cfg, "min_p", 0.0)))

@@ -8,8 +8,11 @@ from typing import Sequence
 
 from rlvr.algo.stats import _check_counts, hm_at_k_ranked, metrics_from_per_problem
 from rlvr.distributed import SINGLE
+from rlvr.rewards.pool import RewardPool
+from rlvr.rewards.verifiers import load_verifier
 from rlvr.rollout.sample import sample_groups
 from rlvr.rollout.strategies import group_generators
+from rlvr.types import Truncation
 
 EVAL_KS = (1, 4, 8)  # the k of pass@k / hm@k an evaluation inside a training run reports (each ≤ its samples)
 HEADLINE = "hm@4"  # the metric the progress bar shows and gains are reported for
@@ -32,6 +35,8 @@ def evaluate_policy(
     items: list[dict] | None = None,
     show: int = 0,
     world=None,
+    pool: RewardPool | None = None,
+    truncation: Truncation | None = None,
 ) -> dict:
     """HM@k / pass@k of `policy` (rlvr.backends.Policy) on the first `problems` distinct held-out
     problems of `task` (`heldout_items`: all of them when the split has fewer).
@@ -47,7 +52,15 @@ def evaluate_policy(
     `items` replaces the held-out problems (e.g. a validation slice). `show` > 0 adds "samples":
     the greedy and the first sampled completion of the first `show` problems, with the answer
     read from each and its score, so a person can see what the numbers are made of.
+
+    The verifier: `pool` (a RewardPool of one verifier, e.g. the run's --reward: then a code
+    task's pass@k is its programs' test results), else the task's own score in this process. A
+    completion is correct when it scores 1; a call that fails (raises, times out, crashes) counts
+    as wrong and is counted in the record's "verifier_failures". Without a pool: the task's own
+    verifier (`--reward task`: code_exec for a task of code problems), in this process. `truncation`: sample from the
+    top-k/top-p/min-p support, as the run trains.
     """
+    pool = pool if pool is not None else RewardPool.in_process(load_verifier("task", task))
     world = world or SINGLE
     ks = sorted(set(int(k) for k in ks))
     for k in ks:
@@ -63,27 +76,35 @@ def evaluate_policy(
         group = items[indices.start : indices.stop]
         generators = group_generators(seed, indices, policy.device)
         sampled = sample_groups(policy, group, samples, max_new_tokens=max_new_tokens,
-                                temperature=temperature, generator=generators)
+                                temperature=temperature, generator=generators, truncation=truncation)
         greedy = sample_groups(policy, group, 1, max_new_tokens=max_new_tokens,
                                temperature=0.0, generator=generators)
         seq_logprobs = sampled.logprobs.sum(dim=1).tolist()  # (N,) log-prob of each whole completion
+        # Every completion of the chunk in one call, so a pool's workers judge them in parallel.
+        outcomes = pool.score(sampled.texts + greedy.texts,
+                              [item for item in group for _ in range(samples)] + list(group))
+        scores = [o.value if o.kind is None else 0.0 for o in outcomes]
         for g, item in enumerate(group):
             rows = range(g * samples, (g + 1) * samples)
             texts = [sampled.texts[i] for i in rows]
-            correct = [task.score(t, item) >= 1.0 for t in texts]
+            correct = [scores[i] >= 1.0 for i in rows]
             answers = [task.extract_answer(t) for t in texts]
+            greedy_row = len(sampled.texts) + g
             record = {
                 "id": item["id"], "level": item.get("level", 0), "n": samples, "correct": int(sum(correct)),
-                "greedy_correct": bool(task.score(greedy.texts[g], item) >= 1.0),
+                "greedy_correct": bool(scores[greedy_row] >= 1.0),
             }
+            failed = sum(outcomes[i].kind is not None for i in [*rows, greedy_row])
+            if failed:
+                record["verifier_failures"] = failed
             for k in ks:
                 record[f"hm@{k}_ranked"] = hm_at_k_ranked(answers, correct, [seq_logprobs[i] for i in rows], k)
             per_problem.append(record)
             if len(shown) < 2 * show:  # two completions per shown problem
-                for kind, text in (("greedy", greedy.texts[g]), ("sampled", texts[0])):
+                for kind, text, row in (("greedy", greedy.texts[g], greedy_row), ("sampled", texts[0], rows[0])):
                     shown.append({"id": item["id"], "question": policy.prompt_text(item),
                                   "answer": item["answer"], "kind": kind, "completion": text,
-                                  "extracted": task.extract_answer(text), "score": task.score(text, item)})
+                                  "extracted": task.extract_answer(text), "score": scores[row]})
     policy.module.train(was_training)
     if world.parallel:
         every = world.gather((per_problem, shown), "gathering the evaluation's per-problem results")
@@ -126,6 +147,13 @@ def validation_items(task, evaluation_problems: int, count: int) -> list[dict]:
                          f"so no validation slice of {count} is disjoint from the {evaluation_problems} evaluated ones; "
                          "lower --eval-problems or use --select-split heldout")
     return chosen
+
+
+def sampling_record(truncation: Truncation) -> dict:
+    """eval.json's record of a truncated sampling distribution (nothing when there is none)."""
+    if not truncation.active:
+        return {}
+    return {"top_k": truncation.top_k, "top_p": truncation.top_p, "min_p": truncation.min_p}
 
 
 def flat_eval_metrics(result: dict) -> dict[str, float]:

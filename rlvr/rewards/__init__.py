@@ -20,7 +20,19 @@ from rlvr.rewards.pool import RewardFailure, RewardPool, WeightedPool, WorkerSta
 from rlvr.rewards.verifiers import CRASH, TIMEOUT, load_verifier, needs_task, parse_reward
 
 __all__ = ["CRASH", "TIMEOUT", "RewardFailure", "RewardPool", "WeightedPool", "WorkerStartError", "check_reward",
-           "load_verifier", "needs_task", "open_pool", "parse_reward"]
+           "evaluation_verifier", "load_verifier", "needs_task", "open_pool", "parse_reward"]
+
+
+def evaluation_verifier(reward: str, eval_reward: str = "") -> str:
+    """The one verifier an evaluation scores with: `eval_reward` when given, else `reward`; of a
+    weighted mix (task:0.8,format:0.2), its component of largest weight (the first of equals),
+    the correctness check a format or style term is added to."""
+    if eval_reward:
+        return eval_reward
+    components = parse_reward(reward)
+    if components is None:
+        return reward
+    return max(components, key=lambda component: component[1])[0]
 
 
 def check_reward(reward: str, task: str) -> None:
@@ -35,10 +47,11 @@ def check_reward(reward: str, task: str) -> None:
 
 
 def _check_verifier(reward: str, task: str) -> None:
-    if reward == "code_exec" and not task.startswith("jsonl:"):
-        raise ConfigError("reward", "code_exec judges each completion as a program; use it with a jsonl:<path> "
-                                    "task whose items hold assert-style tests in \"answer\" or stdin/stdout pairs "
-                                    "in \"tests\" (docs/reliability.md)")
+    if reward == "code_exec" and not (task == "humaneval" or task.startswith(("jsonl:", "hf:"))):
+        raise ConfigError("reward", "code_exec judges each completion as a program; use it with --task humaneval, "
+                                    "or a jsonl:<path> or hf:<path> task whose items hold HumanEval's \"test\" and "
+                                    "\"entry_point\", assert-style tests in \"answer\" or stdin/stdout pairs in "
+                                    "\"tests\" (docs/data.md, docs/reliability.md)")
     if needs_task(reward):
         return
     try:

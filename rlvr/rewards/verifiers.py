@@ -26,6 +26,10 @@ EXCEPTION, BAD_VALUE, TIMEOUT, CRASH = "exception", "bad_value", "timeout", "cra
 
 @REWARDS.register("task")
 def _task_score(task) -> Verifier:
+    """The task's own verifier: its score, or code_exec for a task of code problems (humaneval,
+    a file of HumanEval-form items), whose `verifier` says so."""
+    if getattr(task, "verifier", "task") == "code_exec":
+        return _code_exec(task)
     return task.score
 
 

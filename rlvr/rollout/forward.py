@@ -15,7 +15,7 @@ import torch
 from rlvr.algo.entropy import log_prob_entropy
 from rlvr.backends import Policy
 from rlvr.rollout.sample import pad_columns, position_ids, tempered_log_probs
-from rlvr.types import RolloutBatch
+from rlvr.types import RolloutBatch, Truncation
 
 def completion_logprobs(
     policy: Policy,
@@ -25,17 +25,24 @@ def completion_logprobs(
     completion_mask: torch.Tensor,
     temperature: float,
     with_entropy: bool = False,
+    truncation: Truncation | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (N, T) of the completion tokens under `policy` at `temperature`, with gradients,
-    and optionally their exact token entropies (N, T): one forward over each row's prompt +
-    completion. The reference for the packed forward of `Scorer`."""
+    """Log-probs (N, T) of the completion tokens under `policy` at `temperature` (on
+    `truncation`'s support, the sampled tokens always in it), with gradients, and optionally
+    their exact token entropies (N, T): one forward over each row's prompt + completion. The
+    reference for the packed forward of `Scorer`."""
     completion_width = completion_ids.shape[1]
     ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+T)
     valid = torch.cat([prompt_mask, completion_mask], dim=1)
     # The logit at position i predicts token i+1: completion tokens are predicted from P-1 on, so
     # only the last T+1 positions need the vocabulary projection (the largest tensor of the step).
     logits = policy.forward(ids, position_ids(valid), valid, logits_to_keep=completion_width + 1)  # (N, T+1, V)
-    logp_all = tempered_log_probs(logits[:, :-1], temperature)  # (N, T, V)
+    force = None
+    if truncation is not None and truncation.active:
+        rows, columns = completion_ids.shape
+        force = (torch.arange(rows, device=ids.device)[:, None].expand(rows, columns),
+                 torch.arange(columns, device=ids.device)[None, :].expand(rows, columns), completion_ids)
+    logp_all = tempered_log_probs(logits[:, :-1], temperature, truncation, force)  # (N, T, V)
     logp = logp_all.gather(2, completion_ids[..., None]).squeeze(2)  # (N, T)
     return logp, log_prob_entropy(logp_all) if with_entropy else None
 
@@ -112,10 +119,18 @@ def pack(prompt_ids, prompt_mask, completion_ids, completion_mask, group_ids, ro
 
 
 def packed_logprobs(policy: Policy, packed: Packed, completion_ids: torch.Tensor, temperature: float,
-                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    with_entropy: bool = False, truncation: Truncation | None = None,
+                    completion_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (R, T) of the completion tokens, and optionally their entropies, from one forward
-    over the packed rows (`pack`): the same numbers as `completion_logprobs`."""
-    logp_all = tempered_log_probs(policy.forward_packed(packed.ids, packed.positions, packed.attend), temperature)  # (M, L, V)
+    over the packed rows (`pack`): the same numbers as `completion_logprobs`. With a truncation,
+    `completion_mask` (R, T) says which tokens are real: only those are forced into the support
+    (a padding slot points at its row's last real logit)."""
+    force = None
+    if truncation is not None and truncation.active:
+        real = completion_mask if completion_mask is not None else torch.ones_like(completion_ids, dtype=torch.bool)
+        force = (packed.row[real], packed.column[real], completion_ids[real])
+    logits = policy.forward_packed(packed.ids, packed.positions, packed.attend)
+    logp_all = tempered_log_probs(logits, temperature, truncation, force)  # (M, L, V)
     logp = logp_all[packed.row, packed.column, completion_ids]  # (R, T)
     return logp, log_prob_entropy(logp_all)[packed.row, packed.column] if with_entropy else None
 
@@ -132,11 +147,13 @@ class Scorer(torch.nn.Module):
     custom mask) runs one forward per row over prompt + completion instead, trimmed to the
     longest in the micro-batch."""
 
-    def __init__(self, policy: Policy, temperature: float, pack: bool = True) -> None:
+    def __init__(self, policy: Policy, temperature: float, pack: bool = True,
+                 truncation: Truncation | None = None) -> None:
         super().__init__()
         self.model = policy.module  # registered, so a DDP/FSDP wrapper of the scorer sees the parameters
         self.policy = policy
         self.temperature = temperature
+        self.truncation = truncation  # --top-k/--top-p/--min-p: the support the rollouts were sampled on
         self.pack = pack and policy.can_pack
 
     def forward(self, batch: RolloutBatch, rows: torch.Tensor, with_entropy: bool = False):
@@ -148,13 +165,14 @@ class Scorer(torch.nn.Module):
             row_tokens = max(self.policy.packed_row_tokens, int(batch.prompt_mask.sum(dim=1).max()) + used)
             packed = pack(batch.prompt_ids[rows], batch.prompt_mask[rows], completion_ids, completion_mask,
                           batch.group_ids[rows], row_tokens)
-            logp, entropy = packed_logprobs(self.policy, packed, completion_ids, self.temperature, with_entropy)
+            logp, entropy = packed_logprobs(self.policy, packed, completion_ids, self.temperature, with_entropy,
+                                            self.truncation, completion_mask)
         else:
             prompt_mask = batch.prompt_mask[rows]
             first_real = int(prompt_mask.any(dim=0).long().argmax())  # left padding shared by every row
             logp, entropy = completion_logprobs(self.policy, batch.prompt_ids[rows, first_real:],
                                                 prompt_mask[:, first_real:], completion_ids, completion_mask,
-                                                self.temperature, with_entropy)
+                                                self.temperature, with_entropy, self.truncation)
         logp = pad_columns(logp * completion_mask, width, 0.0, left=False)
         return logp, None if entropy is None else pad_columns(entropy * completion_mask, width, 0.0, left=False)
 

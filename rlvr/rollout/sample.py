@@ -9,12 +9,13 @@ every backend.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
 from rlvr.backends import Policy
-from rlvr.types import RolloutBatch
+from rlvr.types import RolloutBatch, Truncation
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,11 +69,15 @@ def sample_groups(
     max_new_tokens: int,
     temperature: float,
     generator: torch.Generator | Sequence[torch.Generator],
+    truncation: Truncation | None = None,
 ) -> RolloutBatch:
     """Samples k completions for each item's prompt, or k[g] for item g when k is a list (group
     sizes of --adaptive-k). temperature 0 means greedy decoding (its log-probs and entropies are
     then those of the untempered distribution). `generator` is one torch.Generator for the whole
     batch, or one per item: then each group's samples depend only on its own generator.
+    `truncation` (--top-k/--top-p/--min-p): tokens are drawn from the truncated, renormalised
+    distribution, and the log-probs and entropies recorded are of it (greedy decoding ignores it:
+    the most probable token is always in the support).
 
     Rows that have stopped leave the batch (their cache rows are dropped) once they are an eighth
     of the rows still decoding, so short answers do not pay for long ones. Every row's noise is
@@ -109,7 +114,7 @@ def sample_groups(
     key_mask = torch.cat([prompt_mask, torch.ones(rows, max_new_tokens, dtype=torch.bool, device=device)], 1)
 
     for t in range(max_new_tokens):
-        logp = tempered_log_probs(logits, temperature)  # (M, V)
+        logp = tempered_log_probs(logits, temperature, truncation if temperature > 0 else None)  # (M, V)
         probs = logp.exp()
         token = _draw(probs, uniforms[live, t]) if uniforms is not None else logp.argmax(dim=-1)  # (M,)
         token = torch.where(done, policy.pad_id, token)
@@ -192,9 +197,47 @@ def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
     )
 
 
-def tempered_log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Logits (..., V) -> float32 log-probabilities at `temperature` (0: the untempered ones)."""
+def tempered_log_probs(logits: torch.Tensor, temperature: float, truncation: Truncation | None = None,
+                       force: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    """Logits (..., V) -> float32 log-probabilities at `temperature` (0: the untempered ones),
+    renormalised over `truncation`'s support (rlvr.types.Truncation) when one is given.
+
+    The sampler and the training forward both call this, so a sampled token's log-prob, the
+    policy-gradient ratio and the exact entropy are all of the distribution the tokens were drawn
+    from. `force`: an index into (..., V) of tokens kept in the support whatever their rank (the
+    training forward passes the sampled tokens: after an update, or by rounding, a sampled token
+    could fall just outside the recomputed support and get no finite log-prob)."""
     logits = logits.float()
     if temperature > 0 and temperature != 1.0:  # dividing by 1 would copy the largest tensor of the step
         logits = logits / temperature
-    return torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(logits, dim=-1)
+    if truncation is None or not truncation.active:
+        return logp
+    with torch.no_grad():
+        keep = support(logp, truncation)
+        if force is not None:
+            keep[force] = True
+    # Outside the support: a finite floor, so exp() is exactly 0 and 0 · log p stays 0 in the
+    # entropy (-inf would give NaN); the masked logits get no gradient.
+    return torch.log_softmax(logp.masked_fill(~keep, OUTSIDE), dim=-1)
+
+
+OUTSIDE = -1e30  # the log-prob floor of a token outside the truncated support
+
+
+def support(logp: torch.Tensor, truncation: Truncation) -> torch.Tensor:
+    """(..., V) log-probs -> (..., V) bool: the tokens `truncation` keeps (top-k, then top-p of
+    the renormalised rest, then min-p). The most probable token is always kept."""
+    keep = torch.ones_like(logp, dtype=torch.bool)
+    if truncation.top_k and truncation.top_k < logp.shape[-1]:
+        kth = logp.topk(truncation.top_k, dim=-1).values[..., -1:]
+        keep &= logp >= kth
+    if truncation.top_p < 1.0:
+        ordered, order = logp.masked_fill(~keep, float("-inf")).sort(dim=-1, descending=True)
+        probs = torch.softmax(ordered, dim=-1)  # renormalised over what top-k kept
+        before = probs.cumsum(dim=-1) - probs  # mass of the more probable tokens
+        nucleus = torch.zeros_like(keep).scatter_(-1, order, before < truncation.top_p)
+        keep &= nucleus
+    if truncation.min_p > 0.0:
+        keep &= logp >= logp.max(dim=-1, keepdim=True).values + math.log(truncation.min_p)
+    return keep

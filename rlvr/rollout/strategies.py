@@ -41,7 +41,7 @@ from rlvr.config import TrainConfig
 from rlvr.distributed import SINGLE, World
 from rlvr.rewards.scoring import RewardFailure, score_batch
 from rlvr.rollout.sample import concat_batches, sample_groups, truncated_rows
-from rlvr.types import RolloutBatch
+from rlvr.types import RolloutBatch, Truncation
 
 # The success estimate must follow a policy that changes as it trains: old counts are
 # discounted by this factor per step (a half-life of about 6.6 steps).
@@ -444,7 +444,8 @@ class Sampler:
         if items:
             batch = sample_groups(policy, items, sizes if cfg.adaptive_k else cfg.k,
                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                  generator=group_generators(seed, positions[mine.start : mine.stop], policy.device))
+                                  generator=group_generators(seed, positions[mine.start : mine.stop], policy.device),
+                                  truncation=Truncation.of(cfg))
         sampling_seconds = time.perf_counter() - started
         if items:
             rewards, answers, failures, components = score_groups(pool, task, batch, items, sizes,

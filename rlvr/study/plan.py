@@ -47,6 +47,10 @@ class PlanConfig:
     pilot_prompts: int = opt(64, "P: training prompts in the signal pilot")
     pilot_samples: int = opt(0, "n: samples per pilot prompt (0 = the largest K; must be ≥ every K)")
     temperature: float = opt(1.0, "sampling temperature")
+    top_k: int = opt(0, "sample from the k most probable tokens only (0 = off; as rlvr train)")
+    top_p: float = opt(1.0, "nucleus sampling mass (1 = off; as rlvr train)")
+    min_p: float = opt(0.0, "keep tokens with at least this fraction of the largest probability (0 = off)")
+    code_program: str = opt("auto", "the program code_exec runs for HumanEval-form items (as rlvr train)")
     max_new_tokens: int = opt(8, "longest completion in tokens")
     seed: int = opt(0, "seed of the pilot and of the timed steps")
     threads: int = opt(0, "torch CPU threads (0 = torch's default)")
@@ -70,7 +74,8 @@ class PlanConfig:
                            chat_template=self.chat_template, system_prompt=self.system_prompt,
                            micro_batch_size=self.micro_batch_size, gradient_checkpointing=self.gradient_checkpointing,
                            lora_rank=self.lora_rank, reward=self.reward, k=k, prompts_per_step=self.prompts_per_step,
-                           steps=self.steps, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
+                           steps=self.steps, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                           min_p=self.min_p, code_program=self.code_program, max_new_tokens=self.max_new_tokens,
                            seed=self.seed, threads=self.threads, device=self.device, out=out, eval_every=0,
                            checkpoint_every=0, keep_checkpoints=1, quiet=True)
 
@@ -90,10 +95,13 @@ def pilot(cfg: PlanConfig) -> tuple[np.ndarray, int]:
     from rlvr.rewards.pool import open_pool
     from rlvr.rewards.scoring import score_batch
     from rlvr.rollout.sample import sample_groups
-    from rlvr.tasks import get_task, task_options
+    from rlvr.tasks import get_task
+    from rlvr.train.preflight import resolved_task_options
+    from rlvr.types import Truncation
 
     n = cfg.pilot_samples or max(cfg.k)
-    task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format, options=task_options(cfg))
+    options = resolved_task_options(cfg)
+    task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format, options=options)
     defaults = TrainConfig()
     policy = load_policy(cfg.model, ModelSettings.of(cfg))
     policy.module.eval()
@@ -101,11 +109,11 @@ def pilot(cfg: PlanConfig) -> tuple[np.ndarray, int]:
     items = [task.item("train", i) for i in range(cfg.pilot_prompts)]
     correct = []
     with open_pool(cfg.reward, cfg.task, cfg.seed, defaults.reward_workers, defaults.reward_timeout,
-                    cfg.answer_format, task_options(cfg)) as pool:
+                    cfg.answer_format, options) as pool:
         for start in range(0, len(items), 16):
             chunk = items[start:start + 16]
             batch = sample_groups(policy, chunk, n, max_new_tokens=cfg.max_new_tokens,
-                                  temperature=cfg.temperature, generator=generator)
+                                  temperature=cfg.temperature, generator=generator, truncation=Truncation.of(cfg))
             rewards = score_batch(pool, task, batch.texts, chunk, n).rewards  # (chunk, n); failures score 0
             correct.extend((rewards >= 0.5).sum(dim=1).tolist())
     return np.array(correct), n

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rlvr.config import ConfigError
 from rlvr.tasks.base import SPLITS, split_of
+from rlvr.tasks.code_items import code_question, is_code_item
 from rlvr.tasks.jsonl import JsonlTask
 
 DATA_INSTALL = 'pip install -e ".[data]"'
@@ -83,7 +84,8 @@ def to_item(row: dict, index: int, prompt_key: str, answer_key: str, source: str
         prompt = row[prompt_key]
         if not isinstance(prompt, str) or not prompt:
             raise ValueError(f"hf: {source} row {index}: {prompt_key!r} must be a non-empty string, got {prompt!r:.80}")
-        item["question"] = row.get("question") if isinstance(row.get("question"), str) else prompt
+        item["question"] = row.get("question") if isinstance(row.get("question"), str) else \
+            code_question(prompt) if is_code_item(row) else prompt
     else:
         messages = row["messages"]
         if not isinstance(messages, list) or not messages or not all(
@@ -94,7 +96,7 @@ def to_item(row: dict, index: int, prompt_key: str, answer_key: str, source: str
         prompt = conversation_text(messages)
         item["question"] = messages[-1]["content"]
         item["conversation"] = [{"role": m["role"], "content": m["content"]} for m in messages]
-    answer = row[answer_key]
+    answer = row[answer_key] if answer_key in row else row.get("canonical_solution") or ""  # a code item: its tests judge
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise ValueError(f"hf: {source} row {index}: {answer_key!r} must be a string or a number, got {answer!r:.80}")
     item.update(prompt=prompt, answer=str(answer), id=str(row.get("id", f"{source}/{index}")), key=prompt)
@@ -107,8 +109,10 @@ class HFDatasetTask(JsonlTask):
     """Problems from a data set on disk, named `hf:<path>` (verified like the jsonl task)."""
 
     def __init__(self, path: str | Path, seed: int = 0, answer_format: str = "auto", prompt_key: str = "prompt",
-                 answer_key: str = "answer", split: str = "train", eval_split: str = "") -> None:
+                 answer_key: str = "answer", split: str = "train", eval_split: str = "",
+                 code_program: str = "completion") -> None:
         self.use_answer_format(answer_format)
+        self.code_program = code_program
         self.path = Path(path)
         self.name = f"hf:{path}"
         self.description = f"problems from the data set {path}"
@@ -122,14 +126,17 @@ class HFDatasetTask(JsonlTask):
         if prompt_key not in columns and not (prompt_key == "prompt" and "messages" in columns):
             raise ConfigError("prompt_key", f"{self.path} (split {split!r}) has no column {prompt_key!r}; its "
                                             f"columns: {', '.join(columns)}")
-        if answer_key not in columns:
+        code_columns = {"test", "entry_point"} <= set(columns)  # HumanEval form: the tests are the answer
+        if answer_key not in columns and not (code_columns and answer_key == "answer"):
             raise ConfigError("answer_key", f"{self.path} (split {split!r}) has no column {answer_key!r}; its "
                                             f"columns: {', '.join(columns)}")
         source = f"{self.path.stem}/{split}"
         rows = [to_item(row, i, prompt_key, answer_key, source) for i, row in enumerate(loaded[split])]
         if eval_split:
-            missing = [key for key in (prompt_key, answer_key) if key not in loaded[eval_split].column_names
-                       and not (key == "prompt" and "messages" in loaded[eval_split].column_names)]
+            eval_columns = loaded[eval_split].column_names
+            missing = [key for key in (prompt_key, answer_key) if key not in eval_columns
+                       and not (key == "prompt" and "messages" in eval_columns)
+                       and not (key == answer_key == "answer" and {"test", "entry_point"} <= set(eval_columns))]
             if missing:
                 raise ConfigError("eval_split", f"split {eval_split!r} of {self.path} has no column {missing[0]!r}; "
                                                 f"its columns: {', '.join(loaded[eval_split].column_names)}")

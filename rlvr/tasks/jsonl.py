@@ -24,6 +24,7 @@ from random import Random
 
 from rlvr.tasks.answers import last_line
 from rlvr.tasks.base import SPLITS, Task, check_split, split_of
+from rlvr.tasks.code_items import code_question, is_code_item
 
 EXPECTED = (
     'one JSON object per line like {"prompt": "2+2=", "answer": "4"} '
@@ -83,11 +84,13 @@ def load_problems(path: Path) -> list[dict]:
             prompt = record.get("prompt")
             if not isinstance(prompt, str) or not prompt:
                 raise _bad_line(path, line_number, '"prompt" is missing or not a non-empty string')
-            # A code task's stdin/stdout "tests" are its answer (--reward code_exec); "answer" may then be absent.
-            answer = record.get("answer", "" if isinstance(record.get("tests"), list) else None)
+            # A code task's stdin/stdout "tests", or HumanEval's "test" and "entry_point", are its answer
+            # (--reward code_exec); "answer" may then be absent.
+            answer = record.get("answer", "" if isinstance(record.get("tests"), list) else
+                                record.get("canonical_solution", "") if is_code_item(record) else None)
             if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
                 raise _bad_line(path, line_number, '"answer" is missing or not a string or number')
-            question = record.get("question", prompt)
+            question = record.get("question", code_question(prompt) if is_code_item(record) else prompt)
             if not isinstance(question, str) or not question:
                 raise _bad_line(path, line_number, '"question" is not a non-empty string')
             level = record.get("level", 0)
@@ -116,9 +119,13 @@ class JsonlTask(Task):
     """Problems read from a .jsonl file, named `jsonl:<path>`."""
 
     default_answer_format = "whole"
+    verifier = "task"  # what --reward task means: "code_exec" when every problem is in HumanEval form
+    code_program = "completion"  # --code-program of the HumanEval-form items (rlvr/tasks/code.py)
 
-    def __init__(self, path: str | Path, seed: int = 0, answer_format: str = "auto") -> None:
+    def __init__(self, path: str | Path, seed: int = 0, answer_format: str = "auto",
+                 code_program: str = "completion") -> None:
         self.use_answer_format(answer_format)
+        self.code_program = code_program
         self.path = Path(path)
         self.name = f"jsonl:{path}"
         self.description = f"problems from {path}"
@@ -132,14 +139,18 @@ class JsonlTask(Task):
             f"file); problems are split ~90/10 train/heldout by a hash of the prompt, so "
             f"give at least ~30 problems"))
 
-    def settle_splits(self, seed: int, empty_message) -> None:
+    def settle_splits(self, seed: int, empty_message, allow_empty: tuple[str, ...] = ()) -> None:
         """Shuffles each split by the seed (files are often sorted, by source or difficulty) and
         reads answers as numbers when every answer is one, so answer diversity counts numbers.
-        ValueError(empty_message(split)) for an empty split."""
+        ValueError(empty_message(split)) for an empty split, unless `allow_empty` names it: then
+        asking it for an item raises that error."""
+        self.empty_message = empty_message
         for split, members in self.splits.items():
-            if not members:
+            if not members and split not in allow_empty:
                 raise ValueError(empty_message(split))
             Random(f"{seed}:{split}").shuffle(members)
+        self.verifier = "code_exec" if all(is_code_item(problem) for members in self.splits.values()
+                                           for problem in members) else "task"
         self.numeric = all(parse_number(problem["answer"]) is not None for members in self.splits.values()
                            for problem in members)
 
@@ -148,7 +159,12 @@ class JsonlTask(Task):
         if index < 0:
             raise ValueError(f"item index must be >= 0, got {index}")
         members = self.splits[split]
+        if not members:
+            raise ValueError(self.empty_message(split))
         item = dict(members[index % len(members)])
+        if is_code_item(item):  # judged by its tests: no answer format to state
+            item["code_program"] = self.code_program
+            return item
         question = item.get("question", item["prompt"])
         if not self.answer_format_is_default:
             question = f"{question}\n\n{self.answer_format.instruction}"
@@ -162,6 +178,9 @@ class JsonlTask(Task):
         return last_number(text) if self.numeric else last_line(text)
 
     def score(self, completion: str, item: dict) -> float:
+        if is_code_item(item):
+            raise ValueError(f"item {item.get('id')} is a code problem (HumanEval form): its tests judge it, with "
+                             "--reward code_exec (which --reward task means for it)")
         text = self.answer_format.extract(completion)
         if text is None:
             return 0.0

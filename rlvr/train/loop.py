@@ -37,12 +37,12 @@ from rlvr import distributed
 from rlvr.config import ConfigError, RunFailed, TrainConfig, to_dict
 from rlvr.distributed import World
 from rlvr.rewards.pool import RewardPool, WeightedPool, WorkerStartError, open_pool
-from rlvr.tasks import get_task, task_options
+from rlvr.tasks import get_task
 from rlvr.train.checkpoint import clean_temporaries, load_latest, save_checkpoint
 from rlvr.train.evaluator import InTrainingEval
 from rlvr.train.guards import on_collapse, stop_failed
 from rlvr.train.memory import StepMemory
-from rlvr.train.preflight import check_train_config
+from rlvr.train.preflight import check_train_config, eval_verifier, resolved_task_options
 from rlvr.train.progress import Progress
 from rlvr.train.rundir import RunDir, RunLogs, summarize
 from rlvr.train.state import RunState, shared_checkpoint
@@ -98,7 +98,8 @@ class Training:
             torch.set_num_threads(threads)
         self.run_dir = RunDir(cfg)
         world.agree(partial(check_run_dir, self.run_dir, cfg), "checking the run directory")
-        self.task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format, options=task_options(cfg))
+        self.task_options = resolved_task_options(cfg)
+        self.task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format, options=self.task_options)
         self.st = RunState(cfg, torch.device(cfg.device), world)
         self.reference = self.st.policy.reference() if cfg.beta > 0 else None  # the start policy, before any resume
         state, self.final_written = shared_checkpoint(world, partial(prepare_run_dir, self.run_dir, cfg, world.size))
@@ -108,6 +109,7 @@ class Training:
         self.log_start()
         self.bar = Progress(cfg, enabled=progress and not cfg.quiet, console=console, mute=not world.main)
         self.pool: RewardPool | WeightedPool | None = None
+        self.eval_pool: RewardPool | None = None
         self.last_eval: dict = {}
 
     def log_start(self) -> None:
@@ -133,29 +135,34 @@ class Training:
         if (st.step >= cfg.steps or st.stopped) and self.final_written:
             self.logs.close()
             return summarize(self.run_dir, cfg, already_done=True) if self.world.main else {}
-        self.evaluate = InTrainingEval(cfg, self.world, self.run_dir, self.task)
-        self.pool = self.start_reward_pool()
-        if st.step == 0 and cfg.eval_every:
-            self.last_eval = self.evaluate(st, 0, self.logs)
-            self.logs.metrics.write({"step": 0, **self.last_eval})
-        self.bar.start(st.step)
+        verifier = eval_verifier(cfg)
+        self.pool = self.start_reward_pool(cfg.reward)
         try:
+            if cfg.eval_every:  # the evaluations' verifier: the training pool when it is the same one
+                self.eval_pool = self.pool if verifier == cfg.reward else self.start_reward_pool(verifier, "eval_reward")
+            self.evaluate = InTrainingEval(cfg, self.world, self.run_dir, self.task, self.eval_pool, verifier)
+            if st.step == 0 and cfg.eval_every:
+                self.last_eval = self.evaluate(st, 0, self.logs)
+                self.logs.metrics.write({"step": 0, **self.last_eval})
+            self.bar.start(st.step)
             self.loop(StepMemory(cfg.device))
         except RunFailed:
             self.logs.events.close()
             raise
         finally:
             self.pool.close()
+            if self.eval_pool is not None and self.eval_pool is not self.pool:
+                self.eval_pool.close()
             self.bar.stop()
             self.logs.close_rows()
         return self.finish()
 
-    def start_reward_pool(self) -> RewardPool | WeightedPool:
+    def start_reward_pool(self, reward: str, field_name: str = "reward") -> RewardPool | WeightedPool:
         """The verifier's worker processes on every rank; exit 2 when any rank's cannot load it."""
         cfg, world = self.cfg, self.world
         try:
-            pool = open_pool(cfg.reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout, cfg.answer_format,
-                             task_options(cfg))
+            pool = open_pool(reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout, cfg.answer_format,
+                             self.task_options)
             pool_error = None
         except WorkerStartError as err:
             pool, pool_error = None, str(err)
@@ -166,8 +173,8 @@ class Training:
             pool.close()
         self.logs.close()
         rank, error = errors[0]
-        raise ConfigError("reward", f"the reward workers{f' of rank {rank}' if world.parallel else ''} could not "
-                                    f"load it: {error}")
+        raise ConfigError(field_name, f"the reward workers{f' of rank {rank}' if world.parallel else ''} could not "
+                                      f"load it: {error}")
 
     def loop(self, memory: StepMemory) -> None:
         """Step, evaluate, log, guard, checkpoint: until --steps, a stop, or an early stop."""

@@ -17,12 +17,13 @@ import torch
 
 from rlvr.algo.advantages import ADVANTAGES, BATCH_LEVEL
 from rlvr.algo.losses import AGGREGATIONS, KL_ESTIMATORS, OBJECTIVES
-from rlvr.backends import check_model, check_prompts_fit, resolve
+from rlvr.backends import ModelError, ModelSettings, check_model, check_prompts_fit, load_prompts, resolve
 from rlvr.config import ConfigError, TrainConfig, check_writable
 from rlvr.distributed import FSDP_ON_CPU_ENV, check_processes, launched_world_size
 from rlvr.eval.runner import validation_items
-from rlvr.rewards import check_reward, parse_reward
-from rlvr.tasks import check_task, get_task, task_options
+from rlvr.rewards import check_reward, evaluation_verifier, parse_reward
+from rlvr.tasks import SPLITS, check_task, get_task, task_options
+from rlvr.tasks.code_items import AUTO, CODE_PROGRAMS, check_code_program
 from rlvr.train.trackers import check_loggers
 
 
@@ -52,6 +53,14 @@ def check_train_config(cfg: TrainConfig) -> None:
         except ValueError as err:
             raise ConfigError("select_split", str(err)) from None
     check_reward(cfg.reward, cfg.task)
+    if cfg.eval_reward:
+        if parse_reward(cfg.eval_reward) is not None:
+            raise ConfigError("eval_reward", f"{cfg.eval_reward!r} is a weighted mix; an evaluation's verifier is one "
+                                             "verifier, whose score 1 means correct: name one")
+        try:
+            check_reward(cfg.eval_reward, cfg.task)
+        except ConfigError as err:
+            raise ConfigError("eval_reward", err.message) from None
     components = parse_reward(cfg.reward)
     if cfg.reward_shaping == "passk" and components is not None:
         raise ConfigError("reward", "--reward-shaping passk needs 0/1 rewards, and weighted verifiers make them "
@@ -64,12 +73,42 @@ def check_train_config(cfg: TrainConfig) -> None:
     check_world(cfg)
 
 
-def check_model_and_task(cfg: Any) -> None:
-    """--model loads and suits its settings; --task builds, and its prompts plus --max-new-tokens
-    fit the model's context. `cfg`: any command's config with those fields (train, eval)."""
+def check_model_and_task(cfg: Any, splits: tuple[str, ...] = SPLITS) -> None:
+    """--model loads and suits its settings; --task builds, and the prompts of its `splits` plus
+    --max-new-tokens fit the model's context. `cfg`: any command's config with those fields
+    (train, eval)."""
     check_model(cfg.model, cfg)
-    items = check_task(cfg.task, cfg.seed, getattr(cfg, "answer_format", "auto"), options=task_options(cfg))
+    try:
+        check_code_program(getattr(cfg, "code_program", AUTO))
+    except ValueError as err:
+        raise ConfigError("code_program", str(err)) from None
+    items = check_task(cfg.task, cfg.seed, getattr(cfg, "answer_format", "auto"), options=task_options(cfg),
+                       splits=splits)
     check_prompts_fit(cfg.model, cfg, items, cfg.max_new_tokens, cfg.task)
+
+
+def code_program(cfg: Any) -> str:
+    """--code-program, resolved: `auto` is prompt+completion for a model prompted with the raw
+    text it continues, completion for one prompted through its chat template."""
+    chosen = getattr(cfg, "code_program", AUTO)
+    if chosen in CODE_PROGRAMS:
+        return chosen
+    try:
+        chat = load_prompts(cfg.model, ModelSettings.of(cfg)).chat
+    except ModelError as err:
+        raise ConfigError("model", str(err)) from None
+    return "completion" if chat else "prompt+completion"
+
+
+def resolved_task_options(cfg: Any) -> dict:
+    """The options the command's task is built with (rlvr.tasks.get_task), --code-program resolved."""
+    return task_options(cfg, code_program(cfg))
+
+
+def eval_verifier(cfg: Any) -> str:
+    """The verifier of a training run's evaluations: --eval-reward, else --reward (the largest
+    weight's of a weighted mix)."""
+    return evaluation_verifier(cfg.reward, cfg.eval_reward)
 
 
 def world_size(cfg: TrainConfig) -> int:

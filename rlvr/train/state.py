@@ -15,6 +15,7 @@ from rlvr.distributed import SINGLE, World
 from rlvr.rollout.forward import Scorer
 from rlvr.rollout.strategies import Sampler
 from rlvr.train.checkpoint import rng_state, set_rng_state
+from rlvr.types import Truncation
 
 
 def stream_seed(seed: int, step: int, stream: int = 0) -> int:
@@ -48,7 +49,7 @@ class RunState:
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
                                            fused=not world.fsdp)
         # The training forward; with W > 1 under DDP (gradients summed over the ranks) or FSDP2.
-        self.scorer = distributed.wrap_scorer(Scorer(self.policy, cfg.temperature), world)
+        self.scorer = distributed.wrap_scorer(Scorer(self.policy, cfg.temperature, truncation=Truncation.of(cfg)), world)
         self.monitor = EntropyMonitor(half_life=10)
         self.controller = make_entropy_controller(cfg)
         self.detector = CollapseDetector(cfg.collapse_ratio, cfg.collapse_patience)

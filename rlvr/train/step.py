@@ -27,6 +27,7 @@ from rlvr.rollout.strategies import (advantage_function, answer_diversity, gathe
 from rlvr.train.guards import check_reward_failures
 from rlvr.train.memory import StepMemory
 from rlvr.train.state import RunState
+from rlvr.types import Truncation
 
 
 @dataclass
@@ -100,7 +101,7 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
     entropy_coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
     settings = loss_settings(cfg, entropy_coef)
     clock = PhaseClock(policy.device)
-    scorer = scorer if scorer is not None else Scorer(policy, cfg.temperature)
+    scorer = scorer if scorer is not None else Scorer(policy, cfg.temperature, truncation=Truncation.of(cfg))
     rows = batch.num_rows
     token_mask = loss_token_mask(batch, cfg, policy.stop_ids)  # (N, T)
     total_tokens, total_rows = totals if totals is not None else (max(1, int(token_mask.sum())), rows)
@@ -109,7 +110,7 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
     ref_logprobs = None
     if cfg.beta > 0:
         with torch.no_grad():
-            ref_scorer = Scorer(reference, cfg.temperature)
+            ref_scorer = Scorer(reference, cfg.temperature, truncation=Truncation.of(cfg))
             ref_logprobs = torch.cat([ref_scorer(batch, c)[0] for c in chunks])
     sums = dict.fromkeys(UPDATE_METRICS, 0.0)
     skipped = None

@@ -29,7 +29,6 @@ import importlib.util
 import json
 import os
 import py_compile
-import re
 import signal
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlvr.rewards.code.judge import Channel, judge
+from rlvr.tasks.code_items import extract_program, humaneval_program, humaneval_tests, is_code_item
 
 BOOT = Path(__file__).with_name("sandbox_boot.py")
 WIRE = Path(__file__).with_name("wire.py")
@@ -47,7 +47,6 @@ WIRE = Path(__file__).with_name("wire.py")
 # site-packages directories, no bytecode written.
 # The directory goes last on sys.path: rlvr/types.py must not shadow the standard library's types.
 LAUNCH = "import sys; sys.path.append({directory!r}); import {module}; sys.path.pop(); {module}.main()"
-_FENCED = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -67,15 +66,6 @@ class Result:
     output: str  # the program's stderr (and its stdout, with Python tests), at most Limits.file_bytes
     error: str | None = None  # the tests or the sandbox could not run at all: not the program's failure
     sandbox: dict = field(default_factory=dict)  # landlock_abi (0: none) and network_namespace, as set up
-
-
-def extract_program(completion: str) -> str:
-    """The last ```python block, else the last ``` block, else the whole completion."""
-    blocks = _FENCED.findall(completion)
-    python = [code for lang, code in blocks if lang.lower() in ("python", "py", "python3")]
-    if python or blocks:
-        return (python or [code for _, code in blocks])[-1]
-    return completion
 
 
 def check_stdio_tests(tests) -> list[dict]:
@@ -147,10 +137,16 @@ def run_sandboxed(program: str, tests: str | list[dict], limits: Limits = Limits
 
 
 def score(completion: str, item: dict) -> float:
-    """The code_exec verifier: 1.0 if the completion's program passes the item's tests (`tests` if
-    present, else `answer`); raises ValueError when the tests themselves cannot run."""
-    tests = item["tests"] if "tests" in item else str(item["answer"])
-    result = run_sandboxed(extract_program(completion), tests)
+    """The code_exec verifier: 1.0 if the completion's program passes the item's tests, else 0.0;
+    raises ValueError when the tests themselves cannot run. The tests: a HumanEval-form item's
+    `test` and `check(<entry_point>)`, on the program its `code_program` names
+    (rlvr/tasks/code_items.py); else `tests` (stdin/stdout pairs) if present, else `answer`, on
+    the completion's program."""
+    if is_code_item(item):
+        program, tests = humaneval_program(completion, item), humaneval_tests(item)
+    else:
+        program, tests = extract_program(completion), item["tests"] if "tests" in item else str(item["answer"])
+    result = run_sandboxed(program, tests)
     if result.error is not None:
         raise ValueError(f"code_exec could not judge item {item.get('id', '?')}: {result.error}")
     return 1.0 if result.passed else 0.0
