@@ -164,6 +164,7 @@ class JsonlTask(Task):
         item = dict(members[index % len(members)])
         if is_code_item(item):  # judged by its tests: no answer format to state
             item["code_program"] = self.code_program
+            item.setdefault("question", code_question(item["prompt"]))
             return item
         question = item.get("question", item["prompt"])
         if not self.answer_format_is_default:
