@@ -410,9 +410,12 @@ def _report_failure(failures: dict, nproc: int, command: str) -> int:
         return data.get("rlvr", {}) if isinstance(data.get("rlvr"), dict) else {}
 
     def order(item):
+        # A rank stopped by the agent's SIGTERM without a message of its own is a consequence too:
+        # the agent's timestamps are whole seconds, so time alone can rank it before the cause.
         rank, failure = item
         extra = info(failure)
-        return (bool(extra.get("secondary")), extra.get("time", float(failure.timestamp)), rank)
+        stopped = not extra and failure.exitcode == -signal.SIGTERM
+        return (bool(extra.get("secondary")), stopped, extra.get("time", float(failure.timestamp)), rank)
 
     def code(failure) -> int:  # what the rank meant to return (the agent may have stopped it while it exited)
         return info(failure).get("code") or (failure.exitcode if failure.exitcode in (1, 2) else 1)

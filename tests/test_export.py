@@ -45,7 +45,8 @@ def eval_of_model(tmp_path: Path, name: str, model: Path, run: Path) -> dict:
     cfg = json.loads((run / "config.json").read_text())["config"]
     return evaluate(tmp_path, name, "--model", str(model), "--task", cfg["task"], "--max-new-tokens",
                     str(cfg["max_new_tokens"]), "--answer-format", cfg["answer_format"],
-                    "--chat-template", cfg["chat_template"], "--system-prompt", cfg["system_prompt"])
+                    "--chat-template", cfg["chat_template"], "--system-prompt", cfg["system_prompt"],
+                    "--reward", cfg["reward"])  # the run's one verifier: what --run evaluates with
 
 
 def same_tensors(a: dict, b: dict) -> bool:
