@@ -54,11 +54,11 @@ def evaluate_policy(
     read from each and its score, so a person can see what the numbers are made of.
 
     The verifier: `pool` (a RewardPool of one verifier, e.g. the run's --reward: then a code
-    task's pass@k is its programs' test results), else the task's own score in this process. A
-    completion is correct when it scores 1; a call that fails (raises, times out, crashes) counts
-    as wrong and is counted in the record's "verifier_failures". Without a pool: the task's own
-    verifier (`--reward task`: code_exec for a task of code problems), in this process. `truncation`: sample from the
-    top-k/top-p/min-p support, as the run trains.
+    task's pass@k is its programs' test results), else the task's own verifier (`--reward task`:
+    code_exec for a task of code problems) in this process. A completion is correct when it
+    scores 1; a call that fails (raises, times out, crashes) counts as wrong and is counted in
+    the record's "verifier_failures". `truncation`: sample from the top-k/top-p/min-p support,
+    as the run trains.
     """
     pool = pool if pool is not None else RewardPool.in_process(load_verifier("task", task))
     world = world or SINGLE

@@ -18,6 +18,7 @@ from __future__ import annotations
 from rlvr.config import ConfigError
 from rlvr.rewards.pool import RewardFailure, RewardPool, WeightedPool, WorkerStartError, open_pool
 from rlvr.rewards.verifiers import CRASH, TIMEOUT, load_verifier, needs_task, parse_reward
+from rlvr.tasks.code_items import may_hold_code
 
 __all__ = ["CRASH", "TIMEOUT", "RewardFailure", "RewardPool", "WeightedPool", "WorkerStartError", "check_reward",
            "evaluation_verifier", "load_verifier", "needs_task", "open_pool", "parse_reward"]
@@ -47,7 +48,7 @@ def check_reward(reward: str, task: str) -> None:
 
 
 def _check_verifier(reward: str, task: str) -> None:
-    if reward == "code_exec" and not (task == "humaneval" or task.startswith(("jsonl:", "hf:"))):
+    if reward == "code_exec" and not may_hold_code(task):
         raise ConfigError("reward", "code_exec judges each completion as a program; use it with --task humaneval, "
                                     "or a jsonl:<path> or hf:<path> task whose items hold HumanEval's \"test\" and "
                                     "\"entry_point\", assert-style tests in \"answer\" or stdin/stdout pairs in "

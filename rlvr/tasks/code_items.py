@@ -25,9 +25,17 @@ CODE_PROGRAMS = ("completion", "prompt+completion")
 AUTO = "auto"
 
 
+CODE_KEYS = {"test", "entry_point"}  # with `prompt`, what makes an item HumanEval-form
+
+
 def is_code_item(item: dict) -> bool:
     """The item is in HumanEval form (prompt, test, entry_point)."""
     return isinstance(item.get("test"), str) and isinstance(item.get("entry_point"), str)
+
+
+def may_hold_code(task_name: str) -> bool:
+    """Whether a task of this name can hold code problems: humaneval, or a user's jsonl:/hf: data."""
+    return task_name == "humaneval" or task_name.startswith(("jsonl:", "hf:"))
 
 
 def code_question(prompt: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rlvr.config import ConfigError
 from rlvr.tasks.base import SPLITS, split_of
-from rlvr.tasks.code_items import code_question, is_code_item
+from rlvr.tasks.code_items import CODE_KEYS, code_question, is_code_item
 from rlvr.tasks.jsonl import JsonlTask
 
 DATA_INSTALL = 'pip install -e ".[data]"'
@@ -126,8 +126,7 @@ class HFDatasetTask(JsonlTask):
         if prompt_key not in columns and not (prompt_key == "prompt" and "messages" in columns):
             raise ConfigError("prompt_key", f"{self.path} (split {split!r}) has no column {prompt_key!r}; its "
                                             f"columns: {', '.join(columns)}")
-        code_columns = {"test", "entry_point"} <= set(columns)  # HumanEval form: the tests are the answer
-        if answer_key not in columns and not (code_columns and answer_key == "answer"):
+        if answer_key not in columns and not (CODE_KEYS <= set(columns) and answer_key == "answer"):  # tests judge
             raise ConfigError("answer_key", f"{self.path} (split {split!r}) has no column {answer_key!r}; its "
                                             f"columns: {', '.join(columns)}")
         source = f"{self.path.stem}/{split}"
@@ -136,7 +135,7 @@ class HFDatasetTask(JsonlTask):
             eval_columns = loaded[eval_split].column_names
             missing = [key for key in (prompt_key, answer_key) if key not in eval_columns
                        and not (key == "prompt" and "messages" in eval_columns)
-                       and not (key == answer_key == "answer" and {"test", "entry_point"} <= set(eval_columns))]
+                       and not (key == answer_key == "answer" and CODE_KEYS <= set(eval_columns))]
             if missing:
                 raise ConfigError("eval_split", f"split {eval_split!r} of {self.path} has no column {missing[0]!r}; "
                                                 f"its columns: {', '.join(loaded[eval_split].column_names)}")

@@ -120,7 +120,7 @@ class JsonlTask(Task):
 
     default_answer_format = "whole"
     verifier = "task"  # what --reward task means: "code_exec" when every problem is in HumanEval form
-    code_program = "completion"  # --code-program of the HumanEval-form items (rlvr/tasks/code.py)
+    code_program = "completion"  # --code-program of the HumanEval-form items (rlvr/tasks/code_items.py)
 
     def __init__(self, path: str | Path, seed: int = 0, answer_format: str = "auto",
                  code_program: str = "completion") -> None:

@@ -23,7 +23,7 @@ from rlvr.distributed import FSDP_ON_CPU_ENV, check_processes, launched_world_si
 from rlvr.eval.runner import validation_items
 from rlvr.rewards import check_reward, evaluation_verifier, parse_reward
 from rlvr.tasks import SPLITS, check_task, get_task, task_options
-from rlvr.tasks.code_items import AUTO, CODE_PROGRAMS, check_code_program
+from rlvr.tasks.code_items import AUTO, CODE_PROGRAMS, check_code_program, may_hold_code
 from rlvr.train.trackers import check_loggers
 
 
@@ -93,6 +93,8 @@ def code_program(cfg: Any) -> str:
     chosen = getattr(cfg, "code_program", AUTO)
     if chosen in CODE_PROGRAMS:
         return chosen
+    if not may_hold_code(cfg.task):  # no code problems: no tokenizer to load for a setting nothing reads
+        return "completion"
     try:
         chat = load_prompts(cfg.model, ModelSettings.of(cfg)).chat
     except ModelError as err:
