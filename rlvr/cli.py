@@ -55,6 +55,11 @@ class EvalConfig:
     problems: int = opt(500, "held-out problems: the first M distinct ones of the split (all of them when it has fewer)")
     max_new_tokens: int = opt(8, "longest completion in tokens")
     seed: int = opt(0, "sampling seed")
+    engine: str = opt("rlvr", "what samples: rlvr (its own decode loop) or vllm (vLLM in this process; Hugging Face "
+                              "models, docs/engines.md)")
+    engine_dtype: str = opt("auto", "--engine vllm: bfloat16 or float32 (auto: float32 on CPU, bfloat16 on CUDA)")
+    engine_memory: float = opt(0.0, "--engine vllm: on CUDA the share of GPU memory it may take (0 = 0.3), on CPU its "
+                                    "KV cache in GiB (0 = sized to the batch)")
     out: str = opt("eval.json", "where to write eval.json")
     device: str = opt("cpu", "cpu or cuda")
     nproc: int = opt(1, "processes (ranks) to launch on this machine, each sampling a share of the problems; "
@@ -81,8 +86,9 @@ class EvalConfig:
     def validate(self) -> None:
         """Every check of `rlvr eval`, before any work starts: the values, then the model, the
         task and the processes (the checks of rlvr.backends, rlvr.tasks and rlvr.distributed)."""
-        from rlvr.distributed import check_processes
+        from rlvr.distributed import check_processes, launched_world_size
         from rlvr.rewards import check_reward
+        from rlvr.rollout.engines import EngineSettings, check_engine
         from rlvr.train.preflight import check_model_and_task
 
         check_basic_values(self)
@@ -105,6 +111,7 @@ class EvalConfig:
             raise ConfigError("device", f"must be cpu or cuda, got {self.device!r}")
         check_processes(self.nproc, self.dist_timeout, self.device)
         check_model_and_task(self, splits=("heldout",))
+        check_engine(EngineSettings.of(self), self.model, parallel=self.nproc > 1 or launched_world_size() is not None)
         check_reward(self.reward, self.task)
         check_writable(str(Path(self.out).parent) if Path(self.out).parent != Path("") else ".", "out")
 
@@ -156,6 +163,7 @@ def _evaluate(cfg: "EvalConfig", world) -> int:
     from rlvr.backends import ModelSettings, load_policy
     from rlvr.eval.runner import evaluate_policy, sampling_record
     from rlvr.rewards.pool import RewardPool, WorkerStartError
+    from rlvr.rollout.engines import EngineSettings, open_engine
     from rlvr.tasks import get_task
     from rlvr.train.preflight import resolved_task_options
     from rlvr.types import Truncation
@@ -168,15 +176,24 @@ def _evaluate(cfg: "EvalConfig", world) -> int:
                           options)
     except WorkerStartError as err:
         raise ConfigError("reward", f"the reward workers could not load it: {err}") from None
+    try:
+        engine = open_engine(EngineSettings.of(cfg), cfg.model, policy, max_new_tokens=cfg.max_new_tokens,
+                             rows=policy.decode_batch_rows)
+    except ConfigError:
+        pool.close()
+        raise
     with pool:
-        result = evaluate_policy(policy, task, problems=cfg.problems, samples=cfg.samples, ks=cfg.k,
-                                 temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                                 world=world, pool=pool, truncation=Truncation.of(cfg))
+        try:
+            result = evaluate_policy(policy, task, problems=cfg.problems, samples=cfg.samples, ks=cfg.k,
+                                     temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                                     world=world, pool=pool, truncation=Truncation.of(cfg), engine=engine)
+        finally:
+            engine.close()
     if not world.main:
         return 0
     failures = sum(record.get("verifier_failures", 0) for record in result["per_problem"])
     report = {"model": cfg.model, "task": cfg.task, "answer_format": task.answer_format.name,
-              "split": "heldout", "verifier": cfg.reward,
+              "split": "heldout", "verifier": cfg.reward, "engine": cfg.engine,
               **({"code_program": options["code_program"]} if getattr(task, "verifier", "task") == "code_exec" else {}),
               "verifier_failures": failures, "n_samples": cfg.samples, "temperature": cfg.temperature,
               **sampling_record(Truncation.of(cfg)), "n_problems": len(result["per_problem"]), **result}

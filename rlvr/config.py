@@ -95,6 +95,23 @@ class TrainConfig:
     top_p: float = opt(1.0, "nucleus sampling: the smallest set of most probable tokens holding this mass (1 = off)")
     min_p: float = opt(0.0, "keep the tokens with at least this fraction of the largest probability (0 = off)")
     max_new_tokens: int = opt(8, "longest completion in tokens")
+    # the generation engine (docs/engines.md)
+    engine: str = opt("rlvr", "what samples the rollouts: rlvr (its own decode loop on the training model) or vllm "
+                              "(vLLM colocated in this process, weights reloaded after every update)")
+    engine_dtype: str = opt("auto", "--engine vllm: its weights' precision, bfloat16 or float32 (auto: the trainer's "
+                                    "compute precision, float32 on CPU and bfloat16 on CUDA)")
+    engine_memory: float = opt(0.0, "--engine vllm: on CUDA the share of GPU memory it may take (0 = 0.3), on CPU "
+                                    "its KV cache in GiB (0 = sized to a step's rollouts)")
+    is_correction: str = opt("token-tis", "--engine vllm: how the policy gradient corrects for the engine's "
+                                          "distribution differing from the trainer's: none, token-tis, seq-tis "
+                                          "(truncated importance sampling), token-mask or seq-mask (docs/engines.md)")
+    is_cap: float = opt(2.0, "C of --is-correction: weights are capped at C (tis), or tokens/sequences whose ratio "
+                             "lies outside [1/C, C] are dropped (mask)")
+    drift_threshold: float = opt(0.01, "--engine vllm: engine drift when the EMA of mismatch/kl (nats per token) "
+                                       "stays above this ...")
+    drift_patience: int = opt(5, "... for this many steps")
+    on_drift: str = opt("warn", "what to do on engine drift: warn, stop, or resync (reload every weight into the "
+                                "engine and drop its prefix cache)")
     advantage: str = opt("grpo", "advantage estimator: grpo, dr_grpo, rloo, grpo_batch_std (the std over the step's "
                                  "rewards) or reinforce_pp (REINFORCE++-baseline)")
     loss_agg: str = opt("token-mean", "loss aggregation: token-mean, seq-mean or token-sum")
@@ -207,6 +224,13 @@ class TrainConfig:
                          "eval_problems", "eval_samples", "keep_checkpoints", "collapse_patience")
         require_positive(self, positive_ints)
         check_micro_batch_size(self.micro_batch_size)
+        if self.on_drift not in ("warn", "stop", "resync"):
+            raise ConfigError("on_drift", f"must be warn, stop or resync, got {self.on_drift!r}")
+        if not self.is_cap > 1:
+            raise ConfigError("is_cap", f"must be > 1 (a cap of 1 would give every token weight ≤ 1), got {self.is_cap}")
+        if not self.drift_threshold > 0:
+            raise ConfigError("drift_threshold", f"must be > 0 nats per token, got {self.drift_threshold}")
+        require_positive(self, ("drift_patience",))
         for name in ("lora_rank", "eval_show", "early_stop", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed",
                      "reward_workers", "max_bad_steps"):
             if getattr(self, name) < 0:

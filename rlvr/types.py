@@ -20,6 +20,9 @@ class RolloutBatch:
     texts: list[str]  # N decoded completions (without EOS)
     items: list[dict]  # B task items; group g was prompted with items[g]
     k: int  # samples per prompt (the largest group's size when sizes differ; see group_sizes)
+    # (N, T) float32: an external engine's (--engine vllm) log-prob of each sampled token, where
+    # `logprobs` and `entropy` are then the trainer's (rlvr.rollout.engines.trainer_view); else None
+    engine_logprobs: torch.Tensor | None = None
 
     @property
     def num_rows(self) -> int:

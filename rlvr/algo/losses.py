@@ -185,10 +185,13 @@ def policy_loss(
     ref_logprobs: torch.Tensor | None = None,  # (N, T) frozen start policy, needed when beta > 0
     entropy: torch.Tensor | None = None,  # (N, T) exact entropy with gradients, when entropy_coef != 0
     generator: torch.Generator | None = None,  # Clip-Cov's random token draw
+    is_weights: torch.Tensor | None = None,  # (N, T) --is-correction's weight of each token's policy term, no gradient
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The surrogate of the importance ratio (PPO-clip by default: max(−A·r, −A·clip(r, 1−ε_low,
     1+ε_high))), with optional Clip-Cov / KL-Cov token controls, a KL penalty (k3 by default) and
-    an entropy bonus, aggregated over the masked tokens."""
+    an entropy bonus, aggregated over the masked tokens. `is_weights` (rlvr.algo.correction)
+    multiply each token's policy term: the rollouts of an external engine, reweighted toward the
+    trainer's distribution."""
     aggregate = AGGREGATIONS.get(settings.aggregation)
     adv = advantages[:, None].expand_as(logprobs)  # (N, T), one advantage per sequence
     if settings.positive_weight != 1.0:  # W-REINFORCE (Zhu et al. 2025): λ on the positive samples' term
@@ -215,6 +218,8 @@ def policy_loss(
             keep = clip_cov_keep(cov, mask, clipped, settings.clip_cov_ratio, settings.clip_cov_bounds, generator)
             pg_loss = pg_loss * keep
             metrics["clip/cov_tokens"] = float((~keep).sum())
+    if is_weights is not None:
+        pg_loss = pg_loss * is_weights.detach()
     maskf = mask.float()
     token_loss = pg_loss
     policy_term = aggregate(pg_loss, maskf, total_tokens, total_sequences)

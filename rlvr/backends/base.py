@@ -75,6 +75,10 @@ class Policy(Protocol):
     update_token_budget: int  # tokens per training micro-batch under --micro-batch-size auto (bounds its memory)
     can_pack: bool  # forward_packed works: attention takes a custom mask (rlvr.rollout.forward.Scorer packs rows)
     packed_row_tokens: int  # longest packed row: attention over it costs at most ~1/4 of its matmuls
+    # Optimizer updates applied to these weights in this process; the trainer counts them, so an
+    # external engine (rlvr.rollout.engines) knows when to reload (a fused optimizer step writes
+    # the parameters without bumping their tensors' version counters).
+    updates: int
 
 
 def packed_row_tokens(hidden: int, layer_parameters: int) -> int:

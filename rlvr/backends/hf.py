@@ -249,6 +249,7 @@ class HFPolicy:
         self.model = model  # the transformers model; with LoRA its layers carry the adapter
         self.peft_model = peft_model  # the peft wrapper (adapter on/off, adapter save), or None
         self.module = peft_model if peft_model is not None else model
+        self.updates = 0  # optimizer updates applied in this process (Policy.updates)
         self.prompts = prompts
         self.tokenizer = prompts.tokenizer
         self.settings = settings

@@ -217,6 +217,7 @@ class TinyPolicy:
 
     def __init__(self, model: TinyLM) -> None:
         self.module = model
+        self.updates = 0  # optimizer updates applied in this process (Policy.updates)
         self.prompts = TinyPrompts(model.config.max_seq_len)
         self.tokenizer = self.prompts.tokenizer
         self.pad_id = ByteTokenizer.pad_id

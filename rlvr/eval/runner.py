@@ -10,8 +10,8 @@ from rlvr.algo.stats import _check_counts, hm_at_k_ranked, metrics_from_per_prob
 from rlvr.distributed import SINGLE
 from rlvr.rewards.pool import RewardPool
 from rlvr.rewards.verifiers import load_verifier
-from rlvr.rollout.sample import sample_groups
-from rlvr.rollout.strategies import group_generators
+from rlvr.rollout.engines import RlvrEngine
+from rlvr.rollout.strategies import group_seeds
 from rlvr.types import Truncation
 
 EVAL_KS = (1, 4, 8)  # the k of pass@k / hm@k an evaluation inside a training run reports (each ≤ its samples)
@@ -37,6 +37,7 @@ def evaluate_policy(
     world=None,
     pool: RewardPool | None = None,
     truncation: Truncation | None = None,
+    engine=None,
 ) -> dict:
     """HM@k / pass@k of `policy` (rlvr.backends.Policy) on the first `problems` distinct held-out
     problems of `task` (`heldout_items`: all of them when the split has fewer).
@@ -58,8 +59,10 @@ def evaluate_policy(
     code_exec for a task of code problems) in this process. A completion is correct when it
     scores 1; a call that fails (raises, times out, crashes) counts as wrong and is counted in
     the record's "verifier_failures". `truncation`: sample from the top-k/top-p/min-p support,
-    as the run trains.
+    as the run trains. `engine` (rlvr.rollout.engines): what samples, rlvr's own decode loop by
+    default; with vLLM the ranking log-probs of hm@k_ranked are the engine's.
     """
+    engine = engine or RlvrEngine()
     pool = pool if pool is not None else RewardPool.in_process(load_verifier("task", task))
     world = world or SINGLE
     ks = sorted(set(int(k) for k in ks))
@@ -74,11 +77,10 @@ def evaluate_policy(
     for start in range(mine.start, mine.stop, chunk):
         indices = range(start, min(start + chunk, mine.stop))
         group = items[indices.start : indices.stop]
-        generators = group_generators(seed, indices, policy.device)
-        sampled = sample_groups(policy, group, samples, max_new_tokens=max_new_tokens,
-                                temperature=temperature, generator=generators, truncation=truncation)
-        greedy = sample_groups(policy, group, 1, max_new_tokens=max_new_tokens,
-                               temperature=0.0, generator=generators)
+        seeds = group_seeds(seed, indices)
+        sampled = engine.sample(policy, group, samples, max_new_tokens=max_new_tokens,
+                                temperature=temperature, seeds=seeds, truncation=truncation)
+        greedy = engine.sample(policy, group, 1, max_new_tokens=max_new_tokens, temperature=0.0, seeds=seeds)
         seq_logprobs = sampled.logprobs.sum(dim=1).tolist()  # (N,) log-prob of each whole completion
         # Every completion of the chunk in one call, so a pool's workers judge them in parallel.
         outcomes = pool.score(sampled.texts + greedy.texts,

@@ -179,6 +179,8 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         group_ids=torch.cat([b.group_ids + offset for b, offset in zip(batches, offsets)]),
         texts=[t for b in batches for t in b.texts], items=[it for b in batches for it in b.items],
         k=max(b.k for b in batches),
+        engine_logprobs=None if any(b.engine_logprobs is None for b in batches) else
+        torch.cat([pad_columns(b.engine_logprobs, completion_width, 0.0, False) for b in batches]),
     )
 
 
@@ -193,7 +195,7 @@ def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
         completion_ids=batch.completion_ids[rows], completion_mask=batch.completion_mask[rows],
         logprobs=batch.logprobs[rows], entropy=batch.entropy[rows], group_ids=group_ids,
         texts=[batch.texts[i] for i in row_list], items=[batch.items[g] for g in kept_groups.tolist()],
-        k=batch.k,
+        k=batch.k, engine_logprobs=None if batch.engine_logprobs is None else batch.engine_logprobs[rows],
     )
 
 

@@ -37,10 +37,12 @@ from typing import Callable
 import torch
 
 from rlvr.algo.advantages import ADVANTAGES, pass_at_k_advantage
+from rlvr.algo.correction import mismatch_metrics
 from rlvr.config import TrainConfig
 from rlvr.distributed import SINGLE, World
 from rlvr.rewards.scoring import RewardFailure, score_batch
-from rlvr.rollout.sample import concat_batches, sample_groups, truncated_rows
+from rlvr.rollout.engines import RlvrEngine, trainer_view
+from rlvr.rollout.sample import concat_batches, truncated_rows
 from rlvr.types import RolloutBatch, Truncation
 
 # The success estimate must follow a policy that changes as it trains: old counts are
@@ -60,6 +62,11 @@ def group_seed(stream_seed: int, position: int) -> int:
 def group_generators(stream_seed: int, positions, device) -> list[torch.Generator]:
     """One generator per group, for `sample_groups`."""
     return [torch.Generator(device=device).manual_seed(group_seed(stream_seed, p)) for p in positions]
+
+
+def group_seeds(stream_seed: int, positions) -> list[int]:
+    """One seed per group, for an engine's `sample` (rlvr.rollout.engines)."""
+    return [group_seed(stream_seed, p) for p in positions]
 
 
 # ---------------------------------------------------------------- reward structures
@@ -327,6 +334,7 @@ class Round:
     all_sizes: list[int]  # the group sizes of the whole round, every rank's
     signal_groups: int  # --group-filter: groups with signal in the whole round, every rank's (else 0)
     components: torch.Tensor | None = None  # (n, C) each weighted verifier's reward, else None
+    logprob_seconds: float = 0.0  # an external engine's rollouts: the trainer's forward over them
 
 
 @dataclass
@@ -375,12 +383,15 @@ class Sampler:
         min_size = max(2, cfg.passk_k) if cfg.reward_shaping == "passk" else 2
         return allocate_group_sizes(success, len(items) * cfg.k, min_size)
 
-    def collect(self, policy, task, pool, seed: int) -> Generated:
-        """Samples the step's groups (this rank's shard of each round); `seed` is the step's stream
-        seed, from which each group's noise is derived. --group-filter: after each round, draw as
-        many new prompts as groups with signal are still missing, while the extra budget allows
-        (each new prompt costs K samples), so no group with signal is ever wasted."""
+    def collect(self, policy, task, pool, seed: int, engine=None) -> Generated:
+        """Samples the step's groups (this rank's shard of each round) with `engine` (default
+        rlvr's own, rlvr.rollout.engines); `seed` is the step's stream seed, from which each
+        group's noise is derived. --group-filter: after each round, draw as many new prompts as
+        groups with signal are still missing, while the extra budget allows (each new prompt
+        costs K samples), so no group with signal is ever wasted. An external engine's rollouts
+        get the trainer's log-probs and entropies, and the step its mismatch/... metrics."""
         cfg = self.cfg
+        engine = engine or RlvrEngine()
         wanted = cfg.prompts_per_step
         budget = cfg.extra_rollout_budget() if cfg.group_filter else 0
         if cfg.adaptive_k:
@@ -388,7 +399,7 @@ class Sampler:
         rounds: list[Round] = []
         prompts, with_signal = wanted, 0
         while prompts > 0:
-            rounds.append(self.sample_round(policy, task, pool, seed, prompts))
+            rounds.append(self.sample_round(policy, task, pool, seed, prompts, engine))
             if not cfg.group_filter:
                 break
             with_signal += rounds[-1].signal_groups
@@ -415,6 +426,10 @@ class Sampler:
         }
         if cfg.adaptive_k:
             metrics["sampling/expected_signal_groups"] = sum(r.expected_signal for r in rounds)
+        if batch.engine_logprobs is not None:
+            metrics.update(mismatch_metrics(batch.logprobs, batch.engine_logprobs, batch.completion_mask))
+            metrics["perf/logprob_seconds"] = sum(r.logprob_seconds for r in rounds)
+        metrics.update(engine.take_seconds())
         return Generated(batch=batch, task_rewards=task_rewards,
                          rewards=task_rewards if penalty is None else task_rewards - penalty,
                          group_sizes=sizes, answers=[a for r in sampled for a in r.answers],
@@ -424,7 +439,7 @@ class Sampler:
                          components=None if sampled[0].components is None else
                          torch.cat([r.components for r in sampled]))
 
-    def sample_round(self, policy, task, pool, seed: int, prompts: int) -> Round:
+    def sample_round(self, policy, task, pool, seed: int, prompts: int, engine) -> Round:
         """The next `prompts` items of the stream: this rank's shard sampled and scored; every
         rank's rewards gathered where the stream depends on them (--adaptive-k's estimator,
         --group-filter's count of groups with signal)."""
@@ -442,11 +457,15 @@ class Sampler:
         items, sizes = every_item[mine.start : mine.stop], every_size[mine.start : mine.stop]
         batch, rewards, answers, failures, components = None, torch.zeros(0), [], [], None
         if items:
-            batch = sample_groups(policy, items, sizes if cfg.adaptive_k else cfg.k,
+            batch = engine.sample(policy, items, sizes if cfg.adaptive_k else cfg.k,
                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                  generator=group_generators(seed, positions[mine.start : mine.stop], policy.device),
+                                  seeds=group_seeds(seed, positions[mine.start : mine.stop]),
                                   truncation=Truncation.of(cfg))
         sampling_seconds = time.perf_counter() - started
+        logprob_seconds = 0.0
+        if items and engine.external:
+            batch = trainer_view(policy, batch, cfg.temperature, Truncation.of(cfg))
+            logprob_seconds = time.perf_counter() - started - sampling_seconds
         if items:
             rewards, answers, failures, components = score_groups(pool, task, batch, items, sizes,
                                                                   cfg.reward_error_value)
@@ -462,7 +481,7 @@ class Sampler:
             if cfg.group_filter:
                 signal_groups = int(groups_with_signal(torch.cat([g for _, g in every_group]), every_size).sum())
         return Round(batch, rewards, sizes, answers, failures, sampling_seconds, time.perf_counter() - started,
-                     expected_signal, every_size, signal_groups, components)
+                     expected_signal, every_size, signal_groups, components, logprob_seconds)
 
     def penalty(self, batch: RolloutBatch) -> torch.Tensor | None:
         """The overlong penalty of each row (N,), or None when --overlong-buffer is 0."""

@@ -52,6 +52,10 @@ class PlanConfig:
     min_p: float = opt(0.0, "keep tokens with at least this fraction of the largest probability (0 = off)")
     code_program: str = opt("auto", "the program code_exec runs for HumanEval-form items (as rlvr train)")
     max_new_tokens: int = opt(8, "longest completion in tokens")
+    engine: str = opt("rlvr", "what samples the timed steps' rollouts: rlvr or vllm (as rlvr train; the pilot "
+                              "always samples with rlvr's own decode loop, the same distribution)")
+    engine_dtype: str = opt("auto", "--engine vllm: bfloat16 or float32 (as rlvr train)")
+    engine_memory: float = opt(0.0, "--engine vllm: GPU share or CPU KV-cache GiB (as rlvr train)")
     seed: int = opt(0, "seed of the pilot and of the timed steps")
     threads: int = opt(0, "torch CPU threads (0 = torch's default)")
     device: str = opt("cpu", "cpu or cuda")
@@ -76,6 +80,7 @@ class PlanConfig:
                            lora_rank=self.lora_rank, reward=self.reward, k=k, prompts_per_step=self.prompts_per_step,
                            steps=self.steps, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                            min_p=self.min_p, code_program=self.code_program, max_new_tokens=self.max_new_tokens,
+                           engine=self.engine, engine_dtype=self.engine_dtype, engine_memory=self.engine_memory,
                            seed=self.seed, threads=self.threads, device=self.device, out=out, eval_every=0,
                            checkpoint_every=0, keep_checkpoints=1, quiet=True)
 

@@ -22,13 +22,16 @@ class InTrainingEval:
     """Evaluates the run's policy on the same held-out problems every time (drawn once, and only
     for a run that evaluates) and writes the results to the run's logs and eval.json."""
 
-    def __init__(self, cfg: TrainConfig, world: World, run: RunDir, task, pool=None, verifier: str = "task") -> None:
+    def __init__(self, cfg: TrainConfig, world: World, run: RunDir, task, pool=None, verifier: str = "task",
+                 engine=None) -> None:
         """`pool`: the RewardPool of `verifier`, the run's evaluation verifier (--eval-reward, else
-        --reward); the held-out samples are drawn with the run's --top-k/--top-p/--min-p."""
+        --reward); the held-out samples are drawn with the run's --top-k/--top-p/--min-p, by the
+        run's `engine` (rlvr.rollout.engines; default rlvr's own)."""
         self.cfg, self.world, self.run, self.task, self.verifier = cfg, world, run, task, verifier
         self.settings = dict(problems=cfg.eval_problems, samples=cfg.eval_samples, temperature=cfg.eval_temperature,
                              ks=[k for k in EVAL_KS if k <= cfg.eval_samples], max_new_tokens=cfg.max_new_tokens,
-                             seed=stream_seed(cfg.seed, 0, 1), world=world, pool=pool, truncation=Truncation.of(cfg))
+                             seed=stream_seed(cfg.seed, 0, 1), world=world, pool=pool, truncation=Truncation.of(cfg),
+                             engine=engine)
         self.items = heldout_items(task, cfg.eval_problems) if cfg.eval_every else None
         self.selection_items = validation_items(task, cfg.eval_problems, cfg.eval_problems) \
             if cfg.select_split == "validation" and cfg.eval_every else None
@@ -49,7 +52,7 @@ class InTrainingEval:
             flat[f"eval/{HEADLINE}_gain"] = gain["value"]
             flat[f"eval/{HEADLINE}_gain_ci_low"], flat[f"eval/{HEADLINE}_gain_ci_high"] = gain["ci"]
         eval_json = {"model": cfg.model, "task": cfg.task, "split": "heldout", "step": step, "verifier": self.verifier,
-                     "n_samples": cfg.eval_samples, "temperature": cfg.eval_temperature,
+                     "engine": cfg.engine, "n_samples": cfg.eval_samples, "temperature": cfg.eval_temperature,
                      **sampling_record(Truncation.of(cfg)),
                      "n_problems": len(result["per_problem"]), **result}
         if self.world.main:

@@ -37,6 +37,7 @@ from rlvr import distributed
 from rlvr.config import ConfigError, RunFailed, TrainConfig, to_dict
 from rlvr.distributed import World
 from rlvr.rewards.pool import RewardPool, WeightedPool, WorkerStartError, open_pool
+from rlvr.rollout.engines import EngineSettings, describe_engine, open_engine
 from rlvr.tasks import get_task
 from rlvr.train.checkpoint import clean_temporaries, load_latest, save_checkpoint
 from rlvr.train.evaluator import InTrainingEval
@@ -106,6 +107,13 @@ class Training:
         if state is not None:
             self.st.load_state_dict(state)
         self.logs = RunLogs(self.run_dir, cfg, self.st.step, world.main)
+        # What samples the rollouts (--engine); vLLM loads its copy of the weights here, before any step.
+        try:
+            self.engine = open_engine(EngineSettings.of(cfg), cfg.model, self.st.policy,
+                                      max_new_tokens=cfg.max_new_tokens, rows=cfg.prompts_per_step * cfg.k)
+        except ConfigError:
+            self.logs.close()
+            raise
         self.log_start()
         self.bar = Progress(cfg, enabled=progress and not cfg.quiet, console=console, mute=not world.main)
         self.pool: RewardPool | WeightedPool | None = None
@@ -119,6 +127,11 @@ class Training:
         self.logs.events.write({"event": "model", "step": step, **model,
                                 "message": f"{cfg.model}: {model['backend']} backend, {model['parameters']:,} "
                                            f"parameters, {model['trainable_parameters']:,} trained"})
+        if self.engine.external:
+            facts = describe_engine(self.engine)
+            self.logs.events.write({"event": "engine", "step": step, **facts, "message": (
+                f"vLLM {facts['vllm']} ({facts['engine_dtype']}) samples the rollouts, started in "
+                f"{facts['engine_start_seconds']:.1f} s; --is-correction {cfg.is_correction} (cap {cfg.is_cap:g})")})
         if world.parallel:
             self.logs.events.write({
                 "event": "distributed", "step": step, "world_size": world.size, "fsdp": world.fsdp,
@@ -140,7 +153,8 @@ class Training:
         try:
             if cfg.eval_every:  # the evaluations' verifier: the training pool when it is the same one
                 self.eval_pool = self.pool if verifier == cfg.reward else self.start_reward_pool(verifier, "eval_reward")
-            self.evaluate = InTrainingEval(cfg, self.world, self.run_dir, self.task, self.eval_pool, verifier)
+            self.evaluate = InTrainingEval(cfg, self.world, self.run_dir, self.task, self.eval_pool, verifier,
+                                           self.engine)
             if st.step == 0 and cfg.eval_every:
                 self.last_eval = self.evaluate(st, 0, self.logs)
                 self.logs.metrics.write({"step": 0, **self.last_eval})
@@ -153,6 +167,7 @@ class Training:
             self.pool.close()
             if self.eval_pool is not None and self.eval_pool is not self.pool:
                 self.eval_pool.close()
+            self.engine.close()
             self.bar.stop()
             self.logs.close_rows()
         return self.finish()
@@ -182,7 +197,7 @@ class Training:
         while st.step < cfg.steps:
             st.step += 1
             step = st.step
-            row = run_step(st, cfg, self.task, self.pool, self.reference, memory, self.logs.events)
+            row = run_step(st, cfg, self.task, self.pool, self.reference, memory, self.logs.events, self.engine)
             if cfg.eval_every and step % cfg.eval_every == 0:
                 self.last_eval = self.evaluate(st, step, self.logs)
                 row.update(self.last_eval)
@@ -192,7 +207,7 @@ class Training:
                 stop_failed(self.logs.events, step, f"--max-bad-steps: {st.bad_steps} steps in a row (up to step "
                             f"{step}) had a non-finite loss or gradient and were skipped; the newest checkpoint holds "
                             "the last good weights. Lower --lr or --max-grad-norm, or raise --max-bad-steps")
-            if self.early_stop(step):
+            if self.early_stop(step) or self.detect_drift(step, row):
                 self.checkpoint()
                 return
             action = self.detect_collapse(step)
@@ -217,6 +232,29 @@ class Training:
                                     f"--early-stop: {st.evals_without_gain} evaluations without a significant gain "
                                     f"over {cfg.keep_best} {st.best['value']:.3f} at step {st.best['step']}")})
         return True
+
+    def detect_drift(self, step: int, row: dict) -> bool:
+        """--engine vllm: the EMA of mismatch/kl above --drift-threshold for --drift-patience steps
+        -> the --on-drift action (an event either way); True when the run stops."""
+        st, cfg = self.st, self.cfg
+        if "mismatch/kl" not in row or not st.drift.update(step, row["mismatch/kl"]):
+            return False
+        detail = (f"engine drift at step {step}: the EMA of mismatch/kl is {st.drift.ema:.3g} nats per token, above "
+                  f"--drift-threshold {cfg.drift_threshold:g} for {cfg.drift_patience} steps")
+        event = {"event": "drift", "step": step, "kl_ema": st.drift.ema, "action": cfg.on_drift}
+        if cfg.on_drift == "resync":
+            seconds = self.engine.resync(st.policy)
+            st.drift.reset()
+            self.logs.events.write({**event, "message": f"{detail}; every weight reloaded into the engine and its "
+                                                        f"prefix cache dropped ({seconds:.2f} s)"})
+            return False
+        if cfg.on_drift == "stop":
+            st.stopped = f"engine drift at step {step}"
+            self.logs.events.write({**event, "message": f"{detail}; the run stops (--on-drift stop)"})
+            return True
+        self.logs.events.write({**event, "message": f"{detail} (--on-drift warn: training goes on; resync reloads "
+                                                    "the engine's weights, stop ends the run)"})
+        return False
 
     def detect_collapse(self, step: int) -> str | None:
         """Updates the entropy and the training-reward detectors -> the action taken on an onset

@@ -16,11 +16,13 @@ from typing import Any
 import torch
 
 from rlvr.algo.advantages import ADVANTAGES, BATCH_LEVEL
+from rlvr.algo.correction import CORRECTIONS
 from rlvr.algo.losses import AGGREGATIONS, KL_ESTIMATORS, OBJECTIVES
 from rlvr.backends import ModelError, ModelSettings, check_model, check_prompts_fit, load_prompts, resolve
 from rlvr.config import ConfigError, TrainConfig, check_writable
 from rlvr.distributed import FSDP_ON_CPU_ENV, check_processes, launched_world_size
 from rlvr.eval.runner import validation_items
+from rlvr.rollout.engines import EngineSettings, check_engine
 from rlvr.rewards import check_reward, evaluation_verifier, parse_reward
 from rlvr.tasks import SPLITS, check_task, get_task, task_options
 from rlvr.tasks.code_items import AUTO, CODE_PROGRAMS, check_code_program, may_hold_code
@@ -33,7 +35,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda was asked for but torch sees no GPU; use --device cpu")
     for field_name, registry in (("advantage", ADVANTAGES), ("loss_agg", AGGREGATIONS), ("policy_loss", OBJECTIVES),
-                                 ("kl_estimator", KL_ESTIMATORS)):
+                                 ("kl_estimator", KL_ESTIMATORS), ("is_correction", CORRECTIONS)):
         name = getattr(cfg, field_name)
         if name not in registry:
             raise ConfigError(field_name, f"unknown {name!r}; known: {', '.join(registry.names())}")
@@ -71,6 +73,7 @@ def check_train_config(cfg: TrainConfig) -> None:
                                     "add up to 1 at most, or drop --adaptive-k")
     check_writable(cfg.out)
     check_world(cfg)
+    check_engine(EngineSettings.of(cfg), cfg.model, parallel=world_size(cfg) > 1 or cfg.fsdp)
 
 
 def check_model_and_task(cfg: Any, splits: tuple[str, ...] = SPLITS) -> None:

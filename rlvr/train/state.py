@@ -7,6 +7,7 @@ import dataclasses
 import torch
 
 from rlvr import distributed
+from rlvr.algo.correction import DriftDetector
 from rlvr.algo.entropy import (AdaptiveEntropyCoefficient, CollapseDetector, EntropyCoefficient, EntropyMonitor,
                                RewardMonitor)
 from rlvr.backends import ModelSettings, load_policy
@@ -55,6 +56,7 @@ class RunState:
         self.detector = CollapseDetector(cfg.collapse_ratio, cfg.collapse_patience)
         self.reward_monitor = RewardMonitor(half_life=10)
         self.reward_detector = CollapseDetector(cfg.reward_collapse_ratio, cfg.reward_collapse_patience)
+        self.drift = DriftDetector(cfg.drift_threshold, cfg.drift_patience)  # --engine vllm: mismatch/kl's EMA
         self.best: dict | None = None  # the best evaluation so far: step, value, per-problem values (--keep-best)
         self.evals_without_gain = 0  # evaluations since the last significant gain over the best (--early-stop)
         self.sampler = Sampler(cfg, world)  # prompt stream position, --adaptive-k's estimator
@@ -87,7 +89,7 @@ class RunState:
                 "baseline_eval": self.baseline_eval, "rollbacks": self.rollbacks, "stopped": self.stopped,
                 "bad_steps": self.bad_steps, "reward_monitor": self.reward_monitor.state_dict(),
                 "reward_detector": self.reward_detector.state_dict(), "best": self.best,
-                "evals_without_gain": self.evals_without_gain}
+                "evals_without_gain": self.evals_without_gain, "drift": self.drift.state_dict()}
 
     def load_state_dict(self, state: dict, *, keep_counters: bool = False) -> None:
         """keep_counters: a rollback restores the policy but not the run's rollback count. With
@@ -110,6 +112,8 @@ class RunState:
             self.reward_detector.load_state_dict(state["reward_detector"])
             if not keep_counters:  # a rollback keeps the best so far: best/ on disk is still that model
                 self.best, self.evals_without_gain = state["best"], state["evals_without_gain"]
+        if "drift" in state:  # absent from checkpoints written before --engine
+            self.drift.load_state_dict(state["drift"])
         if not keep_counters:
             self.rollbacks, self.stopped = state["rollbacks"], state["stopped"]
 

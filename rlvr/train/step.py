@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from rlvr import distributed
+from rlvr.algo.correction import importance_weights
 from rlvr.algo.entropy import masked_mean, masked_quantiles
 from rlvr.algo.losses import LossSettings, policy_loss, top_entropy_select
 from rlvr.config import RunFailed, TrainConfig
@@ -105,6 +106,10 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
     rows = batch.num_rows
     token_mask = loss_token_mask(batch, cfg, policy.stop_ids)  # (N, T)
     total_tokens, total_rows = totals if totals is not None else (max(1, int(token_mask.sum())), rows)
+    is_weights, correction = None, {}
+    if batch.engine_logprobs is not None:  # --engine vllm: toward the trainer's distribution (--is-correction)
+        is_weights, correction = importance_weights(batch.logprobs, batch.engine_logprobs, token_mask,
+                                                    cfg.is_correction, cfg.is_cap)
     chunks = micro_batches(batch, micro_batch_rows(cfg.micro_batch_size), policy.update_token_budget, policy.can_pack)
     old_logprobs = torch.zeros_like(batch.logprobs)
     ref_logprobs = None
@@ -126,7 +131,7 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
                     old_logprobs[c] = logprobs.detach()
                 loss, m = policy_loss(logprobs, old_logprobs[c], advantages[c], token_mask[c], settings,
                                       total_tokens, total_rows, None if ref_logprobs is None else ref_logprobs[c],
-                                      entropy, generator)
+                                      entropy, generator, None if is_weights is None else is_weights[c])
                 clock.lap("forward")
                 if not torch.isfinite(loss):
                     skipped = "loss"
@@ -150,11 +155,13 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
             optimizer.zero_grad(set_to_none=True)
             break
         optimizer.step()
+        policy.updates += 1
         optimizer.zero_grad(set_to_none=True)  # the gradients' memory is free while the next step samples
         clock.lap("optimizer")
     metrics = {key: value / cfg.updates_per_step for key, value in sums.items()}
     metrics["tokens/trained_frac"] = total_tokens / max(1, batch.generated_tokens())
     metrics["perf/micro_batches"] = len(chunks)
+    metrics.update(correction)
     metrics.update({f"perf/{phase}_seconds": seconds for phase, seconds in clock.seconds.items() if phase != "other"})
     return StepResult(metrics, skipped)
 
@@ -169,7 +176,8 @@ def no_update() -> StepResult:
 SUMMED_UPDATE_METRICS = ("loss/policy", "loss/entropy", "loss/kl", "clip/frac", "clip/cov_tokens", "clip/kl_cov_tokens")
 
 
-def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: StepMemory, events_log) -> dict:
+def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: StepMemory, events_log,
+             engine=None) -> dict:
     """One optimizer step: collect -> select -> advantages -> update -> the step's metrics row.
 
     With W ranks each rank samples, scores and trains on its shard; the samples' metrics are
@@ -180,7 +188,7 @@ def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: Step
         group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
     memory_before = memory.start(step)
     started = time.perf_counter()
-    generated, samples = collect(st, cfg, task, pool, events_log)
+    generated, samples = collect(st, cfg, task, pool, events_log, engine)
     selected = select_for_training(generated, cfg)  # --group-filter, --downsample: this rank's N' ≤ N rows
     batch = generated.batch if selected.rows is None else select_rows(generated.batch, selected.rows)
     advantages = group_advantages(advantage_function(cfg), selected.rewards, selected.group_sizes)  # (N',)
@@ -203,13 +211,13 @@ def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: Step
                     {**generated.metrics, **step_selection.metrics, **local})
 
 
-def collect(st: RunState, cfg: TrainConfig, task, pool, events_log) -> tuple:
-    """Samples and scores this rank's groups -> (its Generated, every rank's StepSamples); stops
-    the run on too many failed verifier calls."""
+def collect(st: RunState, cfg: TrainConfig, task, pool, events_log, engine=None) -> tuple:
+    """Samples (with `engine`, rlvr.rollout.engines) and scores this rank's groups -> (its
+    Generated, every rank's StepSamples); stops the run on too many failed verifier calls."""
     world, step = st.world, st.step
     st.policy.module.eval()
     with distributed.decoding(st.policy, world):
-        generated = st.sampler.collect(st.policy, task, pool, st.sampling_seed(step, 0))  # this rank's samples
+        generated = st.sampler.collect(st.policy, task, pool, st.sampling_seed(step, 0), engine)  # this rank's samples
     st.policy.module.train()
     # Entropy, lengths and rewards describe the policy: every generated sample counts, every rank's.
     samples = gather_samples(world, generated.samples(st.policy.stop_ids), generated.round_groups)  # N rows
