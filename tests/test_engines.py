@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -341,6 +342,11 @@ def test_a_vllm_run_that_fails_mid_run_resumes_to_the_uninterrupted_result(peaky
         assert math.isfinite(r["entropy/mean"]) and r["entropy/mean"] > 0
     events = [json.loads(line) for line in (straight / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "engine" and e["engine_dtype"] == "float32" for e in events)
+    from test_metrics_doc import DOC, documented
+
+    names = set(re.findall(r"`([^`\s]+)`", DOC.read_text()))
+    missing = sorted(key for r in metrics for key in r if not documented(key, names))
+    assert not missing, f"keys an --engine vllm run writes but docs/metrics.md lacks: {missing}"
 
     broken = tmp_path / "broken"
     failing = tmp_path / "fail_at_step_3.py"  # sitecustomize-style: make the engine fail on its third call
