@@ -403,3 +403,32 @@ def test_rlvr_eval_with_vllm_writes_the_engine(peaky_llama, tmp_path):
     assert cli.returncode == 0, cli.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["engine"] == "vllm" and result["n_problems"] == 6 and "pass@1" in result["metrics"]
+
+
+def test_an_untested_transformers_is_checked_and_a_broken_sampler_refused(monkeypatch, tmp_path):
+    """On a transformers version rlvr was not tested with, the sampler checks itself against a
+    full forward: it passes when the cache behaves, and exits 2 when it does not."""
+    pytest.importorskip("transformers")
+    from hf_models import make_hf_model_dir
+
+    from rlvr.backends import load_policy
+    from rlvr.rollout.engines import EngineSettings, open_engine
+
+    policy = load_policy(str(make_hf_model_dir(tmp_path / "m", "qwen2")))
+    with torch.no_grad():
+        policy.model.model.norm.weight.mul_(8)  # peaked logits: a wrong cache shows in the log-probs
+    # the module as the check will import it (loading a model can replace the lazy module in sys.modules)
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "5.19.0")
+    open_engine(EngineSettings(), "unused", policy, max_new_tokens=6)  # a sound cache: no error
+    real = policy.select_cache
+
+    def stale(cache, rows):  # a cache whose copied rows lose their values, as a mishandled version's would
+        cache = real(cache, rows)
+        for layer in cache.layers:
+            if getattr(layer, "values", None) is not None:
+                layer.values.zero_()
+        return cache
+
+    monkeypatch.setattr(policy, "select_cache", stale)
+    with pytest.raises(ConfigError, match=r"transformers 5\.19\.0 is not a version.*transformers==5\.24\.0"):
+        open_engine(EngineSettings(), "unused", policy, max_new_tokens=6)

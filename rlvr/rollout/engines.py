@@ -96,8 +96,44 @@ def open_engine(settings: EngineSettings, model: str, policy: Policy, *, max_new
     """The engine of `settings` for `policy` (loaded from `model`). `rows`: sequences one call
     samples at most (sizes vLLM's CPU KV cache under --engine-memory 0)."""
     if settings.engine == "rlvr":
+        check_sampler_on_untested_transformers(policy)
         return RlvrEngine()
     return VLLMEngine(settings, model, policy, max_new_tokens=max_new_tokens, rows=rows)
+
+
+# The transformers versions rlvr's cache-sharing sampler was tested with (pyproject's hf extra).
+TESTED_TRANSFORMERS = ("5.24.0",)
+
+
+def check_sampler_on_untested_transformers(policy: Policy) -> None:
+    """rlvr's sampler shares a prompt's KV cache among its K samples and drops finished rows from
+    it, relying on how the transformers version it was tested with treats a cache: at 5.19 its
+    log-probs silently differed from a full forward by up to 0.15 nats. On any other version
+    this samples a few tokens and compares them with a full forward over the same tokens, and
+    refuses (exit 2) when they disagree."""
+    if not hasattr(policy, "tokenizer"):  # the built-in model: rlvr's own cache, no transformers
+        return
+    import transformers
+
+    if transformers.__version__ in TESTED_TRANSFORMERS:
+        return
+    from rlvr.rollout.forward import completion_logprobs
+
+    items = [{"prompt": "12+7=", "answer": "19"}, {"prompt": "What is 3 + 4?", "answer": "7"}]
+    was_training = policy.module.training
+    policy.module.eval()
+    with torch.no_grad():
+        batch = sample_groups(policy, items, 3, max_new_tokens=6, temperature=1.0,
+                              generator=[torch.Generator(device=policy.device).manual_seed(i) for i in range(2)])
+        full, _ = completion_logprobs(policy, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                      batch.completion_mask, 1.0)
+    policy.module.train(was_training)
+    gap = float(((full - batch.logprobs) * batch.completion_mask).abs().max())
+    if gap > 1e-3:
+        raise ConfigError("model", f"transformers {transformers.__version__} is not a version rlvr was tested with "
+                                   f"({', '.join(TESTED_TRANSFORMERS)}), and on it rlvr's sampler disagrees with a full "
+                                   f"forward by {gap:.3g} nats per token; install transformers=={TESTED_TRANSFORMERS[0]} "
+                                   "(pip install -e \".[hf]\"), or use --engine vllm")
 
 
 class RlvrEngine:
