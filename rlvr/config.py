@@ -107,7 +107,7 @@ class TrainConfig:
                                           "(truncated importance sampling), token-mask or seq-mask (docs/engines.md)")
     is_cap: float = opt(2.0, "C of --is-correction: weights are capped at C (tis), or tokens/sequences whose ratio "
                              "lies outside [1/C, C] are dropped (mask)")
-    drift_threshold: float = opt(0.01, "--engine vllm: engine drift when the EMA of mismatch/kl (nats per token) "
+    drift_threshold: float = opt(0.05, "--engine vllm: engine drift when the EMA of mismatch/kl (nats per token) "
                                        "stays above this ...")
     drift_patience: int = opt(5, "... for this many steps")
     on_drift: str = opt("warn", "what to do on engine drift: warn, stop, or resync (reload every weight into the "
