@@ -22,6 +22,7 @@ import dataclasses
 import importlib.util
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -111,10 +112,9 @@ def check_sampler_on_untested_transformers(policy: Policy) -> None:
     log-probs silently differed from a full forward by up to 0.15 nats. On any other version
     this samples a few tokens and compares them with a full forward over the same tokens, and
     refuses (exit 2) when they disagree."""
-    if not hasattr(policy, "tokenizer"):  # the built-in model: rlvr's own cache, no transformers
+    transformers = sys.modules.get("transformers")  # loaded by every Hugging Face policy
+    if transformers is None or type(policy).__module__ != "rlvr.backends.hf":  # the built-in model: its own cache
         return
-    import transformers
-
     if transformers.__version__ in TESTED_TRANSFORMERS:
         return
     from rlvr.rollout.forward import completion_logprobs
