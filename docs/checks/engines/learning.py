@@ -1,0 +1,94 @@
+"""Does `--engine vllm` (bfloat16) learn as `--engine rlvr` does? Reads the light files of the
+runs (metrics.jsonl, evals.jsonl) and prints, per arm and for the difference vllm − rlvr:
+  * the training reward over the last 20 steps: each step's reward/mean, both seeds pooled
+    (40 values), mean and a 95% bootstrap CI over steps;
+  * held-out HM@4 at the last evaluation: the per-problem values averaged over the seeds, mean
+    and a 95% bootstrap CI over problems; the difference is paired per problem;
+  * mismatch/kl of the vllm runs (median and max over steps) against the drift threshold.
+
+    python docs/checks/engines/learning.py RLVR_RUN... --vllm VLLM_RUN... [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+RNG = np.random.default_rng(0)
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def last_rewards(runs: list[Path], last: int = 20) -> np.ndarray:
+    values = []
+    for run in runs:
+        steps = [r for r in rows(run) if r.get("step", 0) > 0 and "reward/mean" in r]
+        values += [r["reward/mean"] for r in steps[-last:]]
+    return np.array(values)
+
+
+def final_hm4(runs: list[Path]) -> tuple[dict, int]:
+    """Per problem id: mean over the runs of hm@4 (unbiased, from n samples) at each run's last evaluation."""
+    per_run = []
+    step = None
+    for run in runs:
+        evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines() if line.strip()]
+        final = evals[-1]
+        step = final["step"]
+        per_run.append({p["id"]: p["hm@4"] if "hm@4" in p else hm_at_4(p) for p in final["per_problem"]})
+    ids = sorted(set.intersection(*(set(r) for r in per_run)))
+    return {i: float(np.mean([r[i] for r in per_run])) for i in ids}, step
+
+
+def hm_at_4(record: dict) -> float:
+    """Unbiased pass@4 from c correct of n samples: 1 − C(n−c, 4)/C(n, 4)."""
+    from math import comb
+
+    n, c = record["n"], record["correct"]
+    return 1.0 - comb(n - c, 4) / comb(n, 4) if n >= 4 else float(c > 0)
+
+
+def boot(values: np.ndarray, draws: int = 10_000) -> tuple[float, list[float]]:
+    idx = RNG.integers(0, len(values), size=(draws, len(values)))
+    means = values[idx].mean(axis=1)
+    return float(values.mean()), [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rlvr", nargs="+", type=Path)
+    parser.add_argument("--vllm", nargs="+", type=Path, required=True)
+    parser.add_argument("--json", default="")
+    args = parser.parse_args()
+    report: dict = {}
+    rewards = {"rlvr": last_rewards(args.rlvr), "vllm": last_rewards(args.vllm)}
+    hm4 = {"rlvr": final_hm4(args.rlvr), "vllm": final_hm4(args.vllm)}
+    for arm in ("rlvr", "vllm"):
+        report[arm] = {"reward_last20": boot(rewards[arm]), "hm@4_final": boot(np.array(list(hm4[arm][0].values()))),
+                       "final_eval_step": hm4[arm][1]}
+    diff = rewards["vllm"].mean() - rewards["rlvr"].mean()
+    ia = RNG.integers(0, len(rewards["vllm"]), size=(10_000, len(rewards["vllm"])))
+    ib = RNG.integers(0, len(rewards["rlvr"]), size=(10_000, len(rewards["rlvr"])))
+    deltas = rewards["vllm"][ia].mean(axis=1) - rewards["rlvr"][ib].mean(axis=1)
+    report["reward_last20_diff"] = [float(diff), [float(np.quantile(deltas, 0.025)), float(np.quantile(deltas, 0.975))]]
+    common = sorted(set(hm4["rlvr"][0]) & set(hm4["vllm"][0]))
+    paired = np.array([hm4["vllm"][0][i] - hm4["rlvr"][0][i] for i in common])
+    report["hm@4_final_paired_diff"] = boot(paired)
+    kls = [r["mismatch/kl"] for run in args.vllm for r in rows(run) if "mismatch/kl" in r]
+    report["vllm_mismatch_kl"] = {"median": statistics.median(kls), "max": max(kls), "steps": len(kls)}
+    drift = [json.loads(line) for run in args.vllm for line in (run / "events.jsonl").read_text().splitlines()
+             if line.strip() and json.loads(line)["event"] == "drift"]
+    report["drift_events"] = len(drift)
+    for key, value in report.items():
+        print(f"{key}: {value}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
