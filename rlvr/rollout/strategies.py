@@ -59,13 +59,9 @@ def group_seed(stream_seed: int, position: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def group_generators(stream_seed: int, positions, device) -> list[torch.Generator]:
-    """One generator per group, for `sample_groups`."""
-    return [torch.Generator(device=device).manual_seed(group_seed(stream_seed, p)) for p in positions]
-
-
 def group_seeds(stream_seed: int, positions) -> list[int]:
-    """One seed per group, for an engine's `sample` (rlvr.rollout.engines)."""
+    """One seed per group, for an engine's `sample` (rlvr.rollout.engines: rlvr's own seeds a
+    torch.Generator with it, vLLM a request)."""
     return [group_seed(stream_seed, p) for p in positions]
 
 
