@@ -390,6 +390,7 @@ def launch(nproc: int, argv: list[str], command: str) -> int:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                           monitor_interval=0.1, shutdown_timeout=5)
+    before = os.environ.get(LAUNCHER_ENV)
     os.environ[LAUNCHER_ENV] = str(os.getpid())  # the ranks inherit it (the agent runs in this process)
     try:
         launch_agent(config, sys.executable, ["-m", "rlvr", *argv])
@@ -399,6 +400,12 @@ def launch(nproc: int, argv: list[str], command: str) -> int:
         print(f"rlvr {command}: interrupted ({signal.Signals(err.sigval).name}); the ranks were stopped. Re-run "
               "the same command to resume from the last checkpoint.", file=sys.stderr)
         return 1
+    finally:  # a later torchrun launch from this process must not inherit this launcher's pid: its ranks
+        # would take the stale pid for a dead launcher and exit (_die_with_launcher)
+        if before is None:
+            os.environ.pop(LAUNCHER_ENV, None)
+        else:
+            os.environ[LAUNCHER_ENV] = before
     return 0
 
 
