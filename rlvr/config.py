@@ -182,6 +182,9 @@ class TrainConfig:
     eval_temperature: float = opt(1.0, "sampling temperature of evaluation samples")
     eval_reward: str = opt("", "the verifier of the evaluations ('' = --reward; with weighted verifiers, the one "
                                "of largest weight); a completion is correct when it scores 1")
+    passk_eval_samples: int = opt(0, "at step 0 and at the end, one more held-out evaluation with this many samples "
+                                     "per problem, reporting pass@k for k = 1, 4, 16, 64 (those ≤ it): what the "
+                                     "policy still reaches at large k (passk.jsonl; 0 = off)")
     eval_show: int = opt(4, "held-out problems whose greedy and first sampled completions each evaluation writes "
                             "to samples.jsonl")
     keep_best: str = opt("hm@4", "with --eval-every: keep the model of the best evaluation by this metric in best/ "
@@ -231,7 +234,7 @@ class TrainConfig:
         if not self.drift_threshold > 0:
             raise ConfigError("drift_threshold", f"must be > 0 nats per token, got {self.drift_threshold}")
         require_positive(self, ("drift_patience",))
-        for name in ("lora_rank", "eval_show", "early_stop", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed",
+        for name in ("lora_rank", "passk_eval_samples", "eval_show", "early_stop", "warmup_steps", "eval_every", "checkpoint_every", "threads", "seed",
                      "reward_workers", "max_bad_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be 0 or more, got {getattr(self, name)}")

@@ -19,10 +19,11 @@ from rlvr.study.compare import CompareConfig, plan_runs
 from rlvr.config import ConfigError
 from rlvr.study.report import build_report, to_html
 
-SUMMARY_KEYS = {"match", "steps", "seeds", "arms", "verdicts"}
+SUMMARY_KEYS = {"model", "task", "match", "steps", "seeds", "arms", "verdicts"}
 ARM_KEYS = {"name", "k", "variant", "hm@4_gain_at_100", "entropy_retention_at_100", "entropy_retention_final",
             "collapse_step", "step_seconds_median", "peak_memory_mib", "step_time_ratio", "memory_ratio",
-            "reward_collapse_step", "best_step", "best_value"}
+            "reward_collapse_step", "best_step", "best_value", "step_time_ratio_ci", "step_memory_ratio_ci",
+            "hm@4_change_100_to_last", "passk", "seeds", "settings"}
 SMALL = ["--steps", "6", "--seeds", "1", "--eval-every", "3", "--eval-problems", "8", "--eval-samples", "4",
          "--prompts-per-step", "2", "--max-new-tokens", "6", "--checkpoint-every", "2"]
 
@@ -188,8 +189,9 @@ def test_verdicts_follow_their_documented_rules(tmp_path):
     for seed in (0, 1):
         # K=8: every problem goes from 0/4 to 4/4 correct on half the problems: +50 points
         write_run(tmp_path, "k8", seed, 8, steady, steps=steps, seconds=0.1, peak=400, before=300)
+        # K=16: entropy collapses and held-out hm@4 falls from step 100 (HALF_SOLVED) to the end (none solved)
         write_run(tmp_path, "k16", seed, 16, decaying, steps=steps, entropy_onset=120, seconds=0.2, peak=500,
-                  before=300)
+                  before=300, evals={150: [4] * 5 + [0] * 35})
         write_run(tmp_path, "ctl", seed, 16, steady, steps=steps, seconds=0.2, peak=500, before=300,
                   extra={"entropy_target": 1.2}, reward=(0.45, 0.52)[seed])
     summary = build_report([str(tmp_path)], str(tmp_path / "report"))
@@ -243,3 +245,43 @@ def test_the_shipped_preset_loads_validates_and_flags_override_it(tmp_path, monk
     assert main(["compare", "--preset", "nope", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "unknown preset 'nope'" in err and "smollm2" in err
+
+
+def test_passk_evaluation_at_start_and_end_shared_across_arms_of_a_seed(model_dir, tmp_path, capsys):
+    """--passk-eval-samples: a wide evaluation at step 0 and at the end of every run; compare
+    computes a seed's step 0 once (the second arm reuses the first's), and that reused row is what
+    the arm would have computed itself."""
+    from math import comb
+
+    out = tmp_path / "cmp"
+    small = [*SMALL, "--steps", "4", "--eval-every", "2", "--passk-eval-samples", "8"]
+    code = main(["compare", "--model", model_dir, "--k", "4", "8", "--variant", "--out", str(out), *small])
+    assert code == 0, capsys.readouterr()
+    rows = {arm: [json.loads(line) for line in (out / arm / "seed0" / "passk.jsonl").read_text().splitlines()]
+            for arm in ("k4", "k8")}
+    for arm, (start, end) in rows.items():
+        assert [start["step"], end["step"]] == [0, 4] and start["ks"] == [1, 4] and start["n_samples"] == 8
+        assert start["n_problems"] == 8 and all(p["n"] == 8 for p in start["per_problem"])
+        for row in (start, end):  # pass@k against the formula itself
+            counts = [p["correct"] for p in row["per_problem"]]
+            assert row["metrics"]["pass@1"]["value"] == pytest.approx(sum(counts) / (8 * len(counts)))
+            expect = sum(1 - comb(8 - c, 4) / comb(8, 4) for c in counts) / len(counts)
+            assert row["metrics"]["pass@4"]["value"] == pytest.approx(expect)
+    assert "reused_from" not in rows["k4"][0] and rows["k8"][0]["reused_from"] == str(out / "k4" / "seed0")
+    assert rows["k8"][0]["per_problem"] == rows["k4"][0]["per_problem"]
+    events = [json.loads(line) for line in (out / "k8" / "seed0" / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "passk_eval"] == [0, 4]
+
+    # the K=8 run on its own evaluates step 0 itself, and gets exactly the row it was given
+    alone = tmp_path / "alone"
+    train_toml = (out / "k8" / "seed0" / "train.toml").read_text().replace(str(out / "k8" / "seed0"), str(alone))
+    (tmp_path / "alone.toml").write_text(train_toml)
+    assert main(["train", "--config", str(tmp_path / "alone.toml")]) == 0
+    own = [json.loads(line) for line in (alone / "passk.jsonl").read_text().splitlines()]
+    assert "reused_from" not in own[0] and own[0]["per_problem"] == rows["k8"][0]["per_problem"]
+    assert own[1]["per_problem"] == rows["k8"][1]["per_problem"]  # and the same end
+
+    summary = json.loads((out / "summary.json").read_text())
+    arm = summary["arms"][1]
+    assert set(arm["passk"]["base"]) == {"1", "4"} and arm["passk"]["last_minus_base"]["4"]["ci"] is not None
+    assert "## pass@k up to k = 4: the base model and the end" in (out / "report.md").read_text()

@@ -235,3 +235,104 @@ def test_best_and_samples_columns_and_old_runs_without_them(tmp_path):
     assert "| 1+1? | 2 | greedy | greedy at 0 | none, 0.00 | greedy at 150 | 2, 1.00 |" in md
     assert "n/a: this run has no samples.jsonl" in md
     assert_page_is_sound((tmp_path / "r" / "report.html").read_text(), md)
+
+
+# ------------------------------------------------------------------ training collapse, cost CIs, light files
+
+COLLAPSING = list(np.linspace(1.0, 0.1, 150))  # retention 0.1, the detector fires (onset given per run)
+BASE64 = [64] * 20 + [0] * 20  # pass@64 0.5 on 40 problems
+
+
+def test_training_collapse_is_a_measured_loss_not_entropy_alone(tmp_path):
+    runs = tmp_path / "runs"
+
+    def k16_runs(**kw):
+        shutil.rmtree(runs / "k16", ignore_errors=True)
+        for seed in (0, 1):
+            write_run(runs, "k16", seed, 16, COLLAPSING, entropy_onset=110, **kw)
+
+    for seed in (0, 1):
+        write_run(runs, "k8", seed, 8, STEADY)
+    # entropy collapses, but hm@4 holds from step 100 to the end and pass@64 equals the base model's: refuted
+    k16_runs(evals={150: [4] * 20 + [0] * 20}, passk={0: BASE64, 150: BASE64})
+    v, arms = verdicts_of(tmp_path, "r1")
+    assert v["(c)"]["verdict"] == "refuted" and "(entropy collapsed, training did not)" in v["(c)"]["evidence"]
+    assert "held-out hm@4 from step 100 to the end +0.0 pts [+0.0, +0.0]" in v["(c)"]["evidence"]
+    assert "pass@64 at the end minus the base model +0.0 pts" in v["(c)"]["evidence"]
+    assert arms["k16"]["passk"]["base"]["64"]["value"] == pytest.approx(0.5)
+    assert arms["k16"]["hm@4_change_100_to_last"]["value"] == pytest.approx(0.0)
+
+    # pass@64 falls below the base model: 15 of the 20 reachable problems are lost (−37.5 points)
+    k16_runs(evals={150: [4] * 20 + [0] * 20}, passk={0: BASE64, 150: [64] * 5 + [0] * 35})
+    v, arms = verdicts_of(tmp_path, "r2")
+    assert v["(c)"]["verdict"] == "supported"
+    assert "pass@64 at the end minus the base model -37.5 pts" in v["(c)"]["evidence"]
+    assert arms["k16"]["passk"]["last_minus_base"]["64"]["value"] == pytest.approx(-37.5)
+    md = (tmp_path / "r2" / "report.md").read_text()
+    assert "## pass@k up to k = 64: the base model and the end" in md
+    k16_row = next(line for line in md.splitlines() if line.startswith("| k16 | 0.500"))
+    assert "-37.5 pts" in k16_row
+
+    # held-out hm@4 falls after step 100 (no wide evaluation): supported by that alone
+    k16_runs(evals={150: [4] * 5 + [0] * 35})
+    v, _ = verdicts_of(tmp_path, "r3")
+    assert v["(c)"]["verdict"] == "supported" and "from step 100 to the end -37.5 pts" in v["(c)"]["evidence"]
+
+    # entropy collapse with nothing measured after step 100: neither supported nor refuted
+    k16_runs()
+    v, _ = verdicts_of(tmp_path, "r4")
+    assert v["(c)"]["verdict"] == "inconclusive" and "neither measured nor ruled out" in v["(c)"]["evidence"]
+    assert "no measured loss available" in v["(c)"]["evidence"]
+
+
+def test_cost_verdict_uses_the_ratio_cis_and_is_inconclusive_when_one_straddles(tmp_path):
+    runs = tmp_path / "runs"
+    rng = np.random.default_rng(0)
+    for seed in (0, 1):
+        write_run(runs, "k8", seed, 8, STEADY, seconds=0.1, peak=400, before=300)
+        # K=16's step time scatters around 0.15 s (1.5× K=8's): its CI straddles the band's lower end
+        write_run(runs, "k16", seed, 16, STEADY, seconds=list(rng.uniform(0.05, 0.25, 150)), peak=500, before=300)
+    v, arms = verdicts_of(tmp_path, "r1")
+    ci = arms["k16"]["step_time_ratio_ci"]
+    assert ci["ci"][0] < 1.5 < ci["ci"][1] and ci["seeds"] == 2
+    assert arms["k16"]["step_memory_ratio_ci"] == {"value": 2.0, "ci": [2.0, 2.0], "seeds": 2}
+    assert v["(d)"]["verdict"] == "inconclusive" and "straddles" in v["(d)"]["evidence"]
+    assert arms["k8"]["step_time_ratio_ci"] is None  # the first arm is the reference
+
+    shutil.rmtree(runs / "k16")
+    for seed in (0, 1):
+        write_run(runs, "k16", seed, 16, STEADY, seconds=list(rng.uniform(0.3, 0.32, 150)), peak=500, before=300)
+    v, arms = verdicts_of(tmp_path, "r2")
+    assert arms["k16"]["step_time_ratio_ci"]["ci"][0] > 2.5 and v["(d)"]["verdict"] == "refuted"
+
+
+def test_several_controls_are_each_judged_and_one_stable_control_supports_e(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(runs, "k8", seed, 8, STEADY)
+        write_run(runs, "k16", seed, 16, COLLAPSING, entropy_onset=110)
+        write_run(runs, "ctl-a", seed, 16, COLLAPSING, entropy_onset=120, extra={"entropy_coef": 0.05})
+        write_run(runs, "ctl-b", seed, 16, STEADY, extra={"positive_weight": 0.1})
+    v, _ = verdicts_of(tmp_path, "r")
+    assert v["(e)"]["verdict"] == "supported"
+    first, second = v["(e)"]["evidence"].split(" || ")
+    assert first.startswith("'ctl-a'") and "did not stay steady" in first
+    assert second.startswith("'ctl-b'") and "steady where plain K=16 collapsed" in second
+
+
+def test_a_study_committed_without_weights_rebuilds_the_same_report(tmp_path):
+    for keep, name in ((True, "with"), (False, "light")):
+        for seed in (0, 1):
+            write_run(tmp_path / name, "k8", seed, 8, STEADY, keep_final=keep, passk={0: BASE64, 150: BASE64},
+                      extra={"model": "smollm2", "task": "mul"})
+            write_run(tmp_path / name, "k16", seed, 16, COLLAPSING, entropy_onset=110, keep_final=keep,
+                      extra={"model": "smollm2", "task": "mul"})
+    with_weights = build_report([str(tmp_path / "with")], str(tmp_path / "r1"))
+    light = build_report([str(tmp_path / "light")], str(tmp_path / "r2"))
+    assert light == with_weights
+    assert light["model"] == "smollm2" and light["task"] == "mul"
+    arm = {a["name"]: a for a in light["arms"]}["k16"]
+    assert arm["settings"]["k"] == 16 and arm["settings"]["model"] == "smollm2" and "out" not in arm["settings"]
+    assert arm["seeds"] == [0, 1]
+    md = (tmp_path / "r2" / "report.md").read_text()
+    assert "did not finish" not in md

@@ -201,6 +201,29 @@ def _write_arm_meta(plan: RunPlan, cc: CompareConfig, **extra) -> None:
     (plan.dir / "arm.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
+def share_passk_base(plan: RunPlan, plans: list[RunPlan]) -> None:
+    """--passk-eval-samples: the step-0 wide evaluation of a seed is that of the same model
+    evaluated the same way in every arm whose settings differ only in training (the
+    fingerprint of rlvr/train/evaluator.py), so it is computed once: a run about to start gets
+    an earlier run's row as its passk_base.json, which the run uses only if the fingerprints
+    match (and otherwise evaluates step 0 itself)."""
+    from rlvr.train.evaluator import passk_fingerprint
+    from rlvr.train.rundir import read_jsonl
+
+    if not plan.config.passk_eval_samples:
+        return
+    fingerprint = passk_fingerprint(plan.config)
+    for other in plans:
+        if other is plan or other.config.seed != plan.config.seed:
+            continue
+        row = next((r for r in read_jsonl(other.dir / "passk.jsonl")
+                    if r.get("step") == 0 and r.get("fingerprint") == fingerprint and "reused_from" not in r), None)
+        if row is not None:
+            plan.dir.mkdir(parents=True, exist_ok=True)
+            (plan.dir / "passk_base.json").write_text(json.dumps({**row, "source": str(other.dir)}) + "\n")
+            return
+
+
 class _Job:
     """One `rlvr train` subprocess and what its metrics.jsonl has said so far."""
 
@@ -335,6 +358,7 @@ def run_compare(cc: CompareConfig, base: dict, command: str = "", progress: bool
         while queue or running:
             while queue and len(running) < cc.jobs:
                 plan = queue.pop(0)
+                share_passk_base(plan, plans)
                 running.append(_Job(plan, cc))
                 display.update(plan=plan, state="running")
             time.sleep(0.25)

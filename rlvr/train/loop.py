@@ -151,15 +151,18 @@ class Training:
         verifier = eval_verifier(cfg)
         self.pool = self.start_reward_pool(cfg.reward)
         try:
-            if cfg.eval_every:  # the evaluations' verifier: the training pool when it is the same one
+            if cfg.eval_every or cfg.passk_eval_samples:  # the evaluations' verifier: the training pool when it is the same one
                 self.eval_pool = self.pool if verifier == cfg.reward else self.start_reward_pool(verifier, "eval_reward")
             self.evaluate = InTrainingEval(cfg, self.world, self.run_dir, self.task, self.eval_pool, verifier,
                                            self.engine)
             if st.step == 0 and cfg.eval_every:
                 self.last_eval = self.evaluate(st, 0, self.logs)
                 self.logs.metrics.write({"step": 0, **self.last_eval})
+            if st.step == 0:
+                self.evaluate.passk(st, 0, self.logs)
             self.bar.start(st.step)
             self.loop(StepMemory(cfg.device))
+            self.evaluate.passk(st, st.step, self.logs)  # the end (of --steps, or of a stopped run)
         except RunFailed:
             self.logs.events.close()
             raise

@@ -25,6 +25,8 @@ class RunDir:
         self.events_file = self.root / "events.jsonl"
         self.evals_file = self.root / "evals.jsonl"  # every evaluation in full, per-problem counts included
         self.samples_file = self.root / "samples.jsonl"  # a few completions of every evaluation, for people
+        self.passk_file = self.root / "passk.jsonl"  # --passk-eval-samples: the wide evaluations (step 0, the end)
+        self.passk_base_file = self.root / "passk_base.json"  # written by rlvr compare: a shared step-0 wide evaluation
         self.best = self.root / "best"  # --keep-best: the model of the best evaluation, and best.json
         self.checkpoints = self.root / "checkpoints"
         self.final = self.root / "final"
@@ -44,7 +46,8 @@ class RunDir:
                                      "use another --out, or --force to start over there")
 
     def start_fresh(self) -> None:
-        for path in (self.metrics_file, self.events_file, self.evals_file, self.samples_file, self.root / "eval.json"):
+        for path in (self.metrics_file, self.events_file, self.evals_file, self.samples_file, self.passk_file,
+                     self.root / "eval.json"):
             path.unlink(missing_ok=True)
         for path in (self.checkpoints, self.final, self.best):
             shutil.rmtree(path, ignore_errors=True)
@@ -73,7 +76,7 @@ class RunDir:
     def truncate_metrics(self, last_step: int) -> None:
         """Drops metric and evaluation rows after the checkpoint being resumed (or rolled back
         to): the resumed run re-creates them."""
-        for path in (self.metrics_file, self.evals_file, self.samples_file):
+        for path in (self.metrics_file, self.evals_file, self.samples_file, self.passk_file):
             if not path.is_file():
                 continue
             kept = []
@@ -85,6 +88,27 @@ class RunDir:
                 if row.get("step", math.inf) <= last_step:
                     kept.append(line)
             write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL file ([] when it is missing); a line torn by a kill is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's object, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 class JsonlWriter:
@@ -154,16 +178,17 @@ class RunLogs:
     def _open_evals(self) -> None:
         self.evals = JsonlWriter(self.run.evals_file) if self.main else NullWriter()
         self.samples = JsonlWriter(self.run.samples_file) if self.main else NullWriter()
+        self.passk = JsonlWriter(self.run.passk_file) if self.main else NullWriter()
 
     def rewind(self, step: int) -> None:
         """A rollback to `step`: the rows after it go from every file but events.jsonl."""
-        self.evals.close(), self.samples.close()
+        self.evals.close(), self.samples.close(), self.passk.close()
         self.metrics.rewind(step)
         self._open_evals()
 
     def close_rows(self) -> None:
         """Closes all but events.jsonl, which stays open for the run's last events."""
-        self.metrics.close(), self.evals.close(), self.samples.close()
+        self.metrics.close(), self.evals.close(), self.samples.close(), self.passk.close()
 
     def close(self) -> None:
         self.close_rows()

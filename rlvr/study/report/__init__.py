@@ -25,7 +25,8 @@ from pathlib import Path
 
 from rlvr.study.report.plots import make_plots
 from rlvr.study.report.render import escape_text, machine_line, markdown, to_html
-from rlvr.study.report.runs import (METRIC, Arm, ReportError, Run, arm_numbers, find_runs, group_arms, match_mode, ratio, read_run, variant_flags)
+from rlvr.study.report.runs import (METRIC, Arm, ReportError, Run, arm_numbers, cost_ratio, find_runs, group_arms,
+                                    match_mode, ratio, read_run, variant_flags)
 from rlvr.study.report.verdicts import verdicts
 
 __all__ = ["METRIC", "Arm", "ReportError", "Run", "build_report", "build_summary", "machine_line", "read_run",
@@ -50,6 +51,8 @@ def build_summary(arms: list[Arm], numbers: dict[str, dict | None]) -> dict:
     entries = []
     for arm in arms:
         n = numbers[arm.name] or {}
+        paired = arm in usable and arm is not usable[0]
+        settings = {k: v for k, v in arm.config.items() if k not in ("out", "seed", "quiet", "force", "threads")}
         entries.append({
             "name": arm.name, "k": arm.config["k"], "variant": variant_flags(arm, arms[0]),
             "hm@4_gain_at_100": n.get("gain_at_100") or {"value": None, "ci": None},
@@ -61,9 +64,20 @@ def build_summary(arms: list[Arm], numbers: dict[str, dict | None]) -> dict:
             "reward_collapse_step": n.get("reward_collapse_step"),
             "best_step": n.get("best_steps"),  # per seed (null where a run kept no best)
             "best_value": n.get("best_value"),  # mean over seeds; null unless every seed kept one
+            # 95% CIs of the cost ratios against the first arm, paired by seed (rlvr/study/report/runs.py cost_ratio)
+            "step_time_ratio_ci": cost_ratio(usable[0], arm, "step_seconds") if paired else None,
+            "step_memory_ratio_ci": cost_ratio(usable[0], arm, "step_memory") if paired else None,
+            "hm@4_change_100_to_last": n.get("late_change"),  # points, paired per problem
+            # --passk-eval-samples: pass@k of the base model (step 0) and at the end, and end minus base in points
+            "passk": {where: {str(k): v for k, v in (n.get(key) or {}).items()}
+                      for where, key in (("base", "passk_base"), ("last", "passk_last"), ("last_minus_base", "passk_vs_base"))},
+            "seeds": n.get("seeds"),
+            "settings": settings,  # the arm's full train settings (out and seed aside)
         })
     seeds = max(len(a.runs) for a in usable)
-    return _rounded({"match": match_mode(usable), "steps": max(a.config["steps"] for a in usable), "seeds": seeds,
+    config = usable[0].config
+    return _rounded({"model": config["model"], "task": config["task"], "match": match_mode(usable),
+                     "steps": max(a.config["steps"] for a in usable), "seeds": seeds,
                      "arms": entries, "verdicts": verdicts(usable, numbers)})
 
 

@@ -16,7 +16,8 @@ import platform
 import re
 from pathlib import Path
 
-from rlvr.study.report.runs import METRIC, Arm, entropy_controls, fmt, fmt_ci, fmt_onsets, ratio, variant_flags
+from rlvr.study.report.runs import (METRIC, Arm, entropy_controls, fmt, fmt_ci, fmt_onsets, passk_difference, passk_ks,
+                                    ratio, variant_flags)
 
 SAMPLE_CHARS = 300  # a completion longer than this is cut in the report (samples.jsonl has it whole)
 NEWLINE_MARK = "⏎"
@@ -113,16 +114,17 @@ def results_table(arms: list[Arm], numbers: dict[str, dict]) -> list[str]:
     plain_best = kinds <= {(METRIC, "heldout")}
     lines = [f"| arm | K | {METRIC} @0 | {METRIC} @100 | {METRIC} @last | "
              f"{'best ' + METRIC if plain_best else 'best (metric, split)'} (step per seed) | gain @100 [pts] | "
-             "gain @last [pts] | entropy retention @100 | retention @last | entropy collapse onset (per seed) | "
-             "reward collapse onset (per seed) | reward, last 20 steps | zero-signal groups (mean) |",
-             "|" + "---|" * 14]
+             "gain @last [pts] | @100 → @last [pts] | entropy retention @100 | retention @last | "
+             "entropy collapse onset (per seed) | reward collapse onset (per seed) | reward, last 20 steps | "
+             "zero-signal groups (mean) |",
+             "|" + "---|" * 15]
     for arm in arms:
         n = numbers[arm.name]
         lines.append(
             f"| {escape_text(arm.name)} | {arm.config['k']} | {fmt_ci(n['metric_at_0'], 'frac')} | "
             f"{fmt_ci(n['metric_at_100'], 'frac')} | {fmt_ci(n['metric_last'], 'frac')} | "
             f"{_best_cell(n, not plain_best)} | {fmt_ci(n['gain_at_100'])} | {fmt_ci(n['gain_last'])} | "
-            f"{fmt(n['retention_at_100'])} | {fmt(n['retention_final'])} | {fmt_onsets(n['collapse_onsets'])} | "
+            f"{fmt_ci(n['late_change'])} | {fmt(n['retention_at_100'])} | {fmt(n['retention_final'])} | {fmt_onsets(n['collapse_onsets'])} | "
             f"{fmt_onsets(n['reward_collapse_onsets'], n['reward_detector_on'])} | {fmt(n['reward_last20'], '.3f')} | "
             f"{fmt(n['zero_signal_mean'])} |")
     detector = next((a.config for a in arms if a.config.get("reward_collapse_ratio")), None)
@@ -130,26 +132,65 @@ def results_table(arms: list[Arm], numbers: dict[str, dict]) -> list[str]:
                    f"{detector.get('reward_collapse_patience')} steps (--reward-collapse-ratio, --reward-collapse-patience)"
                    if detector else "the training-reward EMA falling below a fraction of its best for a patience")
     lines += ["", _best_note(arms, numbers), "",
+              f"@100 → @last: {METRIC} at each run's last evaluation minus at step 100, paired per problem (a fall after "
+              "the claims' horizon is the measured training collapse of claim (c)).", "",
               f"Collapse onsets: the step each seed's detector fixes as the onset; entropy: EMA below --collapse-ratio × "
               f"the step-0 entropy for --collapse-patience steps; reward: {reward_rule}. 'none' = watched, never fired; "
               "'off' = no reward detector in that run (turned off, or a run older than it).", ""]
     return lines
 
 
-def cost_table(arms: list[Arm], numbers: dict[str, dict]) -> list[str]:
+def _ratio_ci(r: dict | None) -> str:
+    return "n/a" if r is None else f"{r['value']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+
+
+def cost_table(arms: list[Arm], numbers: dict[str, dict], summary: dict) -> list[str]:
     first = numbers[arms[0].name]
-    lines = ["| arm | K | s/step (median) | × first | training s per run | peak MiB | × first |",
-             "|---|---|---|---|---|---|---|"]
-    for arm in arms:
-        n = numbers[arm.name]
+    cis = {e["name"]: e for e in summary["arms"]}
+    lines = ["| arm | K | s/step (median) | × first (95% CI) | training s per run | peak MiB | × first | "
+             "MiB a step adds | × first (95% CI) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for i, arm in enumerate(arms):
+        n, e = numbers[arm.name], cis.get(arm.name, {})
+        time_ratio = "1.00" if i == 0 else _ratio_ci(e.get("step_time_ratio_ci"))
+        memory_ratio = "1.00" if i == 0 else _ratio_ci(e.get("step_memory_ratio_ci"))
         lines.append(
             f"| {escape_text(arm.name)} | {arm.config['k']} | {fmt(n['step_seconds_median'], '.3f')} | "
-            f"{fmt(ratio(n['step_seconds_median'], first['step_seconds_median']))} | {fmt(n['train_seconds'], '.1f')} | "
-            f"{fmt(n['peak_memory_mib'], '.0f')} | {fmt(ratio(n['peak_memory_mib'], first['peak_memory_mib']))} |")
+            f"{time_ratio} | {fmt(n['train_seconds'], '.1f')} | "
+            f"{fmt(n['peak_memory_mib'], '.0f')} | {fmt(ratio(n['peak_memory_mib'], first['peak_memory_mib']))} | "
+            f"{fmt(n['step_memory_mib'], '.0f')} | {memory_ratio} |")
     lines += ["", "Peak memory is the process's resident memory during a training step (evaluation excluded), "
                   f"including ~{fmt(first['memory_before_step_mib'], '.0f')} MiB (first arm) already in use before the "
-                  "step: runtime, model and optimizer.", ""]
+                  "step: runtime, model and optimizer. The ratios' 95% CIs are paired by seed (a seed's runs ran one "
+                  "after the other) and resampled over seeds and then steps: the ratio of the mean per-run medians.", ""]
     return lines
+
+
+def passk_section(arms: list[Arm], numbers: dict[str, dict]) -> list[str]:
+    """--passk-eval-samples: pass@k of the base model and at the end, and the change at the largest k."""
+    ks = passk_ks(arms)
+    if not ks:
+        return []
+    top = ks[-1]
+    samples = sorted({row["n_samples"] for a in arms for r in a.usable for row in r.passk.values()})
+    plain16 = next((a for a in arms if a.config["k"] == 16 and not a.meta.get("variant")
+                    and not entropy_controls(a.config)), None)
+    lines = [f"## pass@k up to k = {top}: the base model and the end", "",
+             f"The wide evaluations of --passk-eval-samples ({', '.join(map(str, samples))} samples per problem, the same "
+             f"held-out problems) at step 0, the base model, and at each run's end. A policy can gain pass@1 while "
+             f"losing pass@k at large k, problems it no longer reaches at all (Yue et al. 2025); the last columns are "
+             f"pass@{top} at the end minus the base model, and minus plain K=16, in points, paired per problem and seed.",
+             "",
+             "| arm | " + " | ".join(f"pass@{k} base | pass@{k} end" for k in ks)
+             + f" | pass@{top} end − base [pts] | pass@{top} end − plain K=16 [pts] |",
+             "|" + "---|" * (3 + 2 * len(ks))]
+    for arm in arms:
+        n = numbers[arm.name]
+        cells = [f"{fmt_ci(n['passk_base'].get(k), 'frac')} | {fmt_ci(n['passk_last'].get(k), 'frac')}" for k in ks]
+        versus = passk_difference(arm, plain16, top) if plain16 is not None and arm is not plain16 else None
+        lines.append(f"| {escape_text(arm.name)} | " + " | ".join(cells)
+                     + f" | {fmt_ci(n['passk_vs_base'].get(top))} | {fmt_ci(versus)} |")
+    return lines + [""]
 
 
 def _sample_cells(row: dict | None) -> str:
@@ -223,7 +264,8 @@ def markdown(arms: list[Arm], numbers: dict[str, dict], summary: dict, plots: li
     for v in summary["verdicts"]:
         lines.append(f"| {_sentence(v['claim'])} | **{v['verdict']}** | {_sentence(v['evidence'])} |")
     lines += ["", "## Results per arm", ""] + results_table(arms, numbers)
-    lines += ["## Cost per arm", ""] + cost_table(arms, numbers)
+    lines += passk_section(arms, numbers)
+    lines += ["## Cost per arm", ""] + cost_table(arms, numbers, summary)
 
     lines += ["## Effective settings per arm", "",
               "The confounders that published K comparisons disagree through, as each arm ran them.", "",

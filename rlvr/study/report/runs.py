@@ -2,8 +2,11 @@
 
 A run directory is what `rlvr train` writes: config.json, metrics.jsonl, evals.jsonl,
 events.jsonl, and, when the run has them, samples.jsonl (a few completions per evaluation),
-best/best.json (--keep-best) and arm.json (written by `rlvr compare` to name the arm). Files that
-an older run lacks read as empty, and the numbers built on them as None ("n/a" in the report).
+passk.jsonl (--passk-eval-samples), best/best.json (--keep-best) and arm.json (written by
+`rlvr compare` to name the arm). Files that an older run lacks read as empty, and the numbers
+built on them as None ("n/a" in the report). These light files are all a report needs: a run
+whose weights are gone (a study committed without them) reads as it did, finished when its
+events say so.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ class Run:
     status: str  # finished | stopped | incomplete | failed
     best: dict | None = None  # best/best.json: {"step", "metric", "value", "ci", "split"}; None without --keep-best
     samples: list = field(default_factory=list)  # samples.jsonl rows: completions of a few held-out problems
+    passk: dict = field(default_factory=dict)  # step -> passk.jsonl row (--passk-eval-samples: step 0 and the end)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         points = [(r["step"], r[key]) for r in self.rows if key in r and r[key] is not None]
@@ -116,12 +120,12 @@ def read_run(path: Path) -> Run:
         best = None
     if meta.get("failed"):
         status = "failed"
-    elif (path / "final").is_dir():
+    elif (path / "final").is_dir() or any(e.get("event") == "done" for e in events):  # final/ may not be kept
         status = "stopped" if any(e.get("event") == "stop" for e in events) else "finished"
     else:
         status = "incomplete"
     return Run(path, name, int(config["seed"]), config, meta, rows, evals, events, status, best,
-               _read_jsonl(path / "samples.jsonl"))
+               _read_jsonl(path / "samples.jsonl"), {r["step"]: r for r in _read_jsonl(path / "passk.jsonl")})
 
 
 def find_runs(dirs: list[str]) -> list[Run]:
@@ -206,6 +210,110 @@ def arm_difference(a: Arm, b: Arm) -> dict | None:
     return {"value": float(np.mean([v.mean() for v in per_seed])), "ci": list(seed_bootstrap_ci(per_seed))}
 
 
+def _last_passk(run: Run) -> dict | None:
+    """The run's wide evaluation at its end (the largest step past 0), or None."""
+    steps = [s for s in run.passk if s > 0]
+    return run.passk[max(steps)] if steps else None
+
+
+def passk_ks(arms: list[Arm]) -> list[int]:
+    """The k of pass@k that every run's wide evaluations report (ascending; [] without them)."""
+    return _run_ks([r for a in arms for r in a.usable])
+
+
+def passk_at(arm: Arm, k: int, where: str) -> dict | None:
+    """pass@k at step 0 ('base') or at each run's end ('last'): mean over seeds, CI over seeds and problems."""
+    per_seed = []
+    for run in arm.usable:
+        row = run.passk.get(0) if where == "base" else _last_passk(run)
+        if row is None:
+            return None
+        per_seed.append(per_problem_values(row["per_problem"], f"pass@{k}"))
+    if not per_seed:
+        return None
+    return {"value": float(np.mean([v.mean() for v in per_seed])), "ci": list(seed_bootstrap_ci(per_seed))}
+
+
+def _paired(per_seed: list) -> dict | None:
+    if not per_seed:
+        return None
+    return {"value": float(np.mean([v.mean() for v in per_seed])), "ci": list(seed_bootstrap_ci(per_seed))}
+
+
+def passk_vs_base(arm: Arm, k: int) -> dict | None:
+    """pass@k at the end minus the base model's (each run's step 0), in points, paired per problem."""
+    per_seed = []
+    for run in arm.usable:
+        base, last = run.passk.get(0), _last_passk(run)
+        if base is None or last is None or [p["id"] for p in base["per_problem"]] != [p["id"] for p in last["per_problem"]]:
+            return None
+        per_seed.append(100.0 * (per_problem_values(last["per_problem"], f"pass@{k}")
+                                 - per_problem_values(base["per_problem"], f"pass@{k}")))
+    return _paired(per_seed)
+
+
+def passk_difference(a: Arm, b: Arm, k: int) -> dict | None:
+    """pass@k at the end of arm a minus arm b, in points, paired by seed and problem."""
+    by_seed = {r.seed: r for r in b.usable}
+    per_seed = []
+    for run in a.usable:
+        other = by_seed.get(run.seed)
+        ra, rb = _last_passk(run), _last_passk(other) if other else None
+        if ra is None or rb is None or [p["id"] for p in ra["per_problem"]] != [p["id"] for p in rb["per_problem"]]:
+            return None
+        per_seed.append(100.0 * (per_problem_values(ra["per_problem"], f"pass@{k}")
+                                 - per_problem_values(rb["per_problem"], f"pass@{k}")))
+    return _paired(per_seed)
+
+
+def late_change(arm: Arm) -> dict | None:
+    """hm@4 at each run's last evaluation minus at step 100, in points, paired per problem: does
+    held-out accuracy fall after the claims' horizon? None unless every run evaluated both, later than 100."""
+    per_seed = []
+    for run in arm.usable:
+        last = max(run.evals, default=0)
+        before, after = _eval_values(run, MIDPOINT), _eval_values(run, last)
+        if before is None or after is None or last <= MIDPOINT:
+            return None
+        per_seed.append(100.0 * (after - before))
+    return _paired(per_seed)
+
+
+COST_RESAMPLES = 2000
+
+
+def cost_ratio(a: Arm, b: Arm, key: str = "step_seconds") -> dict | None:
+    """Arm b's per-step cost over arm a's, with a 95% CI: the ratio of the means over seeds of
+    each run's median, paired by seed (the runs of a seed ran one after the other, so a slow
+    hour of the machine hits both) and resampled at two levels, seeds and then each run's
+    steps. `key`: step_seconds (perf/step_seconds) or step_memory (peak minus the memory in use
+    before the step, on the steps that measure it). None without common seeds."""
+    def values(run: Run) -> np.ndarray:
+        if key == "step_seconds":
+            return np.asarray([x["perf/step_seconds"] for x in run.rows], dtype=float)
+        return np.asarray([x["perf/peak_memory_mib"] - x["perf/memory_before_step_mib"] for x in run.rows
+                           if "perf/memory_before_step_mib" in x], dtype=float)
+
+    by_seed = {r.seed: r for r in b.usable}
+    pairs = [(values(r), values(by_seed[r.seed])) for r in a.usable if r.seed in by_seed]
+    pairs = [(x, y) for x, y in pairs if x.size and y.size]
+    if not pairs:
+        return None
+    value = float(np.mean([np.median(y) for _, y in pairs]) / np.mean([np.median(x) for x, _ in pairs]))
+    rng = np.random.default_rng(0)
+    ratios = np.empty(COST_RESAMPLES)
+    for i in range(COST_RESAMPLES):
+        drawn = rng.integers(len(pairs), size=len(pairs))
+        num = den = 0.0
+        for j in drawn:
+            x, y = pairs[j]
+            den += np.median(x[rng.integers(x.size, size=x.size)])
+            num += np.median(y[rng.integers(y.size, size=y.size)])
+        ratios[i] = num / den
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return {"value": value, "ci": [float(low), float(high)], "seeds": len(pairs)}
+
+
 def mean_or_none(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
@@ -259,9 +367,18 @@ def arm_numbers(arm: Arm) -> dict:
                                                                 r.config["k"]) for x in r.rows])) for r in runs]),
         "zero_signal_mean": mean_or_none([float(np.mean([x["reward/zero_signal_frac"] for x in r.rows])) for r in runs]),
         "train_seconds": mean_or_none([float(sum(x["perf/step_seconds"] for x in r.rows)) for r in runs]),
+        "late_change": late_change(arm),  # hm@4 at the end minus at step 100, points, paired
+        "passk_base": {k: passk_at(arm, k, "base") for k in _run_ks(runs)},
+        "passk_last": {k: passk_at(arm, k, "last") for k in _run_ks(runs)},
+        "passk_vs_base": {k: passk_vs_base(arm, k) for k in _run_ks(runs)},
         "trained_per_step": mean_or_none([float(np.mean([x.get("sampling/trained", r.config["prompts_per_step"] *
                                                               r.config["k"]) for x in r.rows])) for r in runs]),
     }
+
+
+def _run_ks(runs: list[Run]) -> list[int]:
+    sets = [set(row["ks"]) for r in runs for row in r.passk.values()]
+    return sorted(set.intersection(*sets)) if sets else []
 
 
 def _median_or_none(values: list) -> float | None:

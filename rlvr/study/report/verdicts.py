@@ -9,10 +9,20 @@ reward-collapse detector (`reward_collapse` events: the training-reward EMA belo
 --reward-collapse-ratio × its best for --reward-collapse-patience steps). A reward collapse is a
 training collapse too, so it counts where a claim is about training collapsing or staying stable
 ((c), (e)); claim (b) is about entropy alone and only mentions it.
+
+"Training collapse" in (c) is a measured loss, never entropy alone: held-out hm@4 falling from
+step 100 to the end, pass@k at the largest k (--passk-eval-samples) falling below the base model,
+each paired per problem with a CI over seeds and problems, or the reward detector. The cost
+claim (d) is judged on the CIs of its ratios (`cost_ratio`), so timing noise makes it
+inconclusive rather than flipping it.
 """
 from __future__ import annotations
 
-from rlvr.study.report.runs import (MIDPOINT, Arm, arm_difference, fmt, fmt_ci, has_entropy_control, ratio, variant_flags)
+from rlvr.study.report.runs import (MIDPOINT, Arm, arm_difference, cost_ratio, fmt, fmt_ci, has_entropy_control,
+                                    passk_difference, ratio, variant_flags)
+
+LOSS_MARGIN = 5.0  # points: a CI whose lower end lies above −LOSS_MARGIN rules a training collapse out
+COST_BAND = (1.5, 2.5)  # "about 2×"
 
 
 def _is_plain(arm: Arm, k: int) -> bool:
@@ -59,6 +69,36 @@ def _stable(n: dict, collapse_ratio: float) -> tuple[bool, bool]:
     return steady, collapsed
 
 
+def _largest_k(n: dict) -> int | None:
+    ks = [k for k, v in n["passk_vs_base"].items() if v is not None]
+    return max(ks) if ks else None
+
+
+def training_loss(n: dict) -> tuple[bool, bool, str]:
+    """(lost, ruled_out, evidence): a measured training collapse. lost = a CI entirely below 0
+    (hm@4 from step 100 to the end, or pass@k_max at the end against the base model) or the
+    reward detector in at least half the seeds; ruled_out = something was measured, every
+    measured CI lies above −LOSS_MARGIN points, and no reward collapse fired."""
+    parts, lost, ruled = [], False, []
+    late = n["late_change"]
+    if late is not None:
+        parts.append(f"held-out hm@4 from step {MIDPOINT} to the end {fmt_ci(late)}")
+        lost |= late["ci"][1] < 0
+        ruled.append(late["ci"][0] > -LOSS_MARGIN)
+    k = _largest_k(n)
+    if k is not None:
+        d = n["passk_vs_base"][k]
+        parts.append(f"pass@{k} at the end minus the base model {fmt_ci(d)}")
+        lost |= d["ci"][1] < 0
+        ruled.append(d["ci"][0] > -LOSS_MARGIN)
+    fired, reward_collapsed = _reward_fired(n)
+    lost |= reward_collapsed
+    ruled_out = bool(ruled) and all(ruled) and not fired
+    evidence = "; ".join(parts) if parts else "no measured loss available (needs evaluations after step " \
+        f"{MIDPOINT}, or --passk-eval-samples)"
+    return lost, ruled_out, evidence
+
+
 def _reward_note(n: dict) -> str:
     """For a claim about entropy alone: a reward collapse, when one happened, is mentioned, not judged."""
     fired, _ = _reward_fired(n)
@@ -81,7 +121,7 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
     """The seed's claims (a)-(e), each supported / refuted / inconclusive with its numbers."""
     k8 = next((a for a in arms if _is_plain(a, 8)), None)
     k16 = next((a for a in arms if _is_plain(a, 16)), None)
-    control = next((a for a in arms if a.config["k"] == 16 and a is not k16 and has_entropy_control(a.config)), None)
+    controls = [a for a in arms if a.config["k"] == 16 and a is not k16 and has_entropy_control(a.config)]
     out = []
 
     def add(claim, verdict, evidence):
@@ -122,23 +162,30 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
         n = numbers[k16.name]
         steady, collapsed = _stable(n, collapse_ratio)
         late = max(n["steps_done"], default=0) > MIDPOINT
-        reward_fired, reward_collapsed = _reward_fired(n)
+        reward_fired, _ = _reward_fired(n)
+        lost, ruled_out, loss_evidence = training_loss(n)
         evidence = (f"K=16 entropy retention at step 100 {fmt(n['retention_at_100'])}, at the end "
                     f"{fmt(n['retention_final'])} (per seed {[fmt(r) for r in n['retention_final_per_seed']]}); collapse onsets per seed {_onsets(n)} (detector: EMA below "
                     f"{collapse_ratio} × step-0 for {k16.config.get('collapse_patience')} steps); reward-collapse onsets "
-                    f"per seed {_reward_onsets(n)} ({_reward_detector(k16)})")
-        rule = ("; supported = entropy collapse in ≥ half the seeds, or reward collapse in ≥ half the seeds with entropy "
-                "not steady; refuted = no collapse of either kind and mean retention ≥ 0.5; otherwise inconclusive")
+                    f"per seed {_reward_onsets(n)} ({_reward_detector(k16)}); training collapse, measured: {loss_evidence}")
+        rule = (f"; supported = entropy collapse in ≥ half the seeds (or entropy not steady) with a measured loss (a "
+                f"CI below 0, or reward collapse in ≥ half the seeds); refuted = entropy steady and no reward collapse, "
+                f"or a collapse of entropy alone with every loss above −{LOSS_MARGIN:g} points ruled out by its CI; "
+                "otherwise inconclusive")
         if not late:
             add(claim, "inconclusive", evidence + f"; the runs stop by step {MIDPOINT}, so a later decay cannot be seen")
-        elif collapsed or (reward_collapsed and not steady):
+        elif lost and not steady:
             add(claim, "supported", evidence + rule)
         elif steady and not reward_fired:
             add(claim, "refuted", evidence + rule)
+        elif collapsed and ruled_out:
+            add(claim, "refuted", evidence + rule + " (entropy collapsed, training did not)")
         elif steady:
             add(claim, "inconclusive", evidence + rule + f" (training reward collapsed in {reward_fired} seed(s) while "
                                                          "entropy stayed steady: a collapse, but not the entropy decay "
                                                          "the claim names)")
+        elif collapsed:
+            add(claim, "inconclusive", evidence + rule + " (entropy collapsed; a loss is neither measured nor ruled out)")
         else:
             add(claim, "inconclusive", evidence + rule + " (entropy fell without a detected collapse)")
 
@@ -147,55 +194,80 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
         add(claim, "inconclusive", "needs plain K=8 and K=16 arms")
     else:
         a, b = numbers[k8.name], numbers[k16.name]
-        t = ratio(b["step_seconds_median"], a["step_seconds_median"])
         m = ratio(b["peak_memory_mib"], a["peak_memory_mib"])
-        added = ratio(_added_memory(b), _added_memory(a))
+        t, added = cost_ratio(k8, k16, "step_seconds"), cost_ratio(k8, k16, "step_memory")
         same_prompts = k8.config["prompts_per_step"] == k16.config["prompts_per_step"]
-        within = lambda r: r is not None and 1.5 <= r <= 2.5  # noqa: E731  "about 2x": within ±25%
-        evidence = (f"K=16/K=8 median step time {fmt(t)}× ({fmt(b['step_seconds_median'], '.3f')} vs "
-                    f"{fmt(a['step_seconds_median'], '.3f')} s); memory added by a step {fmt(added)}× "
+        low, high = COST_BAND
+
+        def ci(r):
+            return "n/a" if r is None else f"{r['value']:.2f}× [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+
+        evidence = (f"K=16/K=8 step time {ci(t)} (median {fmt(b['step_seconds_median'], '.3f')} vs "
+                    f"{fmt(a['step_seconds_median'], '.3f')} s); memory added by a step {ci(added)} "
                     f"({fmt(_added_memory(b), '.0f')} vs {fmt(_added_memory(a), '.0f')} MiB) on top of "
                     f"~{fmt(a['memory_before_step_mib'], '.0f')} MiB in use before any step at every K (runtime, model, "
-                    f"optimizer), so total peak {fmt(m)}×; the verdict uses step time and the memory a step adds, "
-                    f"'about 2×' = within 1.5-2.5×")
+                    f"optimizer), so total peak {fmt(m)}×; 95% CIs paired by seed over "
+                    f"{t['seeds'] if t else 0} seed(s) and their steps; 'about 2×' = within {low}-{high}×: "
+                    "supported when both CIs lie inside, refuted when either lies outside, otherwise inconclusive")
+        inside = lambda r: r is not None and low <= r["ci"][0] and r["ci"][1] <= high  # noqa: E731
+        outside = lambda r: r is not None and (r["ci"][1] < low or r["ci"][0] > high)  # noqa: E731
         if not same_prompts:
             add(claim, "inconclusive", evidence + "; the arms do not sample the same prompts per step (--match samples), "
                                                   "so per-step cost is not the K=16 vs K=8 cost of the claim")
+        elif inside(t) and inside(added):
+            add(claim, "supported", evidence)
+        elif outside(t) or outside(added):
+            add(claim, "refuted", evidence)
         else:
-            add(claim, "supported" if within(t) and within(added) else "refuted", evidence)
+            add(claim, "inconclusive", evidence + ("; a CI straddles a boundary of the band" if t and added else
+                                                   "; a ratio could not be measured"))
 
     claim = "(e) an entropy control keeps K=16 stable"
-    if control is None or k16 is None:
+    if not controls or k16 is None:
         add(claim, "inconclusive", "needs a plain K=16 arm and a K=16 arm with an entropy control")
     else:
-        n, base = numbers[control.name], numbers[k16.name]
-        steady, collapsed = _stable(n, collapse_ratio)
-        _, base_entropy_collapsed = _stable(base, collapse_ratio)
-        reward_fired, _ = _reward_fired(n)
-        base_reward_collapsed = _reward_fired(base)[1]
-        base_collapsed = base_entropy_collapsed or base_reward_collapsed
-        diff = arm_difference(control, k16)
-        evidence = (f"'{control.name}' ({variant_flags(control, arms[0])}): retention at the end "
-                    f"{fmt(n['retention_final'])} (per seed {[fmt(r) for r in n['retention_final_per_seed']]}) vs "
-                    f"{fmt(base['retention_final'])} without it; collapse onsets "
-                    f"{_onsets(n)} vs {_onsets(base)}; reward-collapse onsets {_reward_onsets(n)} vs "
-                    f"{_reward_onsets(base)}; hm@4 at the last evaluation minus plain K=16: "
-                    f"{fmt_ci(diff)}; training reward over the last 20 steps {fmt(n['reward_last20'], '.3f')} vs "
-                    f"{fmt(base['reward_last20'], '.3f')} ({_paired_reward_diffs(n, base)})")
-        if max(n["steps_done"], default=0) <= MIDPOINT:
-            add(claim, "inconclusive", evidence + f"; the runs stop by step {MIDPOINT}, before the reported decay")
-        elif not steady:
-            add(claim, "refuted", evidence + "; the controlled arm did not stay steady (no collapse in any seed and "
-                                             "mean retention ≥ 0.5)")
-        elif reward_fired:
-            add(claim, "refuted", evidence + f"; entropy held, but the controlled arm's training reward collapsed in "
-                                             f"{reward_fired} seed(s)")
-        elif diff is not None and diff["ci"][1] < 0:
-            add(claim, "refuted", evidence + "; entropy held, but hm@4 is significantly worse than without the control")
-        elif not base_collapsed:
-            add(claim, "inconclusive", evidence + "; plain K=16 did not collapse here, so there was nothing to stabilise")
-        else:
-            how = " and ".join(w for w, c in (("in entropy", base_entropy_collapsed), ("in reward", base_reward_collapsed)) if c)
-            add(claim, "supported", evidence + f"; steady where plain K=16 collapsed ({how}), hm@4 not significantly worse")
+        judged = [_judge_control(control, k16, arms, numbers, collapse_ratio) for control in controls]
+        order = ("supported", "inconclusive", "refuted")
+        verdict = min((v for v, _ in judged), key=order.index)
+        add(claim, verdict, " || ".join(e for _, e in judged) + (
+            "; with several controls the claim is supported when one is, refuted when all are" if len(judged) > 1 else ""))
     return out
 
+
+
+def _judge_control(control: Arm, k16: Arm, arms: list[Arm], numbers: dict[str, dict], collapse_ratio: float
+                   ) -> tuple[str, str]:
+    """Claim (e) for one control arm against plain K=16 -> (verdict, evidence)."""
+    n, base = numbers[control.name], numbers[k16.name]
+    steady, _ = _stable(n, collapse_ratio)
+    _, base_entropy_collapsed = _stable(base, collapse_ratio)
+    reward_fired, _ = _reward_fired(n)
+    base_reward_collapsed = _reward_fired(base)[1]
+    base_collapsed = base_entropy_collapsed or base_reward_collapsed
+    diff = arm_difference(control, k16)
+    k = _largest_k(n)
+    wide = passk_difference(control, k16, k) if k is not None else None
+    evidence = (f"'{control.name}' ({variant_flags(control, arms[0])}): retention at the end "
+                f"{fmt(n['retention_final'])} (per seed {[fmt(r) for r in n['retention_final_per_seed']]}) vs "
+                f"{fmt(base['retention_final'])} without it; collapse onsets "
+                f"{_onsets(n)} vs {_onsets(base)}; reward-collapse onsets {_reward_onsets(n)} vs "
+                f"{_reward_onsets(base)}; hm@4 at the last evaluation minus plain K=16: "
+                f"{fmt_ci(diff)}; training reward over the last 20 steps {fmt(n['reward_last20'], '.3f')} vs "
+                f"{fmt(base['reward_last20'], '.3f')} ({_paired_reward_diffs(n, base)})"
+                + (f"; pass@{k} at the end minus plain K=16: {fmt_ci(wide)}" if wide is not None else ""))
+    if max(n["steps_done"], default=0) <= MIDPOINT:
+        return "inconclusive", evidence + f"; the runs stop by step {MIDPOINT}, before the reported decay"
+    if not steady:
+        return "refuted", evidence + "; the controlled arm did not stay steady (no collapse in any seed and mean " \
+                                     "retention ≥ 0.5)"
+    if reward_fired:
+        return "refuted", evidence + f"; entropy held, but the controlled arm's training reward collapsed in " \
+                                     f"{reward_fired} seed(s)"
+    if diff is not None and diff["ci"][1] < 0:
+        return "refuted", evidence + "; entropy held, but hm@4 is significantly worse than without the control"
+    if wide is not None and wide["ci"][1] < 0:
+        return "refuted", evidence + f"; entropy held, but pass@{k} is significantly worse than without the control"
+    if not base_collapsed:
+        return "inconclusive", evidence + "; plain K=16 did not collapse here, so there was nothing to stabilise"
+    how = " and ".join(w for w, c in (("in entropy", base_entropy_collapsed), ("in reward", base_reward_collapsed)) if c)
+    return "supported", evidence + f"; steady where plain K=16 collapsed ({how}), hm@4 not significantly worse"
