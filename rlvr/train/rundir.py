@@ -6,6 +6,9 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import time
+from functools import lru_cache
 from pathlib import Path
 
 from rlvr import __version__
@@ -53,10 +56,12 @@ class RunDir:
             shutil.rmtree(path, ignore_errors=True)
 
     def write_config(self, cfg: TrainConfig, world_size: int = 1) -> None:
-        """`world_size`: the processes of this (part of the) run; the results do not depend on it."""
+        """`world_size`: the processes of this (part of the) run; the results do not depend on it.
+        `rlvr_commit`: the git commit of the rlvr checkout that ran it (null outside one)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.config_file, json.dumps({"rlvr_version": __version__, "world_size": world_size,
-                                                        "config": to_dict(cfg)}, indent=2) + "\n")
+        write_text_atomic(self.config_file, json.dumps({"rlvr_version": __version__, "rlvr_commit": source_commit(),
+                                                        "world_size": world_size, "config": to_dict(cfg)},
+                                                       indent=2) + "\n")
 
     def save_final(self, policy, extra: dict) -> None:
         """final/ appears complete or not at all: a re-run treats an existing final/ as done."""
@@ -111,6 +116,25 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+@lru_cache(maxsize=1)
+def source_commit() -> str | None:
+    """The commit of the git checkout rlvr is imported from (with "+dirty" when it has uncommitted
+    changes), or None for an installed copy or without git."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 class JsonlWriter:
     """Appends one JSON object per line and flushes, so a kill loses at most the current line."""
 
@@ -123,6 +147,14 @@ class JsonlWriter:
 
     def close(self) -> None:
         self.handle.close()
+
+
+class EventWriter(JsonlWriter):
+    """events.jsonl: every event stamped with the UTC time it was written ("time"), so a run's
+    wall time, and when each part of a run resumed across sessions ran, can be read back."""
+
+    def write(self, row: dict) -> None:
+        super().write({**row, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
 class NullWriter:
@@ -172,7 +204,7 @@ class RunLogs:
     def __init__(self, run: RunDir, cfg: TrainConfig, start_step: int, main: bool) -> None:
         self.run, self.main = run, main
         self.metrics = MetricsLog(run, cfg, start_step) if main else NullWriter()
-        self.events = JsonlWriter(run.events_file) if main else NullWriter()
+        self.events = EventWriter(run.events_file) if main else NullWriter()
         self._open_evals()
 
     def _open_evals(self) -> None:
