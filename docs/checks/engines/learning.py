@@ -2,8 +2,11 @@
 runs (metrics.jsonl, evals.jsonl) and prints, per arm and for the difference vllm − rlvr:
   * the training reward over the last 20 steps: each step's reward/mean, both seeds pooled
     (40 values), mean and a 95% bootstrap CI over steps;
-  * held-out HM@4 at the last evaluation: the per-problem values averaged over the seeds, mean
-    and a 95% bootstrap CI over problems; the difference is paired per problem;
+  * held-out HM@4 at the last evaluation: the mean over seeds of each run's mean over its problems,
+    with a 95% two-level bootstrap CI (seeds, then problems: rlvr.algo.stats.seed_bootstrap_ci);
+    the difference is paired per problem within a seed (the runs of one seed evaluate the same
+    problems; problem ids are positions in a seed's held-out stream, so they are not compared
+    across seeds). Give the runs of the two arms in the same seed order;
   * mismatch/kl of the vllm runs (median and max over steps) against the drift threshold.
 
     python docs/checks/engines/learning.py RLVR_RUN... --vllm VLLM_RUN... [--json OUT]
@@ -16,6 +19,8 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+
+from rlvr.algo.stats import seed_bootstrap_ci
 
 RNG = np.random.default_rng(0)
 
@@ -32,17 +37,16 @@ def last_rewards(runs: list[Path], last: int = 20) -> np.ndarray:
     return np.array(values)
 
 
-def final_hm4(runs: list[Path]) -> tuple[dict, int]:
-    """Per problem id: mean over the runs of hm@4 (unbiased, from n samples) at each run's last evaluation."""
+def final_hm4(runs: list[Path]) -> tuple[list[dict], int]:
+    """Per run: {problem id: hm@4 (unbiased, from n samples)} at its last evaluation, and that step."""
     per_run = []
     step = None
     for run in runs:
         evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines() if line.strip()]
         final = evals[-1]
         step = final["step"]
-        per_run.append({p["id"]: p["hm@4"] if "hm@4" in p else hm_at_4(p) for p in final["per_problem"]})
-    ids = sorted(set.intersection(*(set(r) for r in per_run)))
-    return {i: float(np.mean([r[i] for r in per_run])) for i in ids}, step
+        per_run.append({p["id"]: hm_at_4(p) for p in final["per_problem"]})
+    return per_run, step
 
 
 def hm_at_4(record: dict) -> float:
@@ -69,16 +73,21 @@ def main() -> None:
     rewards = {"rlvr": last_rewards(args.rlvr), "vllm": last_rewards(args.vllm)}
     hm4 = {"rlvr": final_hm4(args.rlvr), "vllm": final_hm4(args.vllm)}
     for arm in ("rlvr", "vllm"):
-        report[arm] = {"reward_last20": boot(rewards[arm]), "hm@4_final": boot(np.array(list(hm4[arm][0].values()))),
-                       "final_eval_step": hm4[arm][1]}
+        per_seed = [np.array(list(run.values())) for run in hm4[arm][0]]
+        report[arm] = {"reward_last20": boot(rewards[arm]),
+                       "hm@4_final": (float(np.mean([v.mean() for v in per_seed])), list(seed_bootstrap_ci(per_seed))),
+                       "hm@4_final_per_seed": [float(v.mean()) for v in per_seed], "final_eval_step": hm4[arm][1]}
     diff = rewards["vllm"].mean() - rewards["rlvr"].mean()
     ia = RNG.integers(0, len(rewards["vllm"]), size=(10_000, len(rewards["vllm"])))
     ib = RNG.integers(0, len(rewards["rlvr"]), size=(10_000, len(rewards["rlvr"])))
     deltas = rewards["vllm"][ia].mean(axis=1) - rewards["rlvr"][ib].mean(axis=1)
     report["reward_last20_diff"] = [float(diff), [float(np.quantile(deltas, 0.025)), float(np.quantile(deltas, 0.975))]]
-    common = sorted(set(hm4["rlvr"][0]) & set(hm4["vllm"][0]))
-    paired = np.array([hm4["vllm"][0][i] - hm4["rlvr"][0][i] for i in common])
-    report["hm@4_final_paired_diff"] = boot(paired)
+    paired = []
+    for ours, theirs in zip(hm4["rlvr"][0], hm4["vllm"][0]):  # the same seed: the same problems
+        assert set(ours) == set(theirs), "pair the runs by seed: the arms' runs must be given in the same seed order"
+        paired.append(np.array([theirs[i] - ours[i] for i in sorted(ours)]))
+    report["hm@4_final_paired_diff"] = (float(np.mean([v.mean() for v in paired])), list(seed_bootstrap_ci(paired)))
+
     kls = [r["mismatch/kl"] for run in args.vllm for r in rows(run) if "mismatch/kl" in r]
     report["vllm_mismatch_kl"] = {"median": statistics.median(kls), "max": max(kls), "steps": len(kls)}
     drift = [json.loads(line) for run in args.vllm for line in (run / "events.jsonl").read_text().splitlines()
