@@ -374,12 +374,16 @@ def main() -> None:
     if "rlvr" in results and len(args.k) > 1:
         ratios["rlvr_peak_kmax_over_kmin"] = (results["rlvr"][str(max(args.k))]["peak_mib"]
                                               / results["rlvr"][str(min(args.k))]["peak_mib"])
-    import trl
+    trl_version = None  # TRL lives in --trl-python's environment, not necessarily this one
+    if any(t.startswith("trl") for t in args.trainers):
+        probe = subprocess.run([args.trl_python, "-c", "import trl; print(trl.__version__)"], capture_output=True,
+                               text=True)
+        trl_version = probe.stdout.strip() or None
 
     report = {"workload": args.workload, "ks": args.k, "steps": args.steps, "repeats": args.repeats,
               "prompts_per_step": work["prompts"], "max_new_tokens": work["max_new_tokens"], "lr": work["lr"],
               "parameters": parameters, "matmul_gflops": gflops, "threads": torch.get_num_threads(),
-              "versions": {"rlvr": rlvr.__version__, "trl": trl.__version__, "torch": torch.__version__,
+              "versions": {"rlvr": rlvr.__version__, "trl": trl_version, "torch": torch.__version__,
                            "transformers": transformers.__version__},
               "machine": f"{os.cpu_count()} CPUs", "results": results, "ratios": ratios}
     print(f"\n{'trainer':<9} {'K':>3} {'s/step':>8} {'tokens':>7} {'ms/token':>9} {'floor s':>8} {'x floor':>8} "

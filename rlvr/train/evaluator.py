@@ -20,7 +20,7 @@ from rlvr.train.state import RunState, stream_seed
 from rlvr.types import Truncation
 
 PASSK_KS = (1, 4, 16, 64)  # the k of --passk-eval-samples' pass@k (those ≤ its samples)
-PASSK_STREAM = 3  # stream_seed's stream of the wide evaluation (0 sampling, 1 evaluation, 2 used by others)
+PASSK_STREAM = 3  # stream_seed's stream of the wide evaluation (0 sampling, 1 evaluation, 2 the loss's generator)
 
 # Settings that cannot change a run's step-0 model or how it is evaluated: two runs whose configs
 # differ only in these have the same step-0 wide evaluation, which `rlvr compare` computes once per
