@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rlvr.algo.stats import per_problem_values, seed_bootstrap_ci
+from rlvr.train.rundir import read_jsonl
 
 METRIC = "hm@4"
 MIDPOINT = 100  # the seed's claims are about the first 100 steps
@@ -91,18 +92,6 @@ class Arm:
         return [r for r in self.runs if r.rows]
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line torn by a kill
-            continue
-    return rows
-
-
 def read_run(path: Path) -> Run:
     config_file = path / "config.json"
     try:
@@ -111,9 +100,9 @@ def read_run(path: Path) -> Run:
         raise ReportError(f"{path} is not a run directory: cannot read config.json ({err})") from None
     meta = json.loads((path / "arm.json").read_text()) if (path / "arm.json").is_file() else {}
     name = meta.get("arm") or (path.parent.name if re.fullmatch(r"seed\d+", path.name) else path.name)
-    rows = [r for r in _read_jsonl(path / "metrics.jsonl") if r.get("step", 0) >= 1 and "reward/mean" in r]
-    evals = {e["step"]: e for e in _read_jsonl(path / "evals.jsonl")}
-    events = _read_jsonl(path / "events.jsonl")
+    rows = [r for r in read_jsonl(path / "metrics.jsonl") if r.get("step", 0) >= 1 and "reward/mean" in r]
+    evals = {e["step"]: e for e in read_jsonl(path / "evals.jsonl")}
+    events = read_jsonl(path / "events.jsonl")
     try:
         best = json.loads((path / "best" / "best.json").read_text())
     except (OSError, json.JSONDecodeError):  # no --keep-best, or a run older than it
@@ -125,7 +114,7 @@ def read_run(path: Path) -> Run:
     else:
         status = "incomplete"
     return Run(path, name, int(config["seed"]), config, meta, rows, evals, events, status, best,
-               _read_jsonl(path / "samples.jsonl"), {r["step"]: r for r in _read_jsonl(path / "passk.jsonl")})
+               read_jsonl(path / "samples.jsonl"), {r["step"]: r for r in read_jsonl(path / "passk.jsonl")})
 
 
 def find_runs(dirs: list[str]) -> list[Run]:
