@@ -93,6 +93,9 @@ class EvalConfig:
 
         check_basic_values(self)
         self.resolve_run()
+        if Path(self.out).is_dir():
+            raise ConfigError("out", f"{self.out!r} is a directory; --out is the file eval.json is written to, "
+                                     f"e.g. {str(Path(self.out) / 'eval.json')!r}")
         require_positive(self, ("samples", "problems", "max_new_tokens"))
         if not self.k:
             raise ConfigError("k", "give at least one k")

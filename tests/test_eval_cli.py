@@ -31,6 +31,13 @@ def test_eval_refuses_k_above_samples(model_dir, tmp_path, capsys):
     assert "--k" in err and "k=8" in err and "--samples" in err
 
 
+def test_eval_refuses_a_directory_as_out_before_any_work(model_dir, tmp_path, capsys):
+    code = main(["eval", "--model", model_dir, "--samples", "4", "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "is a directory" in err and str(tmp_path / "eval.json") in err
+
+
 def test_eval_of_a_run_directory(model_dir, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--model", model_dir, "--task", "add2", "--steps", "1", "--k", "2",
