@@ -336,3 +336,27 @@ def test_a_study_committed_without_weights_rebuilds_the_same_report(tmp_path):
     assert arm["seeds"] == [0, 1]
     md = (tmp_path / "r2" / "report.md").read_text()
     assert "did not finish" not in md
+
+
+def test_run_log_says_when_each_run_ran_on_which_commit_and_sums_the_parts_of_a_resumed_run(tmp_path):
+    write_run(tmp_path / "runs", "k8", 0, 8, STEADY)
+    write_run(tmp_path / "runs", "k16", 0, 16, STEADY)
+    run = tmp_path / "runs" / "k16" / "seed0"
+    written = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**written, "rlvr_commit": "abc1234"}))
+    events = [{"event": "model", "step": 0, "time": "2026-12-03T10:00:00Z"},
+              {"event": "eval", "step": 25, "time": "2026-12-03T10:20:00Z"},  # then killed
+              {"event": "model", "step": 20, "time": "2026-12-04T09:00:00Z"},  # resumed a day later
+              {"event": "resume", "step": 20, "time": "2026-12-04T09:00:05Z"},
+              {"event": "done", "step": 150, "time": "2026-12-04T09:30:00Z"}]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    summary = build_report([str(tmp_path / "runs")], str(tmp_path / "r"))
+    log = {r["arm"]: r for r in summary["runs"]}
+    assert log["k16"] == {"arm": "k16", "seed": 0, "status": "finished", "commit": "abc1234", "last_step": 150,
+                          "parts": 2, "started": "2026-12-03 10:00 UTC", "ended": "2026-12-04 09:30 UTC",
+                          "wall_seconds": 50 * 60.0}
+    assert log["k8"]["wall_seconds"] is None and log["k8"]["status"] == "finished"  # no time stamps: n/a
+    md = (tmp_path / "r" / "report.md").read_text()
+    table = next(t for t in md_tables(md) if t[0].startswith("| arm | seed | status"))
+    assert any("| k16 | 0 | finished | 150 | 2 | 2026-12-03 10:00 UTC | 2026-12-04 09:30 UTC | 50 min | `abc1234` |"
+               == row for row in table)

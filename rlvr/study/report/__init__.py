@@ -26,7 +26,7 @@ from pathlib import Path
 from rlvr.study.report.plots import make_plots
 from rlvr.study.report.render import escape_text, machine_line, markdown, to_html
 from rlvr.study.report.runs import (METRIC, Arm, ReportError, Run, arm_numbers, cost_ratio, find_runs, group_arms,
-                                    match_mode, ratio, read_run, variant_flags)
+                                    match_mode, ratio, read_run, run_log, variant_flags)
 from rlvr.study.report.verdicts import verdicts
 
 __all__ = ["METRIC", "Arm", "ReportError", "Run", "build_report", "build_summary", "machine_line", "read_run",
@@ -78,7 +78,8 @@ def build_summary(arms: list[Arm], numbers: dict[str, dict | None]) -> dict:
     config = usable[0].config
     return _rounded({"model": config["model"], "task": config["task"], "match": match_mode(usable),
                      "steps": max(a.config["steps"] for a in usable), "seeds": seeds,
-                     "arms": entries, "verdicts": verdicts(usable, numbers)})
+                     "arms": entries, "verdicts": verdicts(usable, numbers),
+                     "runs": run_log(arms)})  # which run ran when, on which commit, its wall time
 
 
 def build_report(dirs: list[str], out: str, context: dict | None = None) -> dict:

@@ -237,6 +237,27 @@ def samples_section(arms: list[Arm]) -> list[str]:
     return lines
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def runs_section(log: list[dict]) -> list[str]:
+    """Which run ran when, on which commit, and its wall time (from events.jsonl's time stamps)."""
+    lines = ["## Runs: when, on which commit, how long", "",
+             "Wall time is the sum of a run's parts (a run resumed after a kill ran in several), each "
+             "from its start to its last event.", "",
+             "| arm | seed | status | last step | parts | started | ended | wall time | commit |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in log:
+        lines.append(f"| {escape_text(r['arm'])} | {r['seed']} | {r['status']} | {r['last_step']} | {r['parts']} | "
+                     f"{r['started'] or 'n/a'} | {r['ended'] or 'n/a'} | {_duration(r['wall_seconds'])} | "
+                     f"{code_span(r['commit'] or 'unknown', in_table=True)} |")
+    return lines + [""]
+
+
 def markdown(arms: list[Arm], numbers: dict[str, dict], summary: dict, plots: list[Path], context: dict) -> str:
     lines = [f"# rlvr K comparison: {escape_text(', '.join(a.name for a in arms))}", ""]
     if context.get("command"):
@@ -283,7 +304,8 @@ def markdown(arms: list[Arm], numbers: dict[str, dict], summary: dict, plots: li
     lines += [f"- {escape_text(arm.name)}: {code_span(train_command(arm))}" for arm in arms]
     lines += ["", "## Plots", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
-    lines += [""] + samples_section(arms)
+    lines += [""] + runs_section(summary["runs"])
+    lines += samples_section(arms)
     runs = ", ".join(sorted({str(r.path) for a in arms for r in a.runs}))
     lines += [f"Summary for scripts: `summary.json`. Runs: {escape_text(runs)}.", ""]
     return "\n".join(lines)

@@ -14,6 +14,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ class Run:
     best: dict | None = None  # best/best.json: {"step", "metric", "value", "ci", "split"}; None without --keep-best
     samples: list = field(default_factory=list)  # samples.jsonl rows: completions of a few held-out problems
     passk: dict = field(default_factory=dict)  # step -> passk.jsonl row (--passk-eval-samples: step 0 and the end)
+    commit: str | None = None  # config.json's rlvr_commit: the code the run's last part ran on
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         points = [(r["step"], r[key]) for r in self.rows if key in r and r[key] is not None]
@@ -95,7 +97,8 @@ class Arm:
 def read_run(path: Path) -> Run:
     config_file = path / "config.json"
     try:
-        config = json.loads(config_file.read_text())["config"]
+        written = json.loads(config_file.read_text())
+        config = written["config"]
     except (OSError, json.JSONDecodeError, KeyError) as err:
         raise ReportError(f"{path} is not a run directory: cannot read config.json ({err})") from None
     meta = json.loads((path / "arm.json").read_text()) if (path / "arm.json").is_file() else {}
@@ -114,7 +117,45 @@ def read_run(path: Path) -> Run:
     else:
         status = "incomplete"
     return Run(path, name, int(config["seed"]), config, meta, rows, evals, events, status, best,
-               read_jsonl(path / "samples.jsonl"), {r["step"]: r for r in read_jsonl(path / "passk.jsonl")})
+               read_jsonl(path / "samples.jsonl"), {r["step"]: r for r in read_jsonl(path / "passk.jsonl")},
+               written.get("rlvr_commit"))
+
+
+def _event_time(event: dict) -> datetime | None:
+    try:
+        return datetime.strptime(event["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except (KeyError, TypeError, ValueError):  # runs older than the stamp
+        return None
+
+
+def _stamp(t: datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def run_log(arms: list[Arm]) -> list[dict]:
+    """Which run ran when, on which commit, for how long, from events.jsonl's time stamps.
+
+    A run resumed after a kill ran in parts: each part begins with a `model` event (written at
+    every start). A part's time runs from its start to its last event (`done` for the last part;
+    for a killed part, the last evaluation or other event before the kill: the steps after it were
+    redone by the next part), and the run's wall time is the sum of its parts."""
+    log = []
+    for arm in arms:
+        for run in arm.runs:
+            parts: list[list[datetime]] = []
+            for event in run.events:
+                t = _event_time(event)
+                if t is None:
+                    continue
+                if event.get("event") == "model" or not parts:
+                    parts.append([t, t])
+                parts[-1][1] = t
+            log.append({"arm": arm.name, "seed": run.seed, "status": run.status, "commit": run.commit,
+                        "last_step": run.rows[-1]["step"] if run.rows else 0, "parts": len(parts),
+                        "started": _stamp(parts[0][0]) if parts else None,
+                        "ended": _stamp(parts[-1][1]) if parts else None,
+                        "wall_seconds": sum((end - start).total_seconds() for start, end in parts) if parts else None})
+    return log
 
 
 def find_runs(dirs: list[str]) -> list[Run]:
