@@ -348,7 +348,7 @@ def _compare_options(parser: argparse.ArgumentParser) -> None:
 
     add_fields(parser, CompareConfig, config_flag=False)
     parser.add_argument("--preset", default=None, metavar="NAME",
-                        help="start from a shipped study's settings (rlvr/presets/NAME.toml; --config and flags "
+                        help="start from a shipped study's settings (rlvr/study/presets/NAME.toml; --config and flags "
                              f"override them): {', '.join(preset_names())}")
     add_fields(parser, TrainConfig, skip=tuple(OWNED) + ("seed",))
     parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="first seed (default: 0)")

@@ -91,7 +91,7 @@ def preset_path(name: str) -> str:
     path = PRESETS / f"{name}.toml"
     if not path.is_file():
         raise ConfigError("preset", f"unknown preset {name!r}; the presets are: {', '.join(preset_names())} "
-                                    "(rlvr/presets/NAME.toml; --config FILE.toml reads a file of your own)")
+                                    "(rlvr/study/presets/NAME.toml; --config FILE.toml reads a file of your own)")
     return str(path)
 
 
