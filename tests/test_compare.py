@@ -15,7 +15,7 @@ import pytest
 
 from made_runs import write_run
 from rlvr.cli import main
-from rlvr.study.compare import CompareConfig, plan_runs
+from rlvr.study.compare import CompareConfig, plan_runs, run_compare
 from rlvr.config import ConfigError
 from rlvr.study.report import build_report, to_html
 
@@ -48,6 +48,27 @@ def test_plan_match_samples_halves_the_prompts_and_lr_scaling_follows_samples(tm
     plans = plan_runs(cc, {"lr": 1e-4})
     assert plans[1].config.lr == pytest.approx(1e-4 * math.sqrt(2)) and plans[0].config.lr == pytest.approx(1e-4)
     assert plans[1].config.out == str(tmp_path / "c" / "k16" / "seed0")
+
+
+def test_a_run_restored_from_its_light_files_counts_as_finished_only_with_its_done_event(tmp_path):
+    from rlvr.config import to_dict
+    from rlvr.study.compare import is_finished
+
+    plan = plan_runs(CompareConfig(k=[8], variant=[], seeds=1, steps=5, out=str(tmp_path / "c")), {})[0]
+    plan.dir.mkdir(parents=True)
+    (plan.dir / "config.json").write_text(json.dumps({"config": to_dict(plan.config)}))
+    events = plan.dir / "events.jsonl"
+    events.write_text(json.dumps({"event": "model", "step": 0}) + "\n")
+    assert not is_finished(plan)  # killed mid-run: no final/, no done
+    events.write_text(events.read_text() + json.dumps({"event": "done", "step": 5}) + "\n")
+    assert is_finished(plan)  # a study committed without weights: light files say it ended
+    other = plan_runs(CompareConfig(k=[8], variant=[], seeds=1, steps=5, out=str(tmp_path / "c")), {"lr": 3e-4})[0]
+    assert not is_finished(other)  # the same directory, another run's config: not this run
+    longer = plan_runs(CompareConfig(k=[8], variant=[], seeds=1, steps=9, out=str(tmp_path / "c")), {})[0]
+    assert not is_finished(longer)  # --steps 9 extends it: a run with weights resumes and trains on ...
+    with pytest.raises(ConfigError, match="ended at step 5 without its weights.*--force"):
+        run_compare(CompareConfig(k=[8], variant=[], seeds=1, steps=9, out=str(tmp_path / "c")), {})
+    assert events.read_text().count("done") == 1  # ... this one has none: refused, its files kept
 
 
 def test_plan_variant_starts_from_the_first_arm_and_shares_everything_else(tmp_path):

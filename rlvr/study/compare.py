@@ -18,7 +18,7 @@ setting except what the arm changes:
 Execution. Each run is a `rlvr train` subprocess on DIR/<arm>/seed<N>/ (so its memory is its
 own and a crash stays in it), configured by a train.toml written next to it; with `--nproc N`
 each run is N data-parallel ranks (docs/distributed.md), with the same results as one process. Runs go seed by
-seed, `--jobs` at a time. A finished run (final/ written, same config) is skipped, so re-running
+seed, `--jobs` at a time. A finished run (final/ or a `done` event, same config) is skipped, so re-running
 an interrupted compare continues where it stopped; an interrupted run resumes from its
 checkpoint. A run that fails is reported as failed (its log is DIR/<arm>/seed<N>/train.log)
 and the others still run.
@@ -185,13 +185,40 @@ def plan_runs(cc: CompareConfig, base: dict) -> list[RunPlan]:
 
 
 def is_finished(plan: RunPlan) -> bool:
-    """final/ written by a run of exactly this config (a re-run skips it)."""
+    """A run of exactly this config that ended (a re-run skips it): final/ written, or a `done`
+    event, which the run writes after final/. A study committed without its weights (its light
+    files copied back into --out) thus resumes with the runs it has not finished."""
+    from rlvr.train.rundir import read_jsonl
+
     config_file = plan.dir / "config.json"
-    if not (plan.dir / "final").is_dir() or not config_file.is_file():
+    if not config_file.is_file():
+        return False
+    if not (plan.dir / "final").is_dir() and not any(e.get("event") == "done"
+                                                      for e in read_jsonl(plan.dir / "events.jsonl")):
         return False
     old = json.loads(config_file.read_text()).get("config", {})
-    new = to_dict(plan.config)
-    return all(old.get(k) == v for k, v in new.items() if k not in TrainConfig.RESUMABLE_CHANGES)
+    new, defaults = to_dict(plan.config), to_dict(TrainConfig())
+    # A setting added since the run was made is taken at its default, which is what it ran with;
+    # steps count too: a run finished at fewer steps than asked resumes and trains on.
+    return all(old.get(k, defaults[k]) == v for k, v in new.items()
+               if k == "steps" or k not in TrainConfig.RESUMABLE_CHANGES)
+
+
+def _refuse_extending_without_weights(plan: RunPlan) -> None:
+    """A run that ended, kept as light files only (no checkpoints/, no final/), cannot train on to
+    more steps: it would start over and replace its files. Refused before any work."""
+    from rlvr.train.checkpoint import list_checkpoints
+    from rlvr.train.rundir import read_jsonl
+
+    if plan.config.force:
+        return
+    events = read_jsonl(plan.dir / "events.jsonl")
+    if (any(e.get("event") == "done" for e in events) and not (plan.dir / "final").is_dir()
+            and not list_checkpoints(plan.dir / "checkpoints")):
+        ended = max(e.get("step", 0) for e in events if e.get("event") == "done")
+        raise ConfigError("steps", f"{plan.dir} holds a run that ended at step {ended} without its weights "
+                                   f"(light files only), so it cannot train on to {plan.config.steps} steps; "
+                                   "use another --out, or --force to start it over")
 
 
 def _write_arm_meta(plan: RunPlan, cc: CompareConfig, **extra) -> None:
@@ -336,6 +363,7 @@ def run_compare(cc: CompareConfig, base: dict, command: str = "", progress: bool
     for plan in plans:
         if not is_finished(plan):
             RunDir(plan.config).check_compatible(plan.config)  # a different run in the way: refuse now
+            _refuse_extending_without_weights(plan)
     root = Path(cc.out)
     root.mkdir(parents=True, exist_ok=True)
     machine = machine_line()
