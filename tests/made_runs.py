@@ -25,7 +25,7 @@ def write_run(root: Path, arm: str, seed: int, k: int, entropy: list, *, steps: 
     config = {**to_dict(TrainConfig()), "k": k, "seed": seed, "steps": steps, **(extra or {})}
     (run / "config.json").write_text(json.dumps({"config": config}))
     (run / "arm.json").write_text(json.dumps({"arm": arm, "variant": "", "order": {"k8": 0, "k16": 1}.get(arm, 2)}))
-    rows = [{"step": s, "reward/mean": reward, "entropy/mean": entropy[s - 1], "entropy/retention": entropy[s - 1] / entropy[0],
+    rows = [{"step": s, "reward/mean": reward[s - 1] if isinstance(reward, (list, tuple)) else reward, "entropy/mean": entropy[s - 1], "entropy/retention": entropy[s - 1] / entropy[0],
              "reward/zero_signal_frac": 0.1, "diversity/answers": 0.5,
              "perf/step_seconds": seconds[s - 1] if isinstance(seconds, (list, tuple)) else seconds,
              "perf/peak_memory_mib": peak, "perf/memory_before_step_mib": before} for s in range(1, steps + 1)]

@@ -25,9 +25,10 @@ from pathlib import Path
 
 from rlvr.study.report.plots import make_plots
 from rlvr.study.report.render import escape_text, machine_line, markdown, to_html
-from rlvr.study.report.runs import (METRIC, Arm, ReportError, Run, arm_numbers, cost_ratio, find_runs, group_arms,
-                                    match_mode, ratio, read_run, run_log, variant_flags)
-from rlvr.study.report.verdicts import verdicts
+from rlvr.study.report.runs import (METRIC, Arm, ReportError, Run, arm_difference, arm_numbers, cost_ratio, find_runs,
+                                    group_arms, has_entropy_control, match_mode, passk_difference, ratio, read_run,
+                                    reward_difference, run_log, variant_flags)
+from rlvr.study.report.verdicts import is_plain, verdicts
 
 __all__ = ["METRIC", "Arm", "ReportError", "Run", "build_report", "build_summary", "machine_line", "read_run",
            "to_html", "verdicts"]
@@ -43,11 +44,19 @@ def _rounded(x):
     return x
 
 
+def _versus(arm: Arm, base: Arm, n: dict) -> dict:
+    """The arm minus `base`, paired by seed: training reward over the last 20 steps (paired by step
+    too), hm@4 at the last evaluation and pass@k at the end (points, paired by problem)."""
+    return {"reward_last20": reward_difference(arm, base), "hm@4_last": arm_difference(arm, base),
+            "passk_last": {str(k): passk_difference(arm, base, k) for k in sorted(n.get("passk_vs_base") or {})}}
+
+
 def build_summary(arms: list[Arm], numbers: dict[str, dict | None]) -> dict:
     """summary.json (INTERFACE.md). `arms` lists the arms with completed steps first; an arm with
     none (numbers None) is listed with null values and left out of the verdicts."""
     usable = [a for a in arms if numbers[a.name] is not None]
     first = numbers[usable[0].name]
+    k16 = next((a for a in usable if is_plain(a, 16)), None)
     entries = []
     for arm in arms:
         n = numbers[arm.name] or {}
@@ -72,6 +81,10 @@ def build_summary(arms: list[Arm], numbers: dict[str, dict | None]) -> dict:
             "passk": {where: {str(k): v for k, v in (n.get(key) or {}).items()}
                       for where, key in (("base", "passk_base"), ("last", "passk_last"), ("last_minus_base", "passk_vs_base"))},
             "seeds": n.get("seeds"),
+            # a K=16 arm with an entropy control against plain K=16, paired by seed (claim (e); null otherwise)
+            "vs_plain_k16": _versus(arm, k16, n) if (arm in usable and k16 is not None and arm is not k16
+                                                     and arm.config["k"] == 16 and has_entropy_control(arm.config))
+            else None,
             "settings": settings,  # the arm's full train settings (out and seed aside)
         })
     seeds = max(len(a.runs) for a in usable)

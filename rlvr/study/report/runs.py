@@ -282,6 +282,27 @@ def passk_vs_base(arm: Arm, k: int) -> dict | None:
     return _paired(per_seed)
 
 
+def reward_difference(a: Arm, b: Arm, last: int = 20) -> dict | None:
+    """Training reward (reward/mean) of arm a minus arm b over the last `last` steps, paired by
+    seed and step (the arms of a seed draw the same prompts at each step), with the 95% CI of
+    `seed_bootstrap_ci` (seeds, then steps). None without common seeds and steps."""
+    by_seed = {r.seed: r for r in b.usable}
+    per_seed = []
+    for run in a.usable:
+        other = by_seed.get(run.seed)
+        if other is None:
+            continue
+        ra = {x["step"]: x["reward/mean"] for x in run.rows}
+        rb = {x["step"]: x["reward/mean"] for x in other.rows}
+        steps = sorted(set(ra) & set(rb))[-last:]
+        if steps:
+            per_seed.append(np.asarray([ra[s] - rb[s] for s in steps], dtype=float))
+    if not per_seed:
+        return None
+    return {"value": float(np.mean([v.mean() for v in per_seed])), "ci": list(seed_bootstrap_ci(per_seed)),
+            "seeds": len(per_seed)}
+
+
 def passk_difference(a: Arm, b: Arm, k: int) -> dict | None:
     """pass@k at the end of arm a minus arm b, in points, paired by seed and problem."""
     by_seed = {r.seed: r for r in b.usable}
@@ -460,12 +481,15 @@ def has_entropy_control(config: dict) -> bool:
 # ----------------------------------------------------------------------------------------
 
 def fmt_ci(x: dict | None, scale: str = "pts") -> str:
-    """'+15.1 pts [+11.3, +19.3]' for a gain in points, '0.612 [0.559, 0.666]' for a fraction."""
+    """'+15.1 pts [+11.3, +19.3]' for a gain in points, '-0.012 [-0.040, +0.015]' for a difference of
+    fractions (scale="diff"), '0.612 [0.559, 0.666]' for a fraction."""
     if x is None:
         return "n/a"
     value, (low, high) = x["value"], x["ci"]
     if scale == "pts":
         return f"{value:+.1f} pts [{low:+.1f}, {high:+.1f}]"
+    if scale == "diff":
+        return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
     return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 

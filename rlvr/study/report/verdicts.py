@@ -19,13 +19,13 @@ inconclusive rather than flipping it.
 from __future__ import annotations
 
 from rlvr.study.report.runs import (MIDPOINT, Arm, arm_difference, cost_ratio, fmt, fmt_ci, has_entropy_control,
-                                    passk_difference, ratio, variant_flags)
+                                    passk_difference, ratio, reward_difference, variant_flags)
 
 LOSS_MARGIN = 5.0  # points: a CI whose lower end lies above −LOSS_MARGIN rules a training collapse out
 COST_BAND = (1.5, 2.5)  # "about 2×"
 
 
-def _is_plain(arm: Arm, k: int) -> bool:
+def is_plain(arm: Arm, k: int) -> bool:
     return arm.config["k"] == k and not arm.meta.get("variant") and not has_entropy_control(arm.config)
 
 
@@ -119,8 +119,8 @@ def _paired_reward_diffs(n: dict, base: dict) -> str:
 
 def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
     """The seed's claims (a)-(e), each supported / refuted / inconclusive with its numbers."""
-    k8 = next((a for a in arms if _is_plain(a, 8)), None)
-    k16 = next((a for a in arms if _is_plain(a, 16)), None)
+    k8 = next((a for a in arms if is_plain(a, 8)), None)
+    k16 = next((a for a in arms if is_plain(a, 16)), None)
     controls = [a for a in arms if a.config["k"] == 16 and a is not k16 and has_entropy_control(a.config)]
     out = []
 
@@ -245,6 +245,7 @@ def _judge_control(control: Arm, k16: Arm, arms: list[Arm], numbers: dict[str, d
     base_reward_collapsed = _reward_fired(base)[1]
     base_collapsed = base_entropy_collapsed or base_reward_collapsed
     diff = arm_difference(control, k16)
+    reward = reward_difference(control, k16)
     k = _largest_k(n)
     wide = passk_difference(control, k16, k) if k is not None else None
     evidence = (f"'{control.name}' ({variant_flags(control, arms[0])}): retention at the end "
@@ -253,7 +254,8 @@ def _judge_control(control: Arm, k16: Arm, arms: list[Arm], numbers: dict[str, d
                 f"{_onsets(n)} vs {_onsets(base)}; reward-collapse onsets {_reward_onsets(n)} vs "
                 f"{_reward_onsets(base)}; hm@4 at the last evaluation minus plain K=16: "
                 f"{fmt_ci(diff)}; training reward over the last 20 steps {fmt(n['reward_last20'], '.3f')} vs "
-                f"{fmt(base['reward_last20'], '.3f')} ({_paired_reward_diffs(n, base)})"
+                f"{fmt(base['reward_last20'], '.3f')} ({_paired_reward_diffs(n, base)}; paired by seed and step "
+                f"{fmt_ci(reward, scale='diff')})"
                 + (f"; pass@{k} at the end minus plain K=16: {fmt_ci(wide)}" if wide is not None else ""))
     if max(n["steps_done"], default=0) <= MIDPOINT:
         return "inconclusive", evidence + f"; the runs stop by step {MIDPOINT}, before the reported decay"
@@ -263,6 +265,9 @@ def _judge_control(control: Arm, k16: Arm, arms: list[Arm], numbers: dict[str, d
     if reward_fired:
         return "refuted", evidence + f"; entropy held, but the controlled arm's training reward collapsed in " \
                                      f"{reward_fired} seed(s)"
+    if reward is not None and reward["ci"][1] < 0:
+        return "refuted", evidence + "; entropy held, but the training reward is significantly lower than without " \
+                                     "the control"
     if diff is not None and diff["ci"][1] < 0:
         return "refuted", evidence + "; entropy held, but hm@4 is significantly worse than without the control"
     if wide is not None and wide["ci"][1] < 0:
@@ -270,4 +275,5 @@ def _judge_control(control: Arm, k16: Arm, arms: list[Arm], numbers: dict[str, d
     if not base_collapsed:
         return "inconclusive", evidence + "; plain K=16 did not collapse here, so there was nothing to stabilise"
     how = " and ".join(w for w, c in (("in entropy", base_entropy_collapsed), ("in reward", base_reward_collapsed)) if c)
-    return "supported", evidence + f"; steady where plain K=16 collapsed ({how}), hm@4 not significantly worse"
+    checked = ", ".join(["training reward", "hm@4"] + ([f"pass@{k}"] if wide is not None else []))
+    return "supported", evidence + f"; steady where plain K=16 collapsed ({how}), {checked} not significantly worse"
