@@ -320,7 +320,7 @@ def test_several_controls_are_each_judged_and_one_stable_control_supports_e(tmp_
     assert second.startswith("'ctl-b'") and "steady where plain K=16 collapsed" in second
 
 
-def test_a_control_that_holds_entropy_at_a_cost_in_training_reward_is_refuted(tmp_path):
+def test_a_controls_cost_in_training_reward_is_measured_paired_by_seed_and_step(tmp_path):
     runs, rng = tmp_path / "runs", np.random.default_rng(3)
     rewards = {}
     for seed in (0, 1, 2):
@@ -330,13 +330,15 @@ def test_a_control_that_holds_entropy_at_a_cost_in_training_reward_is_refuted(tm
         write_run(runs, "k16", seed, 16, COLLAPSING, entropy_onset=110, reward=rewards["k16", seed])
         write_run(runs, "ctl", seed, 16, STEADY, extra={"entropy_coef": 0.05}, reward=rewards["ctl", seed])
     v, arms = verdicts_of(tmp_path, "r")
-    assert v["(e)"]["verdict"] == "refuted" and "training reward is significantly lower" in v["(e)"]["evidence"]
+    # shown, not judged: (e) is about stability and held-out accuracy (docs/compare.md)
+    assert v["(e)"]["verdict"] == "supported"
     versus = arms["ctl"]["vs_plain_k16"]
     # an independent computation: per seed the mean of the last 20 steps' paired differences, then the mean
     expected = np.mean([np.mean(np.subtract(rewards["ctl", s], rewards["k16", s])[-20:]) for s in (0, 1, 2)])
     assert versus["reward_last20"]["value"] == pytest.approx(expected, abs=1e-6)
     low, high = versus["reward_last20"]["ci"]
     assert low < expected < high < 0 and versus["reward_last20"]["seeds"] == 3
+    assert f"paired by seed and step {expected:+.3f} [{low:+.3f}, {high:+.3f}]" in v["(e)"]["evidence"]
     assert versus["hm@4_last"]["value"] == pytest.approx(0.0)  # same evaluations in both arms
     assert arms["k16"]["vs_plain_k16"] is None and arms["k8"]["vs_plain_k16"] is None
 

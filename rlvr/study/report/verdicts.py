@@ -265,9 +265,6 @@ def _judge_control(control: Arm, k16: Arm, arms: list[Arm], numbers: dict[str, d
     if reward_fired:
         return "refuted", evidence + f"; entropy held, but the controlled arm's training reward collapsed in " \
                                      f"{reward_fired} seed(s)"
-    if reward is not None and reward["ci"][1] < 0:
-        return "refuted", evidence + "; entropy held, but the training reward is significantly lower than without " \
-                                     "the control"
     if diff is not None and diff["ci"][1] < 0:
         return "refuted", evidence + "; entropy held, but hm@4 is significantly worse than without the control"
     if wide is not None and wide["ci"][1] < 0:
@@ -275,5 +272,5 @@ def _judge_control(control: Arm, k16: Arm, arms: list[Arm], numbers: dict[str, d
     if not base_collapsed:
         return "inconclusive", evidence + "; plain K=16 did not collapse here, so there was nothing to stabilise"
     how = " and ".join(w for w, c in (("in entropy", base_entropy_collapsed), ("in reward", base_reward_collapsed)) if c)
-    checked = ", ".join(["training reward", "hm@4"] + ([f"pass@{k}"] if wide is not None else []))
+    checked = " and ".join(["hm@4"] + ([f"pass@{k}"] if wide is not None else []))
     return "supported", evidence + f"; steady where plain K=16 collapsed ({how}), {checked} not significantly worse"
