@@ -19,11 +19,11 @@ from rlvr.study.compare import CompareConfig, plan_runs, run_compare
 from rlvr.config import ConfigError
 from rlvr.study.report import build_report, to_html
 
-SUMMARY_KEYS = {"model", "task", "match", "steps", "seeds", "arms", "verdicts"}
+SUMMARY_KEYS = {"model", "task", "match", "steps", "seeds", "arms", "verdicts", "runs"}
 ARM_KEYS = {"name", "k", "variant", "hm@4_gain_at_100", "entropy_retention_at_100", "entropy_retention_final",
             "collapse_step", "step_seconds_median", "peak_memory_mib", "step_time_ratio", "memory_ratio",
             "reward_collapse_step", "best_step", "best_value", "step_time_ratio_ci", "step_memory_ratio_ci",
-            "hm@4_change_100_to_last", "passk", "seeds", "settings"}
+            "hm@4_change_100_to_last", "passk", "seeds", "settings", "vs_plain_k16"}
 SMALL = ["--steps", "6", "--seeds", "1", "--eval-every", "3", "--eval-problems", "8", "--eval-samples", "4",
          "--prompts-per-step", "2", "--max-new-tokens", "6", "--checkpoint-every", "2"]
 
@@ -218,8 +218,8 @@ def test_verdicts_follow_their_documented_rules(tmp_path):
     summary = build_report([str(tmp_path)], str(tmp_path / "report"))
     verdicts = {v["claim"][:3]: v["verdict"] for v in summary["verdicts"]}
     # (e) shows the control's training-reward cost, paired by seed, next to its verdict
-    assert "training reward over the last 20 steps 0.485 vs 0.500 (difference per seed -0.050, +0.020)" in \
-        summary["verdicts"][4]["evidence"]
+    assert ("training reward over the last 20 steps 0.485 vs 0.500 (difference per seed -0.050, +0.020; "
+            "paired by seed and step -0.015 [-0.050, +0.020])") in summary["verdicts"][4]["evidence"]
     assert verdicts == {"(a)": "supported", "(b)": "supported", "(c)": "supported", "(d)": "supported",
                         "(e)": "supported"}
     arms = {a["name"]: a for a in summary["arms"]}
