@@ -268,6 +268,29 @@ def test_the_shipped_preset_loads_validates_and_flags_override_it(tmp_path, monk
     assert "unknown preset 'nope'" in err and "smollm2" in err
 
 
+def test_the_long_preset_runs_the_pilots_choice_with_the_issues_settings(tmp_path, monkeypatch):
+    """smollm2-long reproduces docs/study_smollm2_long: its controls are the committed pilot's choice."""
+    import rlvr.study.compare
+
+    seen = {}
+    monkeypatch.setattr(rlvr.study.compare, "run_compare",
+                        lambda cc, base, command="", progress=True: seen.update(cc=cc, base=base) or (None, []))
+    main(["compare", "--preset", "smollm2-long"])
+    cc, base = seen["cc"], seen["base"]
+    assert (cc.k, cc.seeds, base["seed"], cc.steps, cc.out) == ([8, 16], 4, 10, 200, "runs/study_smollm2_long")
+    root = Path(__file__).resolve().parents[1] / "docs" / "study_smollm2_long" / "pilot"
+    chosen = json.loads((root / "pilot.json").read_text())["chosen"]
+    pilot_variants = [f"{name}={json.loads((root / name / 'seed300' / 'arm.json').read_text())['variant']}"
+                      for name in chosen]
+    assert cc.variant == pilot_variants
+    plans = plan_runs(cc, base)
+    assert len(plans) == 16
+    assert {(p.config.model, p.config.task, p.config.steps, p.config.eval_every, p.config.eval_problems,
+             p.config.eval_samples, p.config.passk_eval_samples) for p in plans} == {("smollm2", "mul", 200, 25, 104, 8, 64)}
+    # fresh seeds: the first study ran 0-1, its pilot 100, this study's pilot 300
+    assert {p.config.seed for p in plans} == {10, 11, 12, 13}
+
+
 def test_passk_evaluation_at_start_and_end_shared_across_arms_of_a_seed(model_dir, tmp_path, capsys):
     """--passk-eval-samples: a wide evaluation at step 0 and at the end of every run; compare
     computes a seed's step 0 once (the second arm reuses the first's), and that reused row is what

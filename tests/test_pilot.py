@@ -7,6 +7,7 @@ Each arm's entropy and reward paths are built so the rule's figures are known by
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -85,6 +86,22 @@ def test_entropy_target_tracking_and_cap(tmp_path):
     assert t["coef_path"]["10"] == pytest.approx(0.1)
     text = pilot.markdown(pilot.select(pilot.read_pilot(tmp_path, 100), "k16"))
     assert "the target was not held" in text
+    # A run's config names every setting: entropy_target 0 (the default) is no target, nothing to track
+    fixed = write_arm(tmp_path, "coef", late=0.5, reward=0.5, config={"entropy_target": 0.0, "entropy_coef": 0.05},
+                      coef=lambda s: 0.05)
+    assert "tracking" not in pilot.arm_figures(fixed, 100)
+    assert "coef: mean" not in pilot.markdown(pilot.select(pilot.read_pilot(tmp_path, 100), "k16"))
+
+
+def test_the_committed_pilot_recomputes_to_its_committed_choice():
+    """docs/study_smollm2_long/pilot holds the pilot's light files and the rule's result as run."""
+    root = Path(__file__).resolve().parents[1] / "docs" / "study_smollm2_long" / "pilot"
+    committed = json.loads((root / "pilot.json").read_text())
+    again = pilot.select(pilot.read_pilot(root, 100), "k16")
+    assert again["chosen"] == committed["chosen"] and again["passing"] == committed["passing"]
+    for name, arm in committed["arms"].items():
+        assert again["arms"][name]["retention"] == pytest.approx(arm["retention"])
+        assert again["arms"][name]["reward_last20"] == pytest.approx(arm["reward_last20"])
 
 
 def test_an_unfinished_arm_or_missing_plain_is_refused_with_the_fix(tmp_path, capsys):

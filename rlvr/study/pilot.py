@@ -58,8 +58,8 @@ def arm_figures(run_dir: Path, steps: int) -> dict:
     cov = _window(rows, "clip/cov_tokens", 1, steps)
     if config.get("clip_cov") and cov:
         out["clip_cov_tokens_per_step"] = _mean(cov)
-    target = config.get("entropy_target")
-    if target is not None:
+    target = config.get("entropy_target") or 0.0  # 0 (the default) means no target
+    if target > 0:
         half = _window(rows, "entropy/mean", steps // 2 + 1, steps)
         coef = {r["step"]: r.get("control/entropy_coef", 0.0) for r in rows}
         cap = float(config.get("entropy_coef_max", float("inf")))
