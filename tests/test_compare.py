@@ -245,7 +245,8 @@ def test_html_escapes_every_text():
     assert "<strong>bold</strong> &amp; more" in html
 
 
-def test_the_shipped_preset_loads_validates_and_flags_override_it(tmp_path, monkeypatch, capsys):
+def parsed_compare(monkeypatch, argv):
+    """What `rlvr compare ARGV` would run: its CompareConfig, base settings and command line."""
     import rlvr.study.compare
 
     seen = {}
@@ -255,7 +256,12 @@ def test_the_shipped_preset_loads_validates_and_flags_override_it(tmp_path, monk
         return None, []
 
     monkeypatch.setattr(rlvr.study.compare, "run_compare", fake_run)
-    main(["compare", "--preset", "smollm2", "--steps", "7", "--out", str(tmp_path / "c")])
+    main(["compare", *argv])
+    return seen
+
+
+def test_the_shipped_preset_loads_validates_and_flags_override_it(tmp_path, monkeypatch, capsys):
+    seen = parsed_compare(monkeypatch, ["--preset", "smollm2", "--steps", "7", "--out", str(tmp_path / "c")])
     cc, base = seen["cc"], seen["base"]
     assert cc.steps == 7 and cc.out == str(tmp_path / "c")  # flags override the preset
     assert cc.k == [8, 16] and cc.seeds >= 2 and len(cc.variant) == 1 and base["model"] == "smollm2"
@@ -268,14 +274,9 @@ def test_the_shipped_preset_loads_validates_and_flags_override_it(tmp_path, monk
     assert "unknown preset 'nope'" in err and "smollm2" in err
 
 
-def test_the_long_preset_runs_the_pilots_choice_with_the_issues_settings(tmp_path, monkeypatch):
+def test_the_long_preset_runs_the_pilots_choice_with_the_issues_settings(monkeypatch):
     """smollm2-long reproduces docs/study_smollm2_long: its controls are the committed pilot's choice."""
-    import rlvr.study.compare
-
-    seen = {}
-    monkeypatch.setattr(rlvr.study.compare, "run_compare",
-                        lambda cc, base, command="", progress=True: seen.update(cc=cc, base=base) or (None, []))
-    main(["compare", "--preset", "smollm2-long"])
+    seen = parsed_compare(monkeypatch, ["--preset", "smollm2-long"])
     cc, base = seen["cc"], seen["base"]
     assert (cc.k, cc.seeds, base["seed"], cc.steps, cc.out) == ([8, 16], 4, 10, 200, "runs/study_smollm2_long")
     root = Path(__file__).resolve().parents[1] / "docs" / "study_smollm2_long" / "pilot"
