@@ -285,6 +285,45 @@ def test_training_collapse_is_a_measured_loss_not_entropy_alone(tmp_path):
     assert "no measured loss available" in v["(c)"]["evidence"]
 
 
+def test_pass64_against_the_base_model_is_its_own_finding_read_from_its_ci(tmp_path):
+    """summary.json's `reach` and report.md's line under the verdicts: per arm pass@64 at the end
+    minus the base model, paired per problem, read as lost / gained / no change from its CI."""
+    runs = tmp_path / "runs"
+    gained = [64] * 30 + [0] * 10  # 10 more of the 40 problems reached: +25 points
+    lost = [64] * 5 + [0] * 35  # 15 of the 20 reachable problems lost: -37.5 points
+    for seed in (0, 1):
+        write_run(runs, "k8", seed, 8, STEADY, passk={0: BASE64, 150: gained})
+        write_run(runs, "k16", seed, 16, COLLAPSING, entropy_onset=110, passk={0: BASE64, 150: lost})
+    build_report([str(runs)], str(tmp_path / "r1"))
+    reach = json.loads((tmp_path / "r1" / "summary.json").read_text())["reach"]
+    rows = {r["arm"]: r for r in reach["arms"]}
+    assert reach["k"] == 64 and {a: r["reading"] for a, r in rows.items()} == {"k8": "gained", "k16": "lost"}
+    assert rows["k8"]["pass@64_minus_base"]["value"] == pytest.approx(25.0)
+    assert rows["k16"]["pass@64_minus_base"]["value"] == pytest.approx(-37.5)
+    # pass@1 = correct / 64 per problem, so its change equals pass@64's here (all or nothing per problem)
+    assert rows["k16"]["pass@1_minus_base"]["value"] == pytest.approx(-37.5)
+    assert reach["statement"].startswith("k16 lost pass@64 against the base model (CI below 0)")
+    md = (tmp_path / "r1" / "report.md").read_text()
+    assert "**Finding beyond the claims, pass@64 at the end against the base model:** k16 lost pass@64" in md
+
+    # the same end as the base model: a CI holding 0 reads "no change measured", and no arm lost
+    shutil.rmtree(runs / "k16")
+    for seed in (0, 1):
+        write_run(runs, "k16", seed, 16, COLLAPSING, entropy_onset=110, passk={0: BASE64, 150: BASE64})
+    build_report([str(runs)], str(tmp_path / "r2"))
+    reach = json.loads((tmp_path / "r2" / "summary.json").read_text())["reach"]
+    assert {r["arm"]: r["reading"] for r in reach["arms"]} == {"k8": "gained", "k16": "no change measured"}
+    assert reach["statement"].startswith("no arm lost pass@64 against the base model (no CI below 0); k8 gained it")
+
+    # without --passk-eval-samples there is no finding, and the report says none
+    shutil.rmtree(runs)
+    for seed in (0, 1):
+        write_run(runs, "k8", seed, 8, STEADY)
+    build_report([str(runs)], str(tmp_path / "r3"))
+    assert json.loads((tmp_path / "r3" / "summary.json").read_text())["reach"] is None
+    assert "Finding beyond the claims" not in (tmp_path / "r3" / "report.md").read_text()
+
+
 def test_cost_verdict_uses_the_ratio_cis_and_is_inconclusive_when_one_straddles(tmp_path):
     runs = tmp_path / "runs"
     rng = np.random.default_rng(0)

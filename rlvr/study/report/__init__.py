@@ -28,7 +28,7 @@ from rlvr.study.report.render import escape_text, machine_line, markdown, to_htm
 from rlvr.study.report.runs import (METRIC, Arm, ReportError, Run, arm_difference, arm_numbers, cost_ratio, find_runs,
                                     group_arms, has_entropy_control, match_mode, passk_difference, ratio, read_run,
                                     reward_difference, run_log, variant_flags)
-from rlvr.study.report.verdicts import is_plain, verdicts
+from rlvr.study.report.verdicts import is_plain, reach_finding, verdicts
 
 __all__ = ["METRIC", "Arm", "ReportError", "Run", "build_report", "build_summary", "machine_line", "read_run",
            "to_html", "verdicts"]
@@ -92,6 +92,8 @@ def build_summary(arms: list[Arm], numbers: dict[str, dict | None]) -> dict:
     return _rounded({"model": config["model"], "task": config["task"], "match": match_mode(usable),
                      "steps": max(a.config["steps"] for a in usable), "seeds": seeds,
                      "arms": entries, "verdicts": verdicts(usable, numbers),
+                     # pass@k at the largest k against the base model, beyond the five claims (null without it)
+                     "reach": reach_finding(usable, numbers),
                      "runs": run_log(arms)})  # which run ran when, on which commit, its wall time
 
 

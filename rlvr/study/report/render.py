@@ -284,6 +284,9 @@ def markdown(arms: list[Arm], numbers: dict[str, dict], summary: dict, plots: li
     lines += ["## Verdicts on the claims", "", "| claim | verdict | evidence |", "|---|---|---|"]
     for v in summary["verdicts"]:
         lines.append(f"| {_sentence(v['claim'])} | **{v['verdict']}** | {_sentence(v['evidence'])} |")
+    if summary.get("reach"):
+        lines += ["", f"**Finding beyond the claims, {summary['reach']['finding']}:** "
+                      f"{_sentence(summary['reach']['statement'])} (section pass@k below)"]
     lines += ["", "## Results per arm", ""] + results_table(arms, numbers)
     lines += passk_section(arms, numbers)
     lines += ["## Cost per arm", ""] + cost_table(arms, numbers, summary)

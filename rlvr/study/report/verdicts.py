@@ -274,3 +274,38 @@ def _judge_control(control: Arm, k16: Arm, arms: list[Arm], numbers: dict[str, d
     how = " and ".join(w for w, c in (("in entropy", base_entropy_collapsed), ("in reward", base_reward_collapsed)) if c)
     checked = " and ".join(["hm@4"] + ([f"pass@{k}"] if wide is not None else []))
     return "supported", evidence + f"; steady where plain K=16 collapsed ({how}), {checked} not significantly worse"
+
+
+def reach_finding(arms: list[Arm], numbers: dict[str, dict]) -> dict | None:
+    """The finding beyond the five claims: pass@k at the largest k (--passk-eval-samples) at the
+    end against the base model, per arm, paired per problem with a CI over seeds and problems,
+    beside pass@1's change. An RL-trained policy can sharpen pass@1 while losing reach, problems
+    its samples no longer solve at all (Yue et al. 2025). Reading per arm: 'lost' = the CI lies
+    below 0, 'gained' = above 0, 'no change measured' = the CI holds 0. None without wide evaluations."""
+    ks = sorted({k for a in arms for k, v in numbers[a.name]["passk_vs_base"].items() if v is not None})
+    if not ks:
+        return None
+    top, rows = ks[-1], []
+    for arm in arms:
+        n = numbers[arm.name]["passk_vs_base"]
+        d = n.get(top)
+        if d is None:
+            continue
+        reading = "lost" if d["ci"][1] < 0 else "gained" if d["ci"][0] > 0 else "no change measured"
+        rows.append({"arm": arm.name, "k": arm.config["k"], f"pass@{top}_minus_base": d,
+                     "pass@1_minus_base": n.get(1), "reading": reading})
+    if not rows:
+        return None
+    lost = [r["arm"] for r in rows if r["reading"] == "lost"]
+    gained = [r["arm"] for r in rows if r["reading"] == "gained"]
+    if lost:
+        head = f"{', '.join(lost)} lost pass@{top} against the base model (CI below 0): training narrowed what the policy can reach"
+    elif len(gained) == len(rows):
+        head = f"every arm gained pass@{top} against the base model (CI above 0): no loss of reach at k = {top}"
+    else:
+        head = (f"no arm lost pass@{top} against the base model (no CI below 0)"
+                + (f"; {', '.join(gained)} gained it (CI above 0)" if gained else ""))
+    per_arm = "; ".join(f"{r['arm']} pass@{top} {fmt_ci(r[f'pass@{top}_minus_base'])}, pass@1 "
+                        f"{fmt_ci(r['pass@1_minus_base'])}" for r in rows)
+    return {"finding": f"pass@{top} at the end against the base model", "k": top, "arms": rows,
+            "statement": f"{head}. End minus base, paired per problem (95% CI over seeds and problems): {per_arm}"}
