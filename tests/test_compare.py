@@ -19,7 +19,7 @@ from rlvr.study.compare import CompareConfig, plan_runs, run_compare
 from rlvr.config import ConfigError
 from rlvr.study.report import build_report, to_html
 
-SUMMARY_KEYS = {"model", "task", "match", "steps", "seeds", "arms", "verdicts", "runs"}
+SUMMARY_KEYS = {"model", "task", "match", "steps", "seeds", "arms", "verdicts", "reach", "runs"}
 ARM_KEYS = {"name", "k", "variant", "hm@4_gain_at_100", "entropy_retention_at_100", "entropy_retention_final",
             "collapse_step", "step_seconds_median", "peak_memory_mib", "step_time_ratio", "memory_ratio",
             "reward_collapse_step", "best_step", "best_value", "step_time_ratio_ci", "step_memory_ratio_ci",
