@@ -19,7 +19,8 @@ inconclusive rather than flipping it.
 from __future__ import annotations
 
 from rlvr.study.report.runs import (MIDPOINT, Arm, arm_difference, cost_ratio, fmt, fmt_ci, has_entropy_control,
-                                    passk_difference, ratio, reward_difference, variant_flags)
+                                    passk_difference, passk_ks, ratio, reward_difference,
+                                    variant_flags)
 
 LOSS_MARGIN = 5.0  # points: a CI whose lower end lies above −LOSS_MARGIN rules a training collapse out
 COST_BAND = (1.5, 2.5)  # "about 2×"
@@ -282,7 +283,7 @@ def reach_finding(arms: list[Arm], numbers: dict[str, dict]) -> dict | None:
     beside pass@1's change. An RL-trained policy can sharpen pass@1 while losing reach, problems
     its samples no longer solve at all (Yue et al. 2025). Reading per arm: 'lost' = the CI lies
     below 0, 'gained' = above 0, 'no change measured' = the CI holds 0. None without wide evaluations."""
-    ks = sorted({k for a in arms for k, v in numbers[a.name]["passk_vs_base"].items() if v is not None})
+    ks = passk_ks(arms)  # the k every run reports, as the pass@k section uses
     if not ks:
         return None
     top, rows = ks[-1], []
