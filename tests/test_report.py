@@ -4,6 +4,7 @@ directories older than samples.jsonl / best.json. Mirrors rlvr/study/report/."""
 import json
 import re
 import shutil
+from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from made_runs import write_run
 from rlvr.cli import main
-from rlvr.study.report import build_report, to_html
+from rlvr.study.report import build_report, read_run, to_html
 from rlvr.study.report.render import code_span, escape_text
 
 HOSTILE = ("<script>alert(1)</script> a|b `tick` ```fence``` **bold** [x](javascript:alert(1)) "
@@ -334,7 +335,8 @@ def test_cost_verdict_uses_the_ratio_cis_and_is_inconclusive_when_one_straddles(
     v, arms = verdicts_of(tmp_path, "r1")
     ci = arms["k16"]["step_time_ratio_ci"]
     assert ci["ci"][0] < 1.5 < ci["ci"][1] and ci["seeds"] == 2
-    assert arms["k16"]["step_memory_ratio_ci"] == {"value": 2.0, "ci": [2.0, 2.0], "seeds": 2}
+    assert arms["k16"]["step_memory_ratio_ci"] == {"value": 2.0, "ci": [2.0, 2.0], "seeds": 2,
+                                                   "cross_machine_seeds": [], "machine_ratio": None}
     assert v["(d)"]["verdict"] == "inconclusive" and "straddles" in v["(d)"]["evidence"]
     assert arms["k8"]["step_time_ratio_ci"] is None  # the first arm is the reference
 
@@ -416,9 +418,73 @@ def test_run_log_says_when_each_run_ran_on_which_commit_and_sums_the_parts_of_a_
     log = {r["arm"]: r for r in summary["runs"]}
     assert log["k16"] == {"arm": "k16", "seed": 0, "status": "finished", "commit": "abc1234", "last_step": 150,
                           "parts": 2, "started": "2026-12-03 10:00 UTC", "ended": "2026-12-04 09:30 UTC",
-                          "wall_seconds": 50 * 60.0}
+                          "wall_seconds": 50 * 60.0, "probe_seconds": None}
     assert log["k8"]["wall_seconds"] is None and log["k8"]["status"] == "finished"  # no time stamps: n/a
     md = (tmp_path / "r" / "report.md").read_text()
     table = next(t for t in md_tables(md) if t[0].startswith("| arm | seed | status"))
-    assert any("| k16 | 0 | finished | 150 | 2 | 2026-12-03 10:00 UTC | 2026-12-04 09:30 UTC | 50 min | `abc1234` |"
+    assert any("| k16 | 0 | finished | 150 | 2 | 2026-12-03 10:00 UTC | 2026-12-04 09:30 UTC | 50 min | n/a | `abc1234` |"
                == row for row in table)
+
+
+def stamp_step0_eval(run: Path, seconds: float) -> None:
+    """Give a hand-made run time-stamped events whose step-0 evaluation took `seconds`."""
+    t0 = datetime(2026, 12, 3, 10, 0, tzinfo=timezone.utc)
+    stamp = lambda dt: (t0 + timedelta(seconds=dt)).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    events = [{"event": "model", "step": 0, "time": stamp(0)}, {"event": "eval", "step": 0, "time": stamp(seconds)},
+              {"event": "done", "step": 150, "time": stamp(seconds + 600)}]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def test_a_seed_whose_runs_ran_on_machines_of_different_speed_is_left_out_of_the_step_time_ratio(tmp_path):
+    """The step-0 evaluation is the same work in every run of a seed: its wall time checks the machine."""
+    runs = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        write_run(runs, "k8", seed, 8, STEADY, seconds=0.1, peak=400, before=300)
+        # seed 2's K=16 ran on a machine 2x slower: its steps read 3.6x K=8's, its step-0 evaluation 2x
+        write_run(runs, "k16", seed, 16, STEADY, seconds=0.36 if seed == 2 else 0.18, peak=500, before=300)
+        stamp_step0_eval(runs / "k8" / f"seed{seed}", 60)
+        stamp_step0_eval(runs / "k16" / f"seed{seed}", {0: 63, 1: 60, 2: 120}[seed])
+    v, arms = verdicts_of(tmp_path, "r")
+    t = arms["k16"]["step_time_ratio_ci"]
+    assert t["cross_machine_seeds"] == [2] and t["seeds"] == 2
+    assert t["value"] == pytest.approx(1.8) and t["ci"] == pytest.approx([1.8, 1.8])
+    assert t["machine_ratio"] == pytest.approx([1.0, 1.05])
+    # memory does not depend on the machine's speed: every seed counts
+    assert arms["k16"]["step_memory_ratio_ci"]["seeds"] == 3 and arms["k16"]["step_memory_ratio_ci"]["cross_machine_seeds"] == []
+    assert v["(d)"]["verdict"] == "supported"
+    assert "seed(s) 2 left out of the step-time ratio" in v["(d)"]["evidence"]
+    assert "took 1.00-1.05× as long as K=8's" in v["(d)"]["evidence"]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| 1.80 [1.80, 1.80] † |" in md and "k16: seed(s) 2." in md
+    log = {(r["arm"], r["seed"]): r["probe_seconds"] for r in json.loads((tmp_path / "r" / "summary.json").read_text())["runs"]}
+    assert log[("k16", 2)] == 120 and log[("k8", 0)] == 60
+    runs_table = next(t for t in md_tables(md) if t[0].startswith("| arm | seed | status"))
+    assert any(row.startswith("| k16 | 2 | finished |") and "| 120 s |" in row for row in runs_table)
+
+    # every seed on other machines: no step-time ratio, and (d) cannot be judged on it
+    for seed in (0, 1):
+        stamp_step0_eval(runs / "k16" / f"seed{seed}", 30)
+    v, arms = verdicts_of(tmp_path, "r2")
+    assert arms["k16"]["step_time_ratio_ci"] == {"value": None, "ci": None, "seeds": 0, "cross_machine_seeds": [0, 1, 2],
+                                                 "machine_ratio": None}
+    assert v["(d)"]["verdict"] == "inconclusive" and "K=16/K=8 step time n/a" in v["(d)"]["evidence"]
+    assert "| n/a † |" in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_the_machine_check_times_only_a_first_part_step0_evaluation_long_enough_to_stamp(tmp_path):
+    write_run(tmp_path / "runs", "k8", 0, 8, STEADY)
+    run = tmp_path / "runs" / "k8" / "seed0"
+    stamp_step0_eval(run, 45)
+    assert read_run(run).probe_seconds == 45
+    stamp_step0_eval(run, 5)  # the built-in model's evaluation: too short for one-second stamps
+    assert read_run(run).probe_seconds is None
+    events = [{"event": "model", "step": 0, "time": "2026-12-03T10:00:00Z"},
+              {"event": "model", "step": 0, "time": "2026-12-03T11:00:00Z"},  # killed before its evaluation ended
+              {"event": "eval", "step": 0, "time": "2026-12-03T11:01:00Z"},
+              {"event": "model", "step": 20, "time": "2026-12-04T09:00:00Z"},  # resumed later: no step-0 evaluation
+              {"event": "done", "step": 150, "time": "2026-12-04T09:30:00Z"}]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert read_run(run).probe_seconds == 60  # timed in the part that evaluated step 0
+    (run / "events.jsonl").write_text("".join(json.dumps({k: v for k, v in e.items() if k != "time"}) + "\n"
+                                              for e in events))
+    assert read_run(run).probe_seconds is None  # a run older than the time stamps

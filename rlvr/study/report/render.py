@@ -16,8 +16,8 @@ import platform
 import re
 from pathlib import Path
 
-from rlvr.study.report.runs import (METRIC, Arm, entropy_controls, fmt, fmt_ci, fmt_onsets, passk_difference, passk_ks,
-                                    ratio, variant_flags)
+from rlvr.study.report.runs import (MACHINE_TOLERANCE, METRIC, PROBE_MIN_SECONDS, Arm, entropy_controls, fmt, fmt_ci,
+                                    fmt_onsets, passk_difference, passk_ks, ratio, variant_flags)
 
 SAMPLE_CHARS = 300  # a completion longer than this is cut in the report (samples.jsonl has it whole)
 NEWLINE_MARK = "⏎"
@@ -141,7 +141,9 @@ def results_table(arms: list[Arm], numbers: dict[str, dict]) -> list[str]:
 
 
 def _ratio_ci(r: dict | None) -> str:
-    return "n/a" if r is None else f"{r['value']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+    if r is None or r["value"] is None:
+        return "n/a" + (" †" if r and r.get("cross_machine_seeds") else "")
+    return f"{r['value']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]" + (" †" if r.get("cross_machine_seeds") else "")
 
 
 def cost_table(arms: list[Arm], numbers: dict[str, dict], summary: dict) -> list[str]:
@@ -163,6 +165,13 @@ def cost_table(arms: list[Arm], numbers: dict[str, dict], summary: dict) -> list
                   f"including ~{fmt(first['memory_before_step_mib'], '.0f')} MiB (first arm) already in use before the "
                   "step: runtime, model and optimizer. The ratios' 95% CIs are paired by seed (a seed's runs ran one "
                   "after the other) and resampled over seeds and then steps: the ratio of the mean per-run medians.", ""]
+    crossed = [(e["name"], e["step_time_ratio_ci"]["cross_machine_seeds"]) for e in summary["arms"]
+               if e.get("step_time_ratio_ci") and e["step_time_ratio_ci"].get("cross_machine_seeds")]
+    lines += [f"Machine check: every run's step-0 evaluation is the same work within a seed, so its wall time (the runs "
+              f"table) times the machine. † = seeds left out of the step-time ratio because the two runs' step-0 "
+              f"evaluations differ by more than {MACHINE_TOLERANCE:g}× (machines of different speed): "
+              + "; ".join(f"{escape_text(name)}: seed(s) {', '.join(map(str, seeds))}" for name, seeds in crossed) + ".", ""
+              ] if crossed else []
     return lines
 
 
@@ -248,12 +257,15 @@ def runs_section(log: list[dict]) -> list[str]:
     """Which run ran when, on which commit, and its wall time (from events.jsonl's time stamps)."""
     lines = ["## Runs: when, on which commit, how long", "",
              "Wall time is the sum of a run's parts (a run resumed after a kill ran in several), each "
-             "from its start to its last event.", "",
-             "| arm | seed | status | last step | parts | started | ended | wall time | commit |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "from its start to its last event. Step-0 eval: the wall time of the run's step-0 evaluation, the same "
+             "work in every run of a seed: the machine's speed when the run began (n/a: untimed, or under "
+             f"{PROBE_MIN_SECONDS:g} s).", "",
+             "| arm | seed | status | last step | parts | started | ended | wall time | step-0 eval | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in log:
+        probe = "n/a" if r.get("probe_seconds") is None else f"{r['probe_seconds']:.0f} s"
         lines.append(f"| {escape_text(r['arm'])} | {r['seed']} | {r['status']} | {r['last_step']} | {r['parts']} | "
-                     f"{r['started'] or 'n/a'} | {r['ended'] or 'n/a'} | {_duration(r['wall_seconds'])} | "
+                     f"{r['started'] or 'n/a'} | {r['ended'] or 'n/a'} | {_duration(r['wall_seconds'])} | {probe} | "
                      f"{code_span(r['commit'] or 'unknown', in_table=True)} |")
     return lines + [""]
 

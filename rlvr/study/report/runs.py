@@ -24,6 +24,13 @@ from rlvr.train.rundir import read_jsonl
 
 METRIC = "hm@4"
 MIDPOINT = 100  # the seed's claims are about the first 100 steps
+# The machine check of the cost ratios (`Run.probe_seconds`): a step-0 evaluation shorter than
+# PROBE_MIN_SECONDS is too short to time with events' one-second stamps, and two runs of a seed
+# whose step-0 evaluations took more than MACHINE_TOLERANCE times as long as each other ran on
+# machines of different speed (drift within one session measured up to 1.16x on the long
+# SmolLM2 study, machines of different sessions 1.1-1.9x).
+PROBE_MIN_SECONDS = 20.0
+MACHINE_TOLERANCE = 1.2
 CONTROL_FIELDS = ("entropy_coef", "entropy_target", "clip_cov", "kl_cov", "top_entropy_tokens")
 
 
@@ -74,6 +81,24 @@ class Run:
     def reward_collapse_onset(self) -> int | None:
         onsets = [e["onset"] for e in self.events if e.get("event") == "reward_collapse"]
         return min(onsets) if onsets else None
+
+    @property
+    def probe_seconds(self) -> float | None:
+        """The machine's speed when the run began: the wall time of its step-0 evaluation, from
+        the first `model` event to the step-0 `eval` event. Every run of a seed does that same
+        work (the base model on the same held-out problems and sampling seed), so on one machine
+        it takes the same time. None without time stamps, without a step-0 evaluation, or when
+        it is shorter than PROBE_MIN_SECONDS. It times the part that evaluated step 0 (a part killed
+        before then did no steps): a run resumed on another machine is not checked past it."""
+        start = None
+        for event in self.events:
+            if event.get("event") == "model":  # each part starts with one
+                start = _event_time(event)
+            elif event.get("event") == "eval" and event.get("step") == 0 and start is not None:
+                end = _event_time(event)
+                seconds = (end - start).total_seconds() if end is not None else None
+                return seconds if seconds is not None and seconds >= PROBE_MIN_SECONDS else None
+        return None
 
 
 @dataclass
@@ -154,7 +179,8 @@ def run_log(arms: list[Arm]) -> list[dict]:
                         "last_step": run.rows[-1]["step"] if run.rows else 0, "parts": len(parts),
                         "started": _stamp(parts[0][0]) if parts else None,
                         "ended": _stamp(parts[-1][1]) if parts else None,
-                        "wall_seconds": sum((end - start).total_seconds() for start, end in parts) if parts else None})
+                        "wall_seconds": sum((end - start).total_seconds() for start, end in parts) if parts else None,
+                        "probe_seconds": run.probe_seconds})  # the machine check (Run.probe_seconds)
     return log
 
 
@@ -333,12 +359,31 @@ def late_change(arm: Arm) -> dict | None:
 COST_RESAMPLES = 2000
 
 
+def machine_ratio(a: Run, b: Run) -> float | None:
+    """How much longer run b's step-0 evaluation took than run a's (`Run.probe_seconds`): 1 on
+    one machine; None when either is not timed."""
+    pa, pb = a.probe_seconds, b.probe_seconds
+    return None if pa is None or pb is None else pb / pa
+
+
+def same_machine(a: Run, b: Run) -> bool:
+    """The two runs' machines ran at one speed, as far as the step-0 evaluations tell (untimed: assumed)."""
+    r = machine_ratio(a, b)
+    return r is None or 1 / MACHINE_TOLERANCE <= r <= MACHINE_TOLERANCE
+
+
 def cost_ratio(a: Arm, b: Arm, key: str = "step_seconds") -> dict | None:
     """Arm b's per-step cost over arm a's, with a 95% CI: the ratio of the means over seeds of
     each run's median, paired by seed (the runs of a seed ran one after the other, so a slow
     hour of the machine hits both) and resampled at two levels, seeds and then each run's
     steps. `key`: step_seconds (perf/step_seconds) or step_memory (peak minus the memory in use
-    before the step, on the steps that measure it). None without common seeds."""
+    before the step, on the steps that measure it). None without common seeds.
+
+    Step time is a machine's as much as the arms': a seed whose two runs ran on machines of
+    different speed (`same_machine`: their step-0 evaluations, the same work, took more than
+    MACHINE_TOLERANCE times as long as each other) is left out of the step-time ratio and named
+    in `cross_machine_seeds`; `machine_ratio` is the range of b's over a's step-0 evaluation
+    time on the seeds kept (None where untimed). With every seed left out, value and ci are None."""
     def values(run: Run) -> np.ndarray:
         if key == "step_seconds":
             return np.asarray([x["perf/step_seconds"] for x in run.rows], dtype=float)
@@ -346,10 +391,18 @@ def cost_ratio(a: Arm, b: Arm, key: str = "step_seconds") -> dict | None:
                            if "perf/memory_before_step_mib" in x], dtype=float)
 
     by_seed = {r.seed: r for r in b.usable}
-    pairs = [(values(r), values(by_seed[r.seed])) for r in a.usable if r.seed in by_seed]
+    common = [(r, by_seed[r.seed]) for r in a.usable if r.seed in by_seed]
+    if not common:
+        return None
+    crossed = [ra.seed for ra, rb in common if key == "step_seconds" and not same_machine(ra, rb)]
+    kept = [(ra, rb) for ra, rb in common if ra.seed not in crossed]
+    speeds = [m for m in (machine_ratio(ra, rb) for ra, rb in kept) if m is not None]
+    checks = {"cross_machine_seeds": crossed,
+              "machine_ratio": [float(min(speeds)), float(max(speeds))] if speeds and key == "step_seconds" else None}
+    pairs = [(values(ra), values(rb)) for ra, rb in kept]
     pairs = [(x, y) for x, y in pairs if x.size and y.size]
     if not pairs:
-        return None
+        return {"value": None, "ci": None, "seeds": 0, **checks} if crossed else None
     value = float(np.mean([np.median(y) for _, y in pairs]) / np.mean([np.median(x) for x, _ in pairs]))
     rng = np.random.default_rng(0)
     ratios = np.empty(COST_RESAMPLES)
@@ -362,7 +415,7 @@ def cost_ratio(a: Arm, b: Arm, key: str = "step_seconds") -> dict | None:
             num += np.median(y[rng.integers(y.size, size=y.size)])
         ratios[i] = num / den
     low, high = np.percentile(ratios, [2.5, 97.5])
-    return {"value": value, "ci": [float(low), float(high)], "seeds": len(pairs)}
+    return {"value": value, "ci": [float(low), float(high)], "seeds": len(pairs), **checks}
 
 
 def mean_or_none(values: list) -> float | None:

@@ -18,8 +18,8 @@ inconclusive rather than flipping it.
 """
 from __future__ import annotations
 
-from rlvr.study.report.runs import (MIDPOINT, Arm, arm_difference, cost_ratio, fmt, fmt_ci, has_entropy_control,
-                                    passk_difference, passk_ks, ratio, reward_difference,
+from rlvr.study.report.runs import (MACHINE_TOLERANCE, MIDPOINT, Arm, arm_difference, cost_ratio, fmt, fmt_ci,
+                                    has_entropy_control, passk_difference, passk_ks, ratio, reward_difference,
                                     variant_flags)
 
 LOSS_MARGIN = 5.0  # points: a CI whose lower end lies above −LOSS_MARGIN rules a training collapse out
@@ -33,6 +33,23 @@ def is_plain(arm: Arm, k: int) -> bool:
 def _added_memory(n: dict) -> float | None:
     """Peak memory of a step minus the memory in use before it: what the step itself needs."""
     return n["step_memory_mib"]
+
+
+def _machine_check(t: dict | None) -> str:
+    """What the step-0 evaluations (the same work in both arms of a seed) say of the machines under a step-time ratio."""
+    if t is None:
+        return ""
+    text = ""
+    if t.get("machine_ratio"):
+        lo, hi = t["machine_ratio"]
+        text += (f"; machine check: K=16's step-0 evaluations took {lo:.2f}-{hi:.2f}× as long as K=8's "
+                 "(the same work, so the same machine speed within "
+                 f"{MACHINE_TOLERANCE:g}×)")
+    if t.get("cross_machine_seeds"):
+        text += (f"; seed(s) {', '.join(map(str, t['cross_machine_seeds']))} left out of the step-time ratio: their "
+                 f"step-0 evaluations differ by more than {MACHINE_TOLERANCE:g}×, so their runs ran on machines of "
+                 "different speed")
+    return text
 
 
 def _onsets(n: dict) -> str:
@@ -201,7 +218,7 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
         low, high = COST_BAND
 
         def ci(r):
-            return "n/a" if r is None else f"{r['value']:.2f}× [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+            return "n/a" if r is None or r["value"] is None else f"{r['value']:.2f}× [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
 
         evidence = (f"K=16/K=8 step time {ci(t)} (median {fmt(b['step_seconds_median'], '.3f')} vs "
                     f"{fmt(a['step_seconds_median'], '.3f')} s); memory added by a step {ci(added)} "
@@ -209,9 +226,10 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
                     f"~{fmt(a['memory_before_step_mib'], '.0f')} MiB in use before any step at every K (runtime, model, "
                     f"optimizer), so total peak {fmt(m)}×; 95% CIs paired by seed over "
                     f"{t['seeds'] if t else 0} seed(s) and their steps; 'about 2×' = within {low}-{high}×: "
-                    "supported when both CIs lie inside, refuted when either lies outside, otherwise inconclusive")
-        inside = lambda r: r is not None and low <= r["ci"][0] and r["ci"][1] <= high  # noqa: E731
-        outside = lambda r: r is not None and (r["ci"][1] < low or r["ci"][0] > high)  # noqa: E731
+                    "supported when both CIs lie inside, refuted when either lies outside, otherwise inconclusive"
+                    + _machine_check(t))
+        inside = lambda r: r is not None and r["ci"] is not None and low <= r["ci"][0] and r["ci"][1] <= high  # noqa: E731
+        outside = lambda r: r is not None and r["ci"] is not None and (r["ci"][1] < low or r["ci"][0] > high)  # noqa: E731
         if not same_prompts:
             add(claim, "inconclusive", evidence + "; the arms do not sample the same prompts per step (--match samples), "
                                                   "so per-step cost is not the K=16 vs K=8 cost of the claim")
