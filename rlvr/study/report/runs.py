@@ -85,7 +85,7 @@ class Run:
     @property
     def probe_seconds(self) -> float | None:
         """The machine's speed when the run began: the wall time of its step-0 evaluation, from
-        the first `model` event to the step-0 `eval` event. Every run of a seed does that same
+        the `model` event that starts its part to the step-0 `eval` event. Every run of a seed does that same
         work (the base model on the same held-out problems and sampling seed), so on one machine
         it takes the same time. None without time stamps, without a step-0 evaluation, or when
         it is shorter than PROBE_MIN_SECONDS. It times the part that evaluated step 0 (a part killed
