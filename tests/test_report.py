@@ -471,7 +471,7 @@ def test_a_seed_whose_runs_ran_on_machines_of_different_speed_is_left_out_of_the
     assert "| n/a † |" in (tmp_path / "r2" / "report.md").read_text()
 
 
-def test_the_machine_check_times_only_a_first_part_step0_evaluation_long_enough_to_stamp(tmp_path):
+def test_the_machine_check_times_the_part_that_evaluated_step0_when_long_enough_to_stamp(tmp_path):
     write_run(tmp_path / "runs", "k8", 0, 8, STEADY)
     run = tmp_path / "runs" / "k8" / "seed0"
     stamp_step0_eval(run, 45)

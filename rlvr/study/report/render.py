@@ -141,9 +141,8 @@ def results_table(arms: list[Arm], numbers: dict[str, dict]) -> list[str]:
 
 
 def _ratio_ci(r: dict | None) -> str:
-    if r is None or r["value"] is None:
-        return "n/a" + (" †" if r and r.get("cross_machine_seeds") else "")
-    return f"{r['value']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]" + (" †" if r.get("cross_machine_seeds") else "")
+    text = "n/a" if r is None or r["value"] is None else f"{r['value']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+    return text + (" †" if r and r.get("cross_machine_seeds") else "")  # seeds left out by the machine check
 
 
 def cost_table(arms: list[Arm], numbers: dict[str, dict], summary: dict) -> list[str]:

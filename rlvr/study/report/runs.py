@@ -27,8 +27,8 @@ MIDPOINT = 100  # the seed's claims are about the first 100 steps
 # The machine check of the cost ratios (`Run.probe_seconds`): a step-0 evaluation shorter than
 # PROBE_MIN_SECONDS is too short to time with events' one-second stamps, and two runs of a seed
 # whose step-0 evaluations took more than MACHINE_TOLERANCE times as long as each other ran on
-# machines of different speed (drift within one session measured up to 1.16x on the long
-# SmolLM2 study, machines of different sessions 1.1-1.9x).
+# machines of different speed (on the long SmolLM2 study: up to 1.16x between a run and its
+# seed's K=8 in one session, 1.6x between seed 11's controls and its K=8, sessions apart).
 PROBE_MIN_SECONDS = 20.0
 MACHINE_TOLERANCE = 1.2
 CONTROL_FIELDS = ("entropy_coef", "entropy_target", "clip_cov", "kl_cov", "top_entropy_tokens")
@@ -366,12 +366,6 @@ def machine_ratio(a: Run, b: Run) -> float | None:
     return None if pa is None or pb is None else pb / pa
 
 
-def same_machine(a: Run, b: Run) -> bool:
-    """The two runs' machines ran at one speed, as far as the step-0 evaluations tell (untimed: assumed)."""
-    r = machine_ratio(a, b)
-    return r is None or 1 / MACHINE_TOLERANCE <= r <= MACHINE_TOLERANCE
-
-
 def cost_ratio(a: Arm, b: Arm, key: str = "step_seconds") -> dict | None:
     """Arm b's per-step cost over arm a's, with a 95% CI: the ratio of the means over seeds of
     each run's median, paired by seed (the runs of a seed ran one after the other, so a slow
@@ -380,8 +374,8 @@ def cost_ratio(a: Arm, b: Arm, key: str = "step_seconds") -> dict | None:
     before the step, on the steps that measure it). None without common seeds.
 
     Step time is a machine's as much as the arms': a seed whose two runs ran on machines of
-    different speed (`same_machine`: their step-0 evaluations, the same work, took more than
-    MACHINE_TOLERANCE times as long as each other) is left out of the step-time ratio and named
+    different speed (their step-0 evaluations, the same work, took more than MACHINE_TOLERANCE
+    times as long as each other: `machine_ratio`; untimed runs are assumed one machine) is left out of the step-time ratio and named
     in `cross_machine_seeds`; `machine_ratio` is the range of b's over a's step-0 evaluation
     time on the seeds kept (None where untimed). With every seed left out, value and ci are None."""
     def values(run: Run) -> np.ndarray:
@@ -394,12 +388,11 @@ def cost_ratio(a: Arm, b: Arm, key: str = "step_seconds") -> dict | None:
     common = [(r, by_seed[r.seed]) for r in a.usable if r.seed in by_seed]
     if not common:
         return None
-    crossed = [ra.seed for ra, rb in common if key == "step_seconds" and not same_machine(ra, rb)]
-    kept = [(ra, rb) for ra, rb in common if ra.seed not in crossed]
-    speeds = [m for m in (machine_ratio(ra, rb) for ra, rb in kept) if m is not None]
-    checks = {"cross_machine_seeds": crossed,
-              "machine_ratio": [float(min(speeds)), float(max(speeds))] if speeds and key == "step_seconds" else None}
-    pairs = [(values(ra), values(rb)) for ra, rb in kept]
+    speed = {ra.seed: machine_ratio(ra, rb) for ra, rb in common} if key == "step_seconds" else {}
+    crossed = [seed for seed, m in speed.items() if m is not None and not 1 / MACHINE_TOLERANCE <= m <= MACHINE_TOLERANCE]
+    timed = [m for seed, m in speed.items() if m is not None and seed not in crossed]
+    checks = {"cross_machine_seeds": crossed, "machine_ratio": [float(min(timed)), float(max(timed))] if timed else None}
+    pairs = [(values(ra), values(rb)) for ra, rb in common if ra.seed not in crossed]
     pairs = [(x, y) for x, y in pairs if x.size and y.size]
     if not pairs:
         return {"value": None, "ci": None, "seeds": 0, **checks} if crossed else None
