@@ -21,6 +21,7 @@ from rlvr.study.report import build_report, to_html
 
 SUMMARY_KEYS = {"model", "task", "match", "steps", "seeds", "arms", "verdicts", "reach", "runs"}
 ARM_KEYS = {"name", "k", "variant", "hm@4_gain_at_100", "entropy_retention_at_100", "entropy_retention_final",
+            "entropy_retention_last_step",
             "collapse_step", "step_seconds_median", "peak_memory_mib", "step_time_ratio", "memory_ratio",
             "reward_collapse_step", "best_step", "best_value", "step_time_ratio_ci", "step_memory_ratio_ci",
             "hm@4_change_100_to_last", "passk", "seeds", "settings", "vs_plain_k16"}
@@ -226,8 +227,10 @@ def test_verdicts_follow_their_documented_rules(tmp_path):
     assert arms["k8"]["hm@4_gain_at_100"]["value"] == pytest.approx(50.0)
     assert arms["k16"]["collapse_step"] == 120 and arms["k8"]["collapse_step"] is None
     assert arms["k16"]["step_time_ratio"] == pytest.approx(2.0) and arms["k16"]["memory_ratio"] == pytest.approx(1.25)
-    assert arms["k16"]["entropy_retention_final"] == pytest.approx(0.1)
-    assert arms["k16"]["entropy_retention_at_100"] == pytest.approx(decaying[99], abs=1e-6)
+    # retention: the mean over the 20 steps up to the end / to step 100; the last step's alone beside it
+    assert arms["k16"]["entropy_retention_final"] == pytest.approx(np.mean(decaying[-20:]), abs=1e-6)
+    assert arms["k16"]["entropy_retention_last_step"] == pytest.approx(0.1)
+    assert arms["k16"]["entropy_retention_at_100"] == pytest.approx(np.mean(decaying[80:100]), abs=1e-6)
 
     # now K=8 gains 5 points (CI about ±3) and K=16 costs the same as K=8 and K=16 costs the same as K=8: (a) and (d) refuted
     shutil.rmtree(tmp_path / "k8")

@@ -216,6 +216,31 @@ def test_without_reward_collapses_the_verdicts_keep_their_entropy_rules(tmp_path
     assert "reward-collapse onsets per seed [none, none]" in v["(c)"]["evidence"]
 
 
+def test_retention_is_judged_on_the_last_20_steps_mean_not_one_step(tmp_path):
+    """One step's entropy swings widely late in a run: a control whose entropy sat at 0.4 of its
+    start for its last 19 steps and spiked back on the very last one is not steady, and a dip at
+    step 100 alone does not make K=8's retention at step 100 low."""
+    runs = tmp_path / "runs"
+    spiked = [1.0] * 130 + [0.4] * 19 + [1.0]  # last step 1.0, last 20 steps' mean 0.43
+    dip = [1.0] * 99 + [0.2] + [1.0] * 50  # step 100 alone at 0.2
+    for seed in (0, 1):
+        write_run(runs, "k8", seed, 8, dip)
+        write_run(runs, "k16", seed, 16, COLLAPSING, entropy_onset=100)
+        write_run(runs, "ctl", seed, 16, spiked, extra={"entropy_target": 1.2})
+    v, arms = verdicts_of(tmp_path, "r")
+    assert arms["ctl"]["entropy_retention_final"] == pytest.approx((19 * 0.4 + 1.0) / 20)
+    assert arms["ctl"]["entropy_retention_last_step"] == pytest.approx(1.0)
+    assert arms["k16"]["entropy_retention_final"] == pytest.approx(np.mean(COLLAPSING[-20:]), abs=1e-6)
+    assert arms["k8"]["entropy_retention_at_100"] == pytest.approx((19 * 1.0 + 0.2) / 20)
+    assert v["(e)"]["verdict"] == "refuted" and "did not stay steady" in v["(e)"]["evidence"]
+    assert "retention at the end 0.43 (per seed ['0.43', '0.43']; mean of the last 20 steps; the last step alone " \
+           "1.00) vs 0.16 without it" in v["(e)"]["evidence"]
+    assert v["(b)"]["verdict"] == "supported"
+    md = (tmp_path / "r" / "report.md").read_text()
+    ctl_row = next(line for line in md.splitlines() if line.startswith("| ctl | 16 |"))
+    assert "| 0.43 (1.00) |" in ctl_row and "averaged over the 20 steps up to step 100" in md
+
+
 def test_best_and_samples_columns_and_old_runs_without_them(tmp_path):
     runs = tmp_path / "runs"
     samples = [{"step": s, "id": "p0", "question": "1+1?", "answer": "2", "kind": kind,

@@ -66,6 +66,7 @@ def build_summary(arms: list[Arm], numbers: dict[str, dict | None]) -> dict:
             "name": arm.name, "k": arm.config["k"], "variant": variant_flags(arm, arms[0]),
             "hm@4_gain_at_100": n.get("gain_at_100") or {"value": None, "ci": None},
             "entropy_retention_at_100": n.get("retention_at_100"), "entropy_retention_final": n.get("retention_final"),
+            "entropy_retention_last_step": n.get("retention_last_step"),  # the last step alone (final: last 20 steps' mean)
             "collapse_step": n.get("collapse_step"), "step_seconds_median": n.get("step_seconds_median"),
             "peak_memory_mib": n.get("peak_memory_mib"),
             "step_time_ratio": ratio(n.get("step_seconds_median"), first["step_seconds_median"]),

@@ -16,7 +16,7 @@ import platform
 import re
 from pathlib import Path
 
-from rlvr.study.report.runs import (MACHINE_TOLERANCE, METRIC, PROBE_MIN_SECONDS, Arm, entropy_controls, fmt, fmt_ci,
+from rlvr.study.report.runs import (MACHINE_TOLERANCE, METRIC, PROBE_MIN_SECONDS, RETENTION_WINDOW, Arm, entropy_controls, fmt, fmt_ci,
                                     fmt_onsets, passk_difference, passk_ks, ratio, variant_flags)
 
 SAMPLE_CHARS = 300  # a completion longer than this is cut in the report (samples.jsonl has it whole)
@@ -114,7 +114,7 @@ def results_table(arms: list[Arm], numbers: dict[str, dict]) -> list[str]:
     plain_best = kinds <= {(METRIC, "heldout")}
     lines = [f"| arm | K | {METRIC} @0 | {METRIC} @100 | {METRIC} @last | "
              f"{'best ' + METRIC if plain_best else 'best (metric, split)'} (step per seed) | gain @100 [pts] | "
-             "gain @last [pts] | @100 → @last [pts] | entropy retention @100 | retention @last | "
+             "gain @last [pts] | @100 → @last [pts] | entropy retention @100 | retention @last (last step) | "
              "entropy collapse onset (per seed) | reward collapse onset (per seed) | reward, last 20 steps | "
              "zero-signal groups (mean) |",
              "|" + "---|" * 15]
@@ -124,7 +124,7 @@ def results_table(arms: list[Arm], numbers: dict[str, dict]) -> list[str]:
             f"| {escape_text(arm.name)} | {arm.config['k']} | {fmt_ci(n['metric_at_0'], 'frac')} | "
             f"{fmt_ci(n['metric_at_100'], 'frac')} | {fmt_ci(n['metric_last'], 'frac')} | "
             f"{_best_cell(n, not plain_best)} | {fmt_ci(n['gain_at_100'])} | {fmt_ci(n['gain_last'])} | "
-            f"{fmt_ci(n['late_change'])} | {fmt(n['retention_at_100'])} | {fmt(n['retention_final'])} | {fmt_onsets(n['collapse_onsets'])} | "
+            f"{fmt_ci(n['late_change'])} | {fmt(n['retention_at_100'])} | {fmt(n['retention_final'])} ({fmt(n['retention_last_step'])}) | {fmt_onsets(n['collapse_onsets'])} | "
             f"{fmt_onsets(n['reward_collapse_onsets'], n['reward_detector_on'])} | {fmt(n['reward_last20'], '.3f')} | "
             f"{fmt(n['zero_signal_mean'])} |")
     detector = next((a.config for a in arms if a.config.get("reward_collapse_ratio")), None)
@@ -134,6 +134,9 @@ def results_table(arms: list[Arm], numbers: dict[str, dict]) -> list[str]:
     lines += ["", _best_note(arms, numbers), "",
               f"@100 → @last: {METRIC} at each run's last evaluation minus at step 100, paired per problem (a fall after "
               "the claims' horizon is the measured training collapse of claim (c)).", "",
+              f"Entropy retention: entropy over the first step's (the starting policy's), averaged over the "
+              f"{RETENTION_WINDOW} steps up to step 100 and up to the end (what the verdicts judge); in brackets the "
+              "last step's alone.", "",
               f"Collapse onsets: the step each seed's detector fixes as the onset; entropy: EMA below --collapse-ratio × "
               f"the step-0 entropy for --collapse-patience steps; reward: {reward_rule}. 'none' = watched, never fired; "
               "'off' = no reward detector in that run (turned off, or a run older than it).", ""]

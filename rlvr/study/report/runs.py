@@ -24,6 +24,12 @@ from rlvr.train.rundir import read_jsonl
 
 METRIC = "hm@4"
 MIDPOINT = 100  # the seed's claims are about the first 100 steps
+# Entropy retention at a step, as the verdicts read it: the mean of `entropy/retention` (step
+# entropy over the first step's, TERMS.md) over the RETENTION_WINDOW steps up to it. One step's
+# entropy swings widely late in a run (coef seed 12 of the long SmolLM2 study: 0.17-0.40 over its
+# last six steps), too widely to judge against the 0.5 bar; the denominator stays the first step,
+# the only one sampled from the starting policy.
+RETENTION_WINDOW = 20
 # The machine check of the cost ratios (`Run.probe_seconds`): a step-0 evaluation shorter than
 # PROBE_MIN_SECONDS is too short to time with events' one-second stamps, and two runs of a seed
 # whose step-0 evaluations took more than MACHINE_TOLERANCE times as long as each other ran on
@@ -66,6 +72,15 @@ class Run:
             if r["step"] == step:
                 return r.get(key)
         return None
+
+    def retention(self, upto: int | None = None) -> float | None:
+        """Mean entropy retention over the RETENTION_WINDOW steps ending at step `upto` (the last
+        step when None); None when the run has not reached `upto`."""
+        if upto is not None and not any(r["step"] == upto for r in self.rows):
+            return None
+        rows = [r for r in self.rows if upto is None or r["step"] <= upto][-RETENTION_WINDOW:]
+        values = [r["entropy/retention"] for r in rows if r.get("entropy/retention") is not None]
+        return float(np.mean(values)) if values else None
 
     @property
     def collapse_onset(self) -> int | None:
@@ -434,9 +449,12 @@ def arm_numbers(arm: Arm) -> dict:
         "metric_last": metric_at(arm, "last"),
         "gain_at_100": gain_at(arm, MIDPOINT),
         "gain_last": gain_at(arm, "last"),
-        "retention_at_100": mean_or_none([r.value_at("entropy/retention", MIDPOINT) for r in runs]),
-        "retention_final": mean_or_none([row.get("entropy/retention") for row in last_rows]),
-        "retention_final_per_seed": [row.get("entropy/retention") for row in last_rows],
+        # retention over the RETENTION_WINDOW steps up to step 100 / the end; the last step's alone beside it
+        "retention_at_100": mean_or_none([r.retention(MIDPOINT) for r in runs]),
+        "retention_final": mean_or_none([r.retention() for r in runs]),
+        "retention_final_per_seed": [r.retention() for r in runs],
+        "retention_last_step": mean_or_none([row.get("entropy/retention") for row in last_rows]),
+        "retention_last_step_per_seed": [row.get("entropy/retention") for row in last_rows],
         "reward_last20": mean_or_none(list(reward_last20.values())),
         "reward_last20_by_seed": reward_last20,
         "collapse_onsets": onsets,

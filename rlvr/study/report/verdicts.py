@@ -18,7 +18,7 @@ inconclusive rather than flipping it.
 """
 from __future__ import annotations
 
-from rlvr.study.report.runs import (MACHINE_TOLERANCE, MIDPOINT, Arm, arm_difference, cost_ratio, fmt, fmt_ci,
+from rlvr.study.report.runs import (MACHINE_TOLERANCE, MIDPOINT, RETENTION_WINDOW, Arm, arm_difference, cost_ratio, fmt, fmt_ci,
                                     has_entropy_control, passk_difference, passk_ks, ratio, reward_difference,
                                     variant_flags)
 
@@ -85,6 +85,13 @@ def _stable(n: dict, collapse_ratio: float) -> tuple[bool, bool]:
     steady = fired == 0 and n["retention_final"] is not None and n["retention_final"] >= 0.5
     collapsed = fired * 2 >= seeds and fired > 0 or (n["retention_final"] is not None and n["retention_final"] < collapse_ratio)
     return steady, collapsed
+
+
+def _retention_end(n: dict) -> str:
+    """Retention at the end as the verdicts judge it (mean over the last RETENTION_WINDOW steps), per
+    seed, and the last step's alone beside it."""
+    return (f"{fmt(n['retention_final'])} (per seed {[fmt(r) for r in n['retention_final_per_seed']]}; mean of the "
+            f"last {RETENTION_WINDOW} steps; the last step alone {fmt(n['retention_last_step'])})")
 
 
 def _largest_k(n: dict) -> int | None:
@@ -167,8 +174,8 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
         n = numbers[k8.name]
         steady, collapsed = _stable(n, collapse_ratio)
         add(claim, "supported" if steady else "refuted" if collapsed else "inconclusive",
-            f"K=8 entropy retention at step 100 {fmt(n['retention_at_100'])}, at the end {fmt(n['retention_final'])} "
-            f"(per seed {[fmt(r) for r in n['retention_final_per_seed']]}); collapse detector fired in "
+            f"K=8 entropy retention at step 100 {fmt(n['retention_at_100'])}, at the end {_retention_end(n)}; "
+            f"collapse detector fired in "
             f"{sum(o is not None for o in n['collapse_onsets'])} of {len(n['collapse_onsets'])} seed(s). Steady = no "
             f"collapse in any seed and mean retention ≥ 0.5 of the step-0 entropy; refuted = collapse in ≥ half the seeds or mean "
             f"retention < {collapse_ratio}" + _reward_note(n))
@@ -183,7 +190,7 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
         reward_fired, _ = _reward_fired(n)
         lost, ruled_out, loss_evidence = training_loss(n)
         evidence = (f"K=16 entropy retention at step 100 {fmt(n['retention_at_100'])}, at the end "
-                    f"{fmt(n['retention_final'])} (per seed {[fmt(r) for r in n['retention_final_per_seed']]}); collapse onsets per seed {_onsets(n)} (detector: EMA below "
+                    f"{_retention_end(n)}; collapse onsets per seed {_onsets(n)} (detector: EMA below "
                     f"{collapse_ratio} × step-0 for {k16.config.get('collapse_patience')} steps); reward-collapse onsets "
                     f"per seed {_reward_onsets(n)} ({_reward_detector(k16)}); training collapse, measured: {loss_evidence}")
         rule = (f"; supported = entropy collapse in ≥ half the seeds (or entropy not steady) with a measured loss (a "
@@ -268,8 +275,7 @@ def _judge_control(control: Arm, k16: Arm, arms: list[Arm], numbers: dict[str, d
     k = _largest_k(n)
     wide = passk_difference(control, k16, k) if k is not None else None
     evidence = (f"'{control.name}' ({variant_flags(control, arms[0])}): retention at the end "
-                f"{fmt(n['retention_final'])} (per seed {[fmt(r) for r in n['retention_final_per_seed']]}) vs "
-                f"{fmt(base['retention_final'])} without it; collapse onsets "
+                f"{_retention_end(n)} vs {fmt(base['retention_final'])} without it; collapse onsets "
                 f"{_onsets(n)} vs {_onsets(base)}; reward-collapse onsets {_reward_onsets(n)} vs "
                 f"{_reward_onsets(base)}; hm@4 at the last evaluation minus plain K=16: "
                 f"{fmt_ci(diff)}; training reward over the last 20 steps {fmt(n['reward_last20'], '.3f')} vs "
