@@ -1,12 +1,14 @@
-"""README's two-model verdict table against the two committed reports' summary.json files, so
-the table cannot drift from the studies it quotes."""
+"""README's verdict table (the built-in model, the SmolLM2 study, the long SmolLM2 study) against
+the three committed reports' summary.json files, so the table cannot drift from the studies it
+quotes."""
 import json
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = {"built-in model": ROOT / "docs/report/summary.json",
-           "SmolLM2-135M-Instruct": ROOT / "docs/study_smollm2/summary.json"}
+           "SmolLM2-135M-Instruct": ROOT / "docs/study_smollm2/summary.json",
+           "SmolLM2 long": ROOT / "docs/study_smollm2_long/summary.json"}
 
 
 def cells(line: str) -> list[str]:
@@ -24,11 +26,14 @@ def verdict_table() -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def test_readme_verdict_table_matches_both_summaries():
+def test_readme_verdict_table_matches_every_summary():
     header, rows = verdict_table()
     assert len(rows) == 5
+    assert len(header) == 1 + len(REPORTS), header
     for model, path in REPORTS.items():
-        column = next(i for i, name in enumerate(header) if name.startswith(model))
+        matching = [i for i, name in enumerate(header) if name.startswith(model)]
+        assert len(matching) == 1, (model, header)  # one column per study, no key a prefix of another's
+        column = matching[0]
         verdicts = json.loads(path.read_text())["verdicts"]
         assert len(verdicts) == len(rows)
         for row, verdict in zip(rows, verdicts):
