@@ -82,8 +82,27 @@ def sample_groups(
     Rows that have stopped leave the batch (their cache rows are dropped) once they are an eighth
     of the rows still decoding, so short answers do not pay for long ones. Every row's noise is
     drawn up front, so which rows share a forward never changes what a row samples."""
+    batch = sample_token_groups(policy, [policy.encode_prompt(it) for it in items], k, max_new_tokens=max_new_tokens,
+                                temperature=temperature, generator=generator, truncation=truncation)
+    batch.items = list(items)
+    return batch
+
+
+@torch.no_grad()
+def sample_token_groups(
+    policy: Policy,
+    prompts: list[list[int]],
+    k: int | list[int],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator | Sequence[torch.Generator],
+    truncation: Truncation | None = None,
+) -> RolloutBatch:
+    """`sample_groups` on prompts given as token ids (the batch's `items` are left empty): an
+    episode's next model turn continues exactly the ids sampled and appended so far."""
     device = policy.device
-    prompt_ids, prompt_mask = left_pad([policy.encode_prompt(it) for it in items], policy.pad_id)
+    prompt_ids, prompt_mask = left_pad(prompts, policy.pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)  # (B, P)
     batch, width = prompt_ids.shape
     sizes = [k] * batch if isinstance(k, int) else list(k)
@@ -139,7 +158,7 @@ def sample_groups(
     return RolloutBatch(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=tokens,
         completion_mask=generated, logprobs=logprobs, entropy=entropy,
-        group_ids=group_of_row, texts=texts, items=list(items), k=max(sizes),
+        group_ids=group_of_row, texts=texts, items=[], k=max(sizes),
     )
 
 
@@ -148,6 +167,14 @@ def truncated_rows(completion_ids: torch.Tensor, stop_ids) -> torch.Tensor:
     completion was cut at --max-new-tokens."""
     stops = torch.tensor(list(stop_ids), device=completion_ids.device)
     return ~torch.isin(completion_ids, stops).any(dim=1)
+
+
+def batch_truncated(batch: RolloutBatch, stop_ids) -> torch.Tensor:
+    """(N,) bool: the rows cut short -- an episode as its rollout recorded it (the budget or the
+    turn limit), a completion when it holds no stop token."""
+    if batch.truncated is not None:
+        return batch.truncated
+    return truncated_rows(batch.completion_ids, stop_ids)
 
 
 def pad_columns(tensor: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
@@ -181,6 +208,10 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         k=max(b.k for b in batches),
         engine_logprobs=None if any(b.engine_logprobs is None for b in batches) else
         torch.cat([pad_columns(b.engine_logprobs, completion_width, 0.0, False) for b in batches]),
+        env_mask=None if batches[0].env_mask is None else
+        torch.cat([pad_columns(b.env_mask, completion_width, False, False) for b in batches]),
+        truncated=None if batches[0].truncated is None else torch.cat([b.truncated for b in batches]),
+        episodes=None if batches[0].episodes is None else [e for b in batches for e in b.episodes],
     )
 
 
@@ -196,6 +227,9 @@ def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
         logprobs=batch.logprobs[rows], entropy=batch.entropy[rows], group_ids=group_ids,
         texts=[batch.texts[i] for i in row_list], items=[batch.items[g] for g in kept_groups.tolist()],
         k=batch.k, engine_logprobs=None if batch.engine_logprobs is None else batch.engine_logprobs[rows],
+        env_mask=None if batch.env_mask is None else batch.env_mask[rows],
+        truncated=None if batch.truncated is None else batch.truncated[rows],
+        episodes=None if batch.episodes is None else [batch.episodes[i] for i in row_list],
     )
 
 
