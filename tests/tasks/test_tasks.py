@@ -19,7 +19,7 @@ from rlvr.tasks import (
 )
 from rlvr.tasks.arithmetic import ArithConfig, ArithTask, MulConfig, MulTask
 
-BUILT_IN = ["add2", "arith", "mul"]
+BUILT_IN = ["add2", "arith", "mul", "mul22"]
 PROMPT = re.compile(r"(\d+)([-+*])(\d+)=")
 OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
@@ -94,9 +94,11 @@ def test_answers_and_levels_are_correct(name):
             elif name == "arith":
                 assert op in "+-" and 1 <= digits(left) <= 3 and 1 <= digits(right) <= 3
                 assert item["level"] == max(digits(left), digits(right))
-            else:
+            elif name == "mul":
                 assert op == "*" and digits(left) <= 2 and digits(right) == 1
                 assert item["level"] == digits(left)
+            else:
+                assert op == "*" and digits(left) == 2 == digits(right) and item["level"] == 2
 
 
 def test_arith_draws_both_operators_all_digit_counts_and_negative_results():
