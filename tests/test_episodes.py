@@ -80,8 +80,9 @@ class ScriptedEngine:
     def __init__(self, turns: list[list[int]]) -> None:
         self.turns, self.contexts = turns, []
 
-    def continue_rows(self, policy, prompts, *, max_new_tokens, temperature, seeds, truncation=None):
+    def continue_rows(self, policy, prompts, *, max_new_tokens, temperature, seeds, truncation=None, sizes=None):
         ids = self.turns[len(self.contexts)][:max_new_tokens]
+        prompts = [p for p, size in zip(prompts, sizes or [1] * len(prompts)) for _ in range(size)]
         self.contexts.append([list(p) for p in prompts])
         rows, width = len(prompts), len(ids)
         return RolloutBatch(
@@ -206,8 +207,9 @@ class Recording:
         self.engine, self.calls = engine, []
         self.external = engine.external
 
-    def continue_rows(self, policy, prompts, **kwargs):
-        out = self.engine.continue_rows(policy, prompts, **kwargs)
+    def continue_rows(self, policy, prompts, sizes=None, **kwargs):
+        out = self.engine.continue_rows(policy, prompts, sizes=sizes, **kwargs)
+        prompts = [p for p, size in zip(prompts, sizes or [1] * len(prompts)) for _ in range(size)]
         returned = [out.completion_ids[r][out.completion_mask[r]].tolist() for r in range(len(prompts))]
         self.calls.append(([list(p) for p in prompts], returned))
         return out
@@ -302,3 +304,31 @@ def test_token_in_token_out_on_a_tiny_hf_model_with_vllm(hf_policy):
     gap = (view.logprobs - batch.engine_logprobs)[batch.completion_mask].abs().max()
     assert float(gap) <= 1e-3
     assert bool((view.logprobs[batch.env_mask] == 0).all()) and bool((view.entropy[batch.env_mask] == 0).all())
+
+
+class Ungrouped:
+    """rlvr's engine asked for one row per context: every first turn prefilled once per episode."""
+
+    external = False
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def continue_rows(self, policy, prompts, sizes=None, **kwargs):
+        prompts = [p for p, size in zip(prompts, sizes or [1] * len(prompts)) for _ in range(size)]
+        return self.engine.continue_rows(policy, prompts, **kwargs)
+
+
+def test_prefilling_a_groups_first_turn_once_changes_no_sample():
+    from rlvr.rollout.engines import RlvrEngine
+
+    policy = make_policy(seed=2, max_seq_len=64)
+    items = [{"id": 0, "prompt": "12+7=", "answer": "19"}, {"id": 1, "prompt": "3+4=", "answer": "7"}]
+    settings = EpisodeSettings(max_turns=3, max_new_tokens=6)
+    grouped = sample_episodes(RlvrEngine(), policy, AlwaysReply([]), items, 3, settings=settings, temperature=1.0,
+                              seeds=[5, 6])
+    single = sample_episodes(Ungrouped(RlvrEngine()), policy, AlwaysReply([]), items, 3, settings=settings,
+                             temperature=1.0, seeds=[5, 6])
+    assert torch.equal(grouped.completion_ids, single.completion_ids)
+    torch.testing.assert_close(grouped.logprobs, single.logprobs, rtol=0, atol=1e-5)
+    assert len({tuple(row) for row in grouped.completion_ids.tolist()}) > 1  # the K episodes differ

@@ -164,12 +164,14 @@ class RlvrEngine:
                              generator=generators, truncation=truncation)
 
     def continue_rows(self, policy: Policy, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
-                      seeds: list[int], truncation: Truncation | None = None) -> RolloutBatch:
-        """One continuation of each token-id prompt (an episode's next model turn), each drawn from
-        its own seed -> a batch of len(prompts) rows (its `items` empty)."""
+                      seeds: list[int], truncation: Truncation | None = None, sizes: list[int] | None = None
+                      ) -> RolloutBatch:
+        """sizes[i] continuations of each token-id prompt (default one each: an episode's next model
+        turn), row r drawn from seeds[r] alone -> a batch of sum(sizes) rows (its `items` empty).
+        A prompt given several rows (the K episodes' first turn) is prefilled once for all of them."""
         generators = [torch.Generator(device=policy.device).manual_seed(s) for s in seeds]
-        return sample_token_groups(policy, prompts, 1, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   generator=generators, truncation=truncation)
+        return sample_token_groups(policy, prompts, sizes or 1, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, generator=generators, truncation=truncation)
 
     def take_seconds(self) -> dict[str, float]:
         return {}
@@ -376,9 +378,13 @@ class VLLMEngine:
         return self._batch(policy, items, prompts, sizes, outputs, max_new_tokens)
 
     def continue_rows(self, policy: Policy, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
-                      seeds: list[int], truncation: Truncation | None = None) -> RolloutBatch:
-        """One continuation of each token-id prompt (an episode's next model turn: the ids sampled
-        and appended so far, never re-tokenised text), each a request of n = 1 with its own seed."""
+                      seeds: list[int], truncation: Truncation | None = None, sizes: list[int] | None = None
+                      ) -> RolloutBatch:
+        """sizes[i] continuations of each token-id prompt (default one each: an episode's next model
+        turn: the ids sampled and appended so far, never re-tokenised text), each row a request of
+        n = 1 with its own seed. The prefix cache holds the KV of what earlier turns computed."""
+        if sizes is not None:
+            prompts = [p for p, size in zip(prompts, sizes) for _ in range(size)]
         self.sync(policy)
         params = [self._params(1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                                truncation=truncation if temperature > 0 else None, policy=policy) for seed in seeds]

@@ -197,9 +197,10 @@ def sample_episodes(engine, policy: Policy, spec: EnvSpec, items: list[dict], k:
                 if limit - len(context) < 1:
                     e.end = CONTEXT
             continue
-        out = engine.continue_rows(policy, contexts, max_new_tokens=call_tokens, temperature=temperature,
+        distinct, repeats = _distinct_contexts(active, contexts)
+        out = engine.continue_rows(policy, distinct, max_new_tokens=call_tokens, temperature=temperature,
                                    seeds=[turn_seed(e.seed, e.index, turn) for e in active],
-                                   truncation=truncation)
+                                   truncation=truncation, sizes=repeats)
         stops = set(policy.stop_ids)
         for row, (e, room) in enumerate(active_rooms):
             n = int(out.completion_mask[row].sum())
@@ -253,6 +254,21 @@ def sample_episodes(engine, policy: Policy, spec: EnvSpec, items: list[dict], k:
             e.env.close()
             e.env = None
     return _batch(policy, episodes, items, sizes, external=getattr(engine, "external", False))
+
+
+def _distinct_contexts(active: list[Episode], contexts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """Adjacent episodes of one group with the same context (the first turn, before any reply)
+    -> (each such context once, how many rows continue it): the engine prefills it once. The rows
+    keep their order and their own seeds, so what each samples is unchanged."""
+    prompts: list[list[int]] = []
+    sizes: list[int] = []
+    for i, (e, context) in enumerate(zip(active, contexts)):
+        if i and e.item is active[i - 1].item and context == prompts[-1]:
+            sizes[-1] += 1
+        else:
+            prompts.append(context)
+            sizes.append(1)
+    return prompts, sizes
 
 
 def _share_prompt(group: list[Episode]) -> None:

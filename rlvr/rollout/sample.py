@@ -43,11 +43,14 @@ COMPACT_FRACTION = 8
 def _uniforms(generator, sizes: list[int], steps: int, device) -> torch.Tensor:
     """(N, steps) uniform draws in [0, 1): one per row and decoding step, drawn up front. With one
     generator per group, a group's draws come from its own generator only, so its samples do not
-    depend on which other groups share the batch (or the process)."""
+    depend on which other groups share the batch (or the process). With one generator per row
+    (episodes: each its own seed), a row's draws come from its own."""
     if isinstance(generator, torch.Generator):
         return torch.rand((sum(sizes), steps), generator=generator, device=generator.device).to(device)
+    if len(generator) == sum(sizes) != len(sizes):
+        sizes = [1] * len(generator)
     if len(generator) != len(sizes):
-        raise ValueError(f"{len(generator)} generators for {len(sizes)} groups; give one per group")
+        raise ValueError(f"{len(generator)} generators for {len(sizes)} groups; give one per group or per row")
     return torch.cat([torch.rand((size, steps), generator=g, device=g.device).to(device)
                       for g, size in zip(generator, sizes)])
 
