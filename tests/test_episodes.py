@@ -80,9 +80,10 @@ class ScriptedEngine:
     def __init__(self, turns: list[list[int]]) -> None:
         self.turns, self.contexts = turns, []
 
-    def continue_rows(self, policy, prompts, *, max_new_tokens, temperature, seeds, truncation=None, sizes=None):
+    def continue_rows(self, policy, prompts, *, max_new_tokens, temperature, seeds, truncation=None, sizes=None,
+                      suffixes=None):
         ids = self.turns[len(self.contexts)][:max_new_tokens]
-        prompts = [p for p, size in zip(prompts, sizes or [1] * len(prompts)) for _ in range(size)]
+        prompts = [p + s for p, s in zip(expand(prompts, sizes), suffixes or [[]] * len(seeds))]
         self.contexts.append([list(p) for p in prompts])
         rows, width = len(prompts), len(ids)
         return RolloutBatch(
@@ -90,6 +91,23 @@ class ScriptedEngine:
             completion_ids=torch.tensor([ids] * rows), completion_mask=torch.ones(rows, width, dtype=torch.bool),
             logprobs=torch.full((rows, width), -0.5), entropy=torch.full((rows, width), 1 + len(self.contexts) / 10),
             group_ids=torch.arange(rows), texts=[""] * rows, items=[], k=1)
+
+
+def stopping_policy(seed: int):
+    """The built-in model, random, with EOS as likely as its favourite token: turns end after a few
+    tokens, so episodes reach several turns."""
+    policy = make_policy(seed=seed, max_seq_len=64)
+    model = policy.module
+    with torch.no_grad():
+        ids = torch.tensor([policy.encode_prompt({"prompt": "12+7=123"})])
+        hidden = model.ln_f(model.tok_emb(ids) + model.pos_emb(torch.arange(ids.shape[1])))  # rough final states
+        direction = hidden[0].mean(dim=0)
+        model.tok_emb.weight[EOS] = direction / direction.square().sum() * 5.0  # EOS logit ≈ 5 near there
+    return policy
+
+
+def expand(prompts, sizes):
+    return [p for p, size in zip(prompts, sizes or [1] * len(prompts)) for _ in range(size)]
 
 
 TURN0 = list(b"calc(2*3)") + [EOS]
@@ -207,9 +225,9 @@ class Recording:
         self.engine, self.calls = engine, []
         self.external = engine.external
 
-    def continue_rows(self, policy, prompts, sizes=None, **kwargs):
-        out = self.engine.continue_rows(policy, prompts, sizes=sizes, **kwargs)
-        prompts = [p for p, size in zip(prompts, sizes or [1] * len(prompts)) for _ in range(size)]
+    def continue_rows(self, policy, prompts, sizes=None, suffixes=None, **kwargs):
+        out = self.engine.continue_rows(policy, prompts, sizes=sizes, suffixes=suffixes, **kwargs)
+        prompts = [p + s for p, s in zip(expand(prompts, sizes), suffixes or [[]] * out.num_rows)]
         returned = [out.completion_ids[r][out.completion_mask[r]].tolist() for r in range(len(prompts))]
         self.calls.append(([list(p) for p in prompts], returned))
         return out
@@ -251,7 +269,7 @@ def check_token_in_token_out(policy, engine) -> RolloutBatch:
 def test_token_in_token_out_with_rlvrs_sampler_on_the_builtin_model():
     from rlvr.rollout.engines import RlvrEngine
 
-    check_token_in_token_out(make_policy(seed=1, max_seq_len=64), RlvrEngine())
+    check_token_in_token_out(stopping_policy(1), RlvrEngine())
 
 
 @pytest.fixture(scope="module")
@@ -307,22 +325,27 @@ def test_token_in_token_out_on_a_tiny_hf_model_with_vllm(hf_policy):
 
 
 class Ungrouped:
-    """rlvr's engine asked for one row per context: every first turn prefilled once per episode."""
+    """rlvr's engine asked for one row per whole context (prompt + the episode's ids): nothing
+    prefilled once for a group."""
 
     external = False
 
     def __init__(self, engine) -> None:
         self.engine = engine
 
-    def continue_rows(self, policy, prompts, sizes=None, **kwargs):
-        prompts = [p for p, size in zip(prompts, sizes or [1] * len(prompts)) for _ in range(size)]
+    def continue_rows(self, policy, prompts, sizes=None, suffixes=None, **kwargs):
+        prompts = [p + s for p, s in zip(expand(prompts, sizes), suffixes or [[]] * len(kwargs["seeds"]))]
         return self.engine.continue_rows(policy, prompts, **kwargs)
 
 
-def test_prefilling_a_groups_first_turn_once_changes_no_sample():
+@pytest.mark.parametrize("model", ["builtin", "hf"])
+def test_prefilling_a_groups_prompt_once_changes_no_sample(model, request):
+    """Every turn prefills each group's prompt once and each episode's own ids after it on a copy of
+    the cache (padding holes masked); that gives the same samples as prefilling each episode's
+    whole context alone."""
     from rlvr.rollout.engines import RlvrEngine
 
-    policy = make_policy(seed=2, max_seq_len=64)
+    policy = stopping_policy(2) if model == "builtin" else request.getfixturevalue("hf_policy")[1]
     items = [{"id": 0, "prompt": "12+7=", "answer": "19"}, {"id": 1, "prompt": "3+4=", "answer": "7"}]
     settings = EpisodeSettings(max_turns=3, max_new_tokens=6)
     grouped = sample_episodes(RlvrEngine(), policy, AlwaysReply([]), items, 3, settings=settings, temperature=1.0,
@@ -330,5 +353,6 @@ def test_prefilling_a_groups_first_turn_once_changes_no_sample():
     single = sample_episodes(Ungrouped(RlvrEngine()), policy, AlwaysReply([]), items, 3, settings=settings,
                              temperature=1.0, seeds=[5, 6])
     assert torch.equal(grouped.completion_ids, single.completion_ids)
-    torch.testing.assert_close(grouped.logprobs, single.logprobs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(grouped.logprobs, single.logprobs, rtol=0, atol=1e-4)
+    assert max(e["model_turns"] for e in grouped.episodes) > 1
     assert len({tuple(row) for row in grouped.completion_ids.tolist()}) > 1  # the K episodes differ

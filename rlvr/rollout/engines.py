@@ -164,14 +164,16 @@ class RlvrEngine:
                              generator=generators, truncation=truncation)
 
     def continue_rows(self, policy: Policy, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
-                      seeds: list[int], truncation: Truncation | None = None, sizes: list[int] | None = None
-                      ) -> RolloutBatch:
-        """sizes[i] continuations of each token-id prompt (default one each: an episode's next model
-        turn), row r drawn from seeds[r] alone -> a batch of sum(sizes) rows (its `items` empty).
-        A prompt given several rows (the K episodes' first turn) is prefilled once for all of them."""
+                      seeds: list[int], truncation: Truncation | None = None, sizes: list[int] | None = None,
+                      suffixes: list[list[int]] | None = None) -> RolloutBatch:
+        """sizes[i] rows continue token-id prompt i (default one each), row r with its own
+        suffixes[r] after the prompt (an episode's turns so far) and drawn from seeds[r] alone -> a
+        batch of sum(sizes) rows (its `items` empty). Each prompt is prefilled once for its rows
+        (the K episodes of a group share it), then each row's suffix."""
         generators = [torch.Generator(device=policy.device).manual_seed(s) for s in seeds]
         return sample_token_groups(policy, prompts, sizes or 1, max_new_tokens=max_new_tokens,
-                                   temperature=temperature, generator=generators, truncation=truncation)
+                                   temperature=temperature, generator=generators, truncation=truncation,
+                                   suffixes=suffixes)
 
     def take_seconds(self) -> dict[str, float]:
         return {}
@@ -378,13 +380,15 @@ class VLLMEngine:
         return self._batch(policy, items, prompts, sizes, outputs, max_new_tokens)
 
     def continue_rows(self, policy: Policy, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
-                      seeds: list[int], truncation: Truncation | None = None, sizes: list[int] | None = None
-                      ) -> RolloutBatch:
-        """sizes[i] continuations of each token-id prompt (default one each: an episode's next model
-        turn: the ids sampled and appended so far, never re-tokenised text), each row a request of
-        n = 1 with its own seed. The prefix cache holds the KV of what earlier turns computed."""
+                      seeds: list[int], truncation: Truncation | None = None, sizes: list[int] | None = None,
+                      suffixes: list[list[int]] | None = None) -> RolloutBatch:
+        """As RlvrEngine.continue_rows (an episode's next model turn: the ids sampled and appended
+        so far, never re-tokenised text), each row a request of n = 1 with its own seed. The
+        prefix cache holds the KV of the shared prompt and of what earlier turns computed."""
         if sizes is not None:
             prompts = [p for p, size in zip(prompts, sizes) for _ in range(size)]
+        if suffixes is not None:
+            prompts = [p + s for p, s in zip(prompts, suffixes)]
         self.sync(policy)
         params = [self._params(1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                                truncation=truncation if temperature > 0 else None, policy=policy) for seed in seeds]

@@ -197,10 +197,10 @@ def sample_episodes(engine, policy: Policy, spec: EnvSpec, items: list[dict], k:
                 if limit - len(context) < 1:
                     e.end = CONTEXT
             continue
-        distinct, repeats = _distinct_contexts(active, contexts)
-        out = engine.continue_rows(policy, distinct, max_new_tokens=call_tokens, temperature=temperature,
+        prefixes, repeats = _group_prompts(active)
+        out = engine.continue_rows(policy, prefixes, max_new_tokens=call_tokens, temperature=temperature,
                                    seeds=[turn_seed(e.seed, e.index, turn) for e in active],
-                                   truncation=truncation, sizes=repeats)
+                                   truncation=truncation, sizes=repeats, suffixes=[e.ids for e in active])
         stops = set(policy.stop_ids)
         for row, (e, room) in enumerate(active_rooms):
             n = int(out.completion_mask[row].sum())
@@ -256,17 +256,17 @@ def sample_episodes(engine, policy: Policy, spec: EnvSpec, items: list[dict], k:
     return _batch(policy, episodes, items, sizes, external=getattr(engine, "external", False))
 
 
-def _distinct_contexts(active: list[Episode], contexts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
-    """Adjacent episodes of one group with the same context (the first turn, before any reply)
-    -> (each such context once, how many rows continue it): the engine prefills it once. The rows
-    keep their order and their own seeds, so what each samples is unchanged."""
+def _group_prompts(active: list[Episode]) -> tuple[list[list[int]], list[int]]:
+    """The running episodes' shared prompts, each once, and how many adjacent episodes continue it
+    (the episodes of one group share one prompt, `_share_prompt`): the engine prefills it once and
+    then each episode's own ids. The rows keep their order and their own seeds."""
     prompts: list[list[int]] = []
     sizes: list[int] = []
-    for i, (e, context) in enumerate(zip(active, contexts)):
-        if i and e.item is active[i - 1].item and context == prompts[-1]:
+    for i, e in enumerate(active):
+        if i and e.item is active[i - 1].item and e.prompt == prompts[-1]:
             sizes[-1] += 1
         else:
-            prompts.append(context)
+            prompts.append(e.prompt)
             sizes.append(1)
     return prompts, sizes
 

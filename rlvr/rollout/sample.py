@@ -101,9 +101,13 @@ def sample_token_groups(
     temperature: float,
     generator: torch.Generator | Sequence[torch.Generator],
     truncation: Truncation | None = None,
+    suffixes: list[list[int]] | None = None,
 ) -> RolloutBatch:
     """`sample_groups` on prompts given as token ids (the batch's `items` are left empty): an
-    episode's next model turn continues exactly the ids sampled and appended so far."""
+    episode's next model turn continues exactly the ids sampled and appended so far.
+    `suffixes` (one per row): each row continues its group's prompt followed by its own suffix
+    (an episode's turns so far); the prompt is prefilled once for the group, then each row's
+    suffix on its copy of the cache, so the row samples exactly as from prompt + suffix alone."""
     device = policy.device
     prompt_ids, prompt_mask = left_pad(prompts, policy.pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)  # (B, P)
@@ -111,17 +115,34 @@ def sample_token_groups(
     sizes = [k] * batch if isinstance(k, int) else list(k)
     rows = sum(sizes)
     uniforms = _uniforms(generator, sizes, max_new_tokens, device) if temperature > 0 else None  # (N, T)
+    suffix_width = max((len(s) for s in suffixes), default=0) if suffixes is not None else 0
 
     # Prefill each prompt once, then give every sample its own copy of the cache.
-    if width + max_new_tokens > policy.max_seq_len:
-        raise ValueError(f"prompts of up to {width} tokens plus {max_new_tokens} new tokens exceed the model's "
-                         f"context of {policy.max_seq_len}; use shorter prompts or a smaller --max-new-tokens")
-    cache = policy.new_cache(batch, width + max_new_tokens)
+    if width + suffix_width + max_new_tokens > policy.max_seq_len:
+        raise ValueError(f"prompts of up to {width + suffix_width} tokens plus {max_new_tokens} new tokens exceed the "
+                         f"model's context of {policy.max_seq_len}; use shorter prompts or a smaller --max-new-tokens")
+    cache = policy.new_cache(batch, width + suffix_width + max_new_tokens)
     logits = policy.forward(prompt_ids, position_ids(prompt_mask), prompt_mask, cache, logits_to_keep=1)[:, -1]  # (B, V)
     group_of_row = torch.arange(batch, device=device).repeat_interleave(torch.tensor(sizes, device=device))  # (N,)
     logits = logits[group_of_row]  # (N, V)
     cache = policy.select_cache(cache, group_of_row)
     prompt_ids, prompt_mask = prompt_ids[group_of_row], prompt_mask[group_of_row]  # (N, P)
+    if suffix_width:  # each row's own suffix, right-padded: its padding keys stay masked from then on
+        suffix_ids = torch.full((rows, suffix_width), policy.pad_id, dtype=torch.long, device=device)
+        suffix_mask = torch.zeros((rows, suffix_width), dtype=torch.bool, device=device)
+        for row, suffix in enumerate(suffixes):
+            suffix_ids[row, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
+            suffix_mask[row, : len(suffix)] = True
+        lengths = suffix_mask.sum(dim=1)  # (N,)
+        start = prompt_mask.sum(dim=1, keepdim=True)  # (N, 1)
+        positions = start + torch.arange(suffix_width, device=device)[None]  # (N, S)
+        suffix_logits = policy.forward(suffix_ids, positions, torch.cat([prompt_mask, suffix_mask], 1), cache)  # (N, S, V)
+        last = (lengths - 1).clamp(min=0)
+        chosen = suffix_logits[torch.arange(rows, device=device), last]  # (N, V): after each row's last suffix id
+        logits = torch.where((lengths > 0)[:, None], chosen, logits)
+        prompt_ids = torch.cat([prompt_ids, suffix_ids], 1)  # the rows' contexts, for the position arithmetic below
+        prompt_mask = torch.cat([prompt_mask, suffix_mask], 1)
+        width += suffix_width
 
     stop_ids = torch.tensor(policy.stop_ids, device=device)
     tokens = torch.full((rows, max_new_tokens), policy.pad_id, dtype=torch.long, device=device)
@@ -158,6 +179,8 @@ def sample_token_groups(
     logprobs = logprobs * generated
     entropy = entropy * generated
     texts = [policy.decode(row) for row in tokens.tolist()]
+    if suffix_width:  # the prompt without the suffixes (they are the callers' to keep)
+        prompt_ids, prompt_mask = prompt_ids[:, : width - suffix_width], prompt_mask[:, : width - suffix_width]
     return RolloutBatch(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=tokens,
         completion_mask=generated, logprobs=logprobs, entropy=entropy,
