@@ -39,7 +39,7 @@ def digits(number: int) -> int:
 
 def test_list_tasks_names_the_built_ins_and_the_default():
     listed = dict(list_tasks())
-    assert sorted(listed) == sorted(BUILT_IN + ["humaneval"])  # humaneval: listed, with the extra it needs
+    assert sorted(listed) == sorted(BUILT_IN + ["guess", "humaneval"])  # humaneval: listed, with the extra it needs
     assert ".[code]" in listed["humaneval"]
     assert DEFAULT_TASK in listed
     assert all(description and "\n" not in description for description in listed.values())
