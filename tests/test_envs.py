@@ -70,7 +70,10 @@ def test_the_documented_trl_class_plays_an_episode():
     turn = env.step(hermes("submit", answer=408))
     assert turn.done and env.done and env.reward() == 1.0
     env.close()
-    assert env.failures == 0
+    env.close()  # idempotent
+    assert env.reward() == 1.0 and env.failures == 0  # the reward outlives close()
+    with pytest.raises(RuntimeError, match="after close"):
+        env.step(hermes("add", a=1, b=2))
 
 
 def test_the_documented_class_is_in_the_docs_verbatim():
@@ -299,6 +302,12 @@ def test_a_bad_reward_is_an_env_failure(spec, message):
     with pytest.raises(EnvFailure, match=f"environment {spec}: ") as caught:
         env.reward()
     assert message in str(caught.value)
+
+
+def test_a_close_that_hangs_counts_as_a_failure():
+    env = episode("envs_bad:CloseHangs", timeout_s=0.2)
+    env.close()
+    assert env.failures == 1 and "close() did not return within --env-timeout 0.2 s" in env.failure_notes[0]
 
 
 def test_no_reward_without_get_reward_and_step_before_reset_is_a_bug():
