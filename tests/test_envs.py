@@ -225,6 +225,15 @@ def test_python_errors_are_observations_with_the_expected_format(text, error):
     assert "Call a tool alone on its line, as lookup(key: str, limit: int = ..." in content
 
 
+def test_degenerate_turns_are_error_observations_not_crashes():
+    deep = "[" * 50_000
+    turn = episode("envs_bad:Typed").step(f'<tool_call>{{"name": "pick", "arguments": {deep}</tool_call>')
+    assert turn.tool_errors == 1 and "nested too deeply" in turn.messages[0]["content"]
+    for text in (f"pick('red', {deep})", "lookup(" + "9" * 10_000 + ")", "lookup('a\x00')"):
+        turn = episode("envs_bad:Typed", fmt="python").step(text)
+        assert turn.tool_errors == 1 and turn.messages[0]["content"].startswith("Error: ")
+
+
 def test_python_a_name_that_is_no_tool_is_text_not_a_call():
     env = episode("calc", fmt="python")
     assert env.step("sqrt(2)") is None
