@@ -169,6 +169,11 @@ class RewardHangs(RewardNaN):
         return 1.0
 
 
+class CloseHangs(RewardNaN):
+    def close(self):
+        hang()
+
+
 class NoTools:
     def reset(self, **item):
         return None

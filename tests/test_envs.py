@@ -70,7 +70,10 @@ def test_the_documented_trl_class_plays_an_episode():
     turn = env.step(hermes("submit", answer=408))
     assert turn.done and env.done and env.reward() == 1.0
     env.close()
-    assert env.failures == 0
+    env.close()  # idempotent
+    assert env.reward() == 1.0 and env.failures == 0  # the reward outlives close()
+    with pytest.raises(RuntimeError, match="after close"):
+        env.step(hermes("add", a=1, b=2))
 
 
 def test_the_documented_class_is_in_the_docs_verbatim():
@@ -222,6 +225,15 @@ def test_python_errors_are_observations_with_the_expected_format(text, error):
     assert "Call a tool alone on its line, as lookup(key: str, limit: int = ..." in content
 
 
+def test_degenerate_turns_are_error_observations_not_crashes():
+    deep = "[" * 50_000
+    turn = episode("envs_bad:Typed").step(f'<tool_call>{{"name": "pick", "arguments": {deep}</tool_call>')
+    assert turn.tool_errors == 1 and "nested too deeply" in turn.messages[0]["content"]
+    for text in (f"pick('red', {deep})", "lookup(" + "9" * 10_000 + ")", "lookup('a\x00')"):
+        turn = episode("envs_bad:Typed", fmt="python").step(text)
+        assert turn.tool_errors == 1 and turn.messages[0]["content"].startswith("Error: ")
+
+
 def test_python_a_name_that_is_no_tool_is_text_not_a_call():
     env = episode("calc", fmt="python")
     assert env.step("sqrt(2)") is None
@@ -299,6 +311,12 @@ def test_a_bad_reward_is_an_env_failure(spec, message):
     with pytest.raises(EnvFailure, match=f"environment {spec}: ") as caught:
         env.reward()
     assert message in str(caught.value)
+
+
+def test_a_close_that_hangs_counts_as_a_failure():
+    env = episode("envs_bad:CloseHangs", timeout_s=0.2)
+    env.close()
+    assert env.failures == 1 and "close() did not return within --env-timeout 0.2 s" in env.failure_notes[0]
 
 
 def test_no_reward_without_get_reward_and_step_before_reset_is_a_bug():

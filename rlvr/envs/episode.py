@@ -114,6 +114,7 @@ class EpisodeEnv:
         self.failures = 0
         self.failure_notes: list[str] = []
         self._done = False
+        self._closed = False
         self._instance: Any = None
 
     @property
@@ -131,19 +132,26 @@ class EpisodeEnv:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Ends the episode: the instance's close(), if it has one, contained."""
-        instance, self._instance = self._instance, None
-        close = getattr(instance, "close", None)
-        if instance is None or not callable(close):
+        """Ends the episode: the instance's close(), if it has one, contained. Idempotent; reward()
+        still answers afterwards, step() does not."""
+        if self._closed or self._instance is None:
+            self._closed = True
             return
-        outcome = self._call(close)
-        if not outcome.ok:
-            self._fail(f"close() {self._what_went_wrong(outcome)}")
+        self._closed = True
+        close = getattr(self._instance, "close", None)
+        if callable(close):
+            outcome = self._call(close)
+            if not outcome.ok:
+                self._fail(f"close() {self._what_went_wrong(outcome)}")
 
     # --- shared by the adapters ---
 
     def _call(self, function, /, *args, **kwargs) -> Outcome:
         return call_contained(functools.partial(function, *args, **kwargs), self.timeout_s)
+
+    def _require_open(self) -> None:
+        if self._instance is None or self._closed:
+            raise RuntimeError("step() before reset() or after close()")
 
     def _fail(self, note: str) -> None:
         self.failures += 1
@@ -189,7 +197,7 @@ class ToolEpisode(EpisodeEnv):
     def reset(self, item: dict) -> str | None:
         """A fresh instance, then `instance.reset(**item)` -> its text, or None. EnvFailure when
         building or resetting raises or hangs, or reset returns anything but a string or None."""
-        self._instance = self._construct()
+        self._instance, self._closed = self._construct(), False
         text = self._reset_outcome(self._instance.reset, item)
         if text is not None and not isinstance(text, str):
             raise self._broken(f"reset() returned a {type(text).__name__}, expected the text to append to the "
@@ -199,8 +207,7 @@ class ToolEpisode(EpisodeEnv):
 
     def step(self, turn_text: str) -> EnvTurn | None:
         """The model's turn -> the results of its calls, or None when it made none (it answered)."""
-        if self._instance is None:
-            raise RuntimeError("step() before reset()")
+        self._require_open()
         calls = parse_calls(turn_text, self.fmt, self.spec.tool_map)
         if not calls:
             return None
@@ -237,7 +244,7 @@ class ToolEpisode(EpisodeEnv):
         if not self.spec.has_reward:
             return None
         if self._instance is None:
-            raise RuntimeError("reward() before reset() or after close()")
+            raise RuntimeError("reward() before reset()")
         outcome = self._call(self._instance.get_reward)
         if not outcome.ok:
             raise self._broken(f"get_reward() {self._what_went_wrong(outcome)}; fix the environment's reward")

@@ -66,6 +66,9 @@ def _hermes_calls(text: str, tools: dict[str, ToolSpec]) -> list[ParsedCall]:
         except json.JSONDecodeError as err:
             calls.append(ParsedCall(None, error=f"the tool call is not valid JSON ({err.msg} at character {err.pos})"))
             continue
+        except (RecursionError, MemoryError):  # "[[[[..." thousands deep: degenerate samples happen
+            calls.append(ParsedCall(None, error="the tool call is nested too deeply to read"))
+            continue
         if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
             calls.append(ParsedCall(None, error='the tool call must be a JSON object with a "name" and "arguments"'))
             continue
@@ -102,6 +105,8 @@ def _python_call(source: str, tool: ToolSpec) -> ParsedCall:
         node = ast.parse(source, mode="eval").body
     except SyntaxError as err:
         return ParsedCall(tool.name, error=f"the call is not valid Python ({err.msg})")
+    except (ValueError, RecursionError, MemoryError):  # a null byte; thousands of nested brackets
+        return ParsedCall(tool.name, error="the call cannot be read")
     if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
         return ParsedCall(tool.name, error="write the call alone on its line, as name(arguments)")
     names = list(tool.parameters.get("properties", {}))

@@ -147,7 +147,7 @@ class _OpenEnvEpisode(EpisodeEnv):
 
     def reset(self, item: dict) -> str | None:
         """A fresh instance, then reset(**item) -> the observation's own text, or None."""
-        self._instance = self._construct()
+        self._instance, self._closed = self._construct(), False
         self._rewards = []
         if "id" in item and "episode_id" not in item and _takes(self._instance.reset, "episode_id"):
             item = {**item, "episode_id": str(item["id"])}
@@ -200,8 +200,7 @@ class MCPEpisode(_OpenEnvEpisode):
     """An MCPEnvironment's episode: each parsed call is a CallToolAction."""
 
     def step(self, turn_text: str) -> EnvTurn | None:
-        if self._instance is None:
-            raise RuntimeError("step() before reset()")
+        self._require_open()
         calls = parse_calls(turn_text, self.fmt, self.spec.tool_map)
         if not calls:
             return None
@@ -264,8 +263,7 @@ class TextEpisode(_OpenEnvEpisode):
     action that cannot be built from the text, or that the environment raises on, is an error)."""
 
     def step(self, turn_text: str) -> EnvTurn:
-        if self._instance is None:
-            raise RuntimeError("step() before reset()")
+        self._require_open()
         action, error = build_action(self.spec.action_class, turn_text)
         if error is not None:
             return EnvTurn([{"role": "user", "content": f"Error: {error}"}], 1, 1, self._done)
