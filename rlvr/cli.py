@@ -66,6 +66,9 @@ class EvalConfig:
                        "completions")
     env_examples: int = opt(1, "--env: example conversations placed before the question (a model whose chat template "
                                "has no tool-call format learns the call format from them)")
+    env_system: str = opt("auto", "--env: the system message that opens an episode: tools (lists the tools and the "
+                                  "call format), none, or auto (tools, unless example conversations show the calls of "
+                                  "the fallback format: docs/episodes.md)")
     env_timeout: float = opt(10.0, "--env: seconds one environment call (reset, a tool, get_reward) may take; "
                                    "then it counts as a failure")
     max_turns: int = opt(4, "--env: model turns per episode at most; an episode still calling tools then is "

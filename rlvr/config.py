@@ -33,6 +33,8 @@ class ConfigError(ValueError):
 
 def check_episodes(cfg) -> None:
     """--env's settings (that the environment loads is checked by rlvr.train.preflight)."""
+    if cfg.env_system not in ("auto", "tools", "none"):
+        raise ConfigError("env_system", f"must be auto, tools or none, got {cfg.env_system!r}")
     if cfg.env_examples < 0:
         raise ConfigError("env_examples", f"must be 0 or more, got {cfg.env_examples}")
     if not cfg.env_timeout > 0:
@@ -42,7 +44,8 @@ def check_episodes(cfg) -> None:
     if cfg.episode_tokens < 0:
         raise ConfigError("episode_tokens", f"must be 0 (up to the model's context) or more, got {cfg.episode_tokens}")
     if not cfg.env:
-        for name, default in (("env_examples", 1), ("env_timeout", 10.0), ("max_turns", 4), ("episode_tokens", 0)):
+        for name, default in (("env_examples", 1), ("env_system", "auto"), ("env_timeout", 10.0), ("max_turns", 4),
+                              ("episode_tokens", 0)):
             if getattr(cfg, name) != default:
                 raise ConfigError(name, "sets up episodes, which are off: give --env NAME, or drop it")
 
@@ -117,6 +120,9 @@ class TrainConfig:
                        "completions")
     env_examples: int = opt(1, "--env: example conversations placed before the question (a model whose chat template "
                                "has no tool-call format learns the call format from them)")
+    env_system: str = opt("auto", "--env: the system message that opens an episode: tools (lists the tools and the "
+                                  "call format), none, or auto (tools, unless example conversations show the calls of "
+                                  "the fallback format: docs/episodes.md)")
     env_timeout: float = opt(10.0, "--env: seconds one environment call (reset, a tool, get_reward) may take; "
                                    "then it counts as a failure")
     max_turns: int = opt(4, "--env: model turns per episode at most; an episode still calling tools then is "

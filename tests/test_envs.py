@@ -448,7 +448,7 @@ QUESTION = "What is 5 + 6? Answer with just the number."
 
 @pytest.mark.parametrize("count", [0, 1, 2])
 def test_prompt_messages_python(count):
-    messages = load_env("calc", examples=count).prompt_messages(QUESTION, None, "python")
+    messages = load_env("calc", examples=count, instructions="tools").prompt_messages(QUESTION, None, "python")
     system = messages[0]
     assert system["role"] == "system"
     assert 'calculate("12*34")' in system["content"]  # the call format, shown with the first example's call
@@ -468,6 +468,21 @@ def test_prompt_messages_python(count):
 
 
 @pytest.mark.parametrize("count", [0, 1, 2])
+def test_env_system_auto_lists_the_tools_only_where_no_example_shows_a_call(count):
+    """--env-system auto: the fallback format's system message only when no example conversation
+    shows a call (with one, it cut SmolLM2's calls, docs/episodes.md); none: never; tools: always."""
+    auto = load_env("calc", examples=count).prompt_messages(QUESTION, None, "python")
+    assert (auto[0]["role"] == "system") == (count == 0)
+    assert len(auto) == (1 if count == 0 else 0) + 4 * count + 1
+    none = load_env("calc", examples=count, instructions="none").prompt_messages(QUESTION, None, "python")
+    assert all(m["role"] != "system" for m in none)
+    hermes = load_env("calc", examples=count).prompt_messages(QUESTION, None, "hermes")
+    assert hermes[0]["role"] == "system"  # hermes: a short one, the tools go through the template
+    with pytest.raises(ConfigError, match="env_system|env-system"):
+        load_env("calc", examples=count, instructions="maybe")
+
+
+@pytest.mark.parametrize("count", [0, 1, 2])
 def test_prompt_messages_hermes(count):
     messages = load_env("calc", examples=count).prompt_messages(QUESTION, None, "hermes")
     assert messages[0]["role"] == "system" and "calculate" not in messages[0]["content"]  # tools go via tools=
@@ -480,7 +495,7 @@ def test_prompt_messages_hermes(count):
 
 
 def test_prompt_messages_append_the_reset_text_and_skip_the_asked_example():
-    spec = load_env("calc", examples=2)
+    spec = load_env("calc", examples=2, instructions="tools")
     asked = "What is 12 × 34? Answer with just the number."
     messages = spec.prompt_messages(asked, "Use the calculator.", "python")
     assert messages[1]["content"] == "What is 457 + 286? Answer with just the number."  # 12 × 34 skipped
@@ -490,7 +505,7 @@ def test_prompt_messages_append_the_reset_text_and_skip_the_asked_example():
 
 
 def test_prompt_messages_of_multi_call_examples_alternate_turns():
-    messages = load_env("envs_trl_example:AbacusEnv", examples=1).prompt_messages("Q", None, "python")
+    messages = load_env("envs_trl_example:AbacusEnv", examples=1, instructions="tools").prompt_messages("Q", None, "python")
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user",
                                              "assistant", "user"]
     assert messages[2]["content"] == "multiply(12, 34)" and messages[4]["content"] == "submit(408)"
@@ -516,7 +531,7 @@ def openenv():
 
 
 def test_an_mcp_environment_lists_its_tools_as_tool_specs(openenv):
-    spec = load_env("envs_openenv:Scratchpad", examples=1)
+    spec = load_env("envs_openenv:Scratchpad", examples=1, instructions="tools")
     tools = {tool.name: tool for tool in spec.tools()}
     assert sorted(tools) == ["fail", "read", "write"]
     assert tools["write"].description.startswith("Write a note.")

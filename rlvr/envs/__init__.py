@@ -23,11 +23,11 @@ import sys
 
 from rlvr.config import ConfigError
 from rlvr.envs import calc, guess  # noqa: F401  (register the built-in environments)
-from rlvr.envs.base import ENVS, TOOL_FORMATS, EnvFailure, EnvTurn, ToolSpec
+from rlvr.envs.base import ENVS, INSTRUCTIONS, TOOL_FORMATS, EnvFailure, EnvTurn, ToolSpec
 from rlvr.envs.episode import EnvSpec, EpisodeEnv, class_tools, normalize_examples, read_examples
 from rlvr.envs.openenv_adapter import load_openenv, openenv_kind
 
-__all__ = ["ENVS", "TOOL_FORMATS", "EnvFailure", "EnvSpec", "EnvTurn", "EpisodeEnv", "ToolSpec", "list_envs",
+__all__ = ["ENVS", "INSTRUCTIONS", "TOOL_FORMATS", "EnvFailure", "EnvSpec", "EnvTurn", "EpisodeEnv", "ToolSpec", "list_envs",
            "load_env"]
 
 
@@ -36,14 +36,17 @@ def list_envs() -> list[tuple[str, str]]:
     return [(name, ENVS.get(name).description) for name in ENVS.names()]
 
 
-def load_env(spec: str, examples: int = 1) -> EnvSpec:
+def load_env(spec: str, examples: int = 1, instructions: str = "auto") -> EnvSpec:
     """The environment `spec` names (a built-in or module:Class), checked, with up to `examples`
     example conversations before each question (--env-examples). A class with fewer gets all it
     has: the TRL contract has no examples, and a TRL class must work unchanged; the returned
     spec's `example_count` says how many are used, so the caller can warn when it is fewer.
-    ConfigError("env", ...) naming what is wrong and the fix."""
+    `instructions` (--env-system): whether the opening system message lists the tools and the call
+    format (INSTRUCTIONS). ConfigError("env", ...) naming what is wrong and the fix."""
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
         raise ConfigError("env_examples", f"must be a whole number >= 0, got {examples!r}")
+    if instructions not in INSTRUCTIONS:
+        raise ConfigError("env_system", f"must be one of {', '.join(INSTRUCTIONS)}, got {instructions!r}")
     env_class = _import_class(spec)
     try:
         if openenv_kind(env_class) is not None:
@@ -53,6 +56,7 @@ def load_env(spec: str, examples: int = 1) -> EnvSpec:
     except ValueError as err:
         raise ConfigError("env", f"{spec}: {err}") from None
     loaded.example_count = min(examples, len(loaded.examples))
+    loaded.instructions = instructions
     return loaded
 
 

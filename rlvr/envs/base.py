@@ -25,6 +25,8 @@ from rlvr.registry import Registry
 
 # How the model writes a tool call, and how results come back (rlvr/envs/formats.py).
 TOOL_FORMATS = ("hermes", "python")
+# --env-system: the system message opening an episode (EnvSpec.with_system_message)
+INSTRUCTIONS = ("auto", "tools", "none")
 
 # A tool result longer than this is cut, with a note saying how much was cut: one runaway tool
 # must not fill the episode's token budget with a single observation.

@@ -58,6 +58,7 @@ class EngineSettings:
     # Episodes (--env; rlvr.rollout.episodes): "" = single completions
     env: str = ""
     env_examples: int = 1
+    env_system: str = "auto"
     env_timeout: float = 10.0
     max_turns: int = 4
     episode_tokens: int = 0
@@ -114,7 +115,7 @@ def open_engine(settings: EngineSettings, model: str, policy: Policy, *, max_new
         return engine
     episodes = EpisodeSettings(max_turns=settings.max_turns, max_new_tokens=max_new_tokens,
                                episode_tokens=settings.episode_tokens, timeout_s=settings.env_timeout)
-    return EpisodeEngine(engine, load_env(settings.env, settings.env_examples), episodes)
+    return EpisodeEngine(engine, load_env(settings.env, settings.env_examples, settings.env_system), episodes)
 
 
 # The transformers versions rlvr's cache-sharing sampler was tested with (pyproject's hf extra).

@@ -66,7 +66,7 @@ def check_env(cfg: Any) -> None:
             raise ConfigError("reward", "the env verifier scores an episode with its environment's get_reward(); "
                                         "give --env NAME, or drop env from --reward")
         return
-    spec = load_env(cfg.env, cfg.env_examples)
+    spec = load_env(cfg.env, cfg.env_examples, cfg.env_system)
     if "env" in names and not spec.has_reward:
         raise ConfigError("reward", f"--env {cfg.env} defines no get_reward(), so the env verifier has nothing to "
                                     "score; drop env from --reward, or give the environment a get_reward()")
