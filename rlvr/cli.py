@@ -353,6 +353,12 @@ def cmd_tasks(args) -> int:
     print("your own data: jsonl:<path> (one {\"prompt\", \"answer\"} object per line)")
     print("a data set on disk: hf:<path> (save_to_disk directory, parquet, JSON/JSONL or CSV; --prompt-key, "
           "--answer-key, --split, --eval-split; docs/data.md)")
+    from rlvr.envs import list_envs
+
+    print("environments for episodes, as --env <name> (docs/episodes.md):")
+    for name, description in list_envs():
+        print(f"  {name:<10} {description}")
+    print("your own environment: --env module:Class (a TRL environment_factory class, or an OpenEnv Environment)")
     return 0
 
 

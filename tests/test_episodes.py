@@ -356,3 +356,56 @@ def test_prefilling_a_groups_prompt_once_changes_no_sample(model, request):
     torch.testing.assert_close(grouped.logprobs, single.logprobs, rtol=0, atol=1e-4)
     assert max(e["model_turns"] for e in grouped.episodes) > 1
     assert len({tuple(row) for row in grouped.completion_ids.tolist()}) > 1  # the K episodes differ
+
+
+# ---------------------------------------------------------------- whole runs with --env
+
+def episode_run(tmp_path, name: str, *extra: str) -> tuple[list[dict], Path]:
+    from rlvr.cli import main
+
+    out = tmp_path / name
+    assert main(["train", "--steps", "2", "--k", "4", "--prompts-per-step", "2", "--out", str(out), "--quiet",
+                 "--threads", "1", "--max-new-tokens", "6", *extra]) == 0
+    import json
+
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()], out
+
+
+def test_a_trl_environment_class_trains_unchanged(tmp_path):
+    """The class of docs/episodes.md (tests/envs_trl_example.py), exactly as a TRL user writes it."""
+    import json
+
+    rows, out = episode_run(tmp_path, "trl", "--env", "envs_trl_example:AbacusEnv", "--task", "arith",
+                            "--reward", "task:0.5,env:0.5", "--eval-every", "2", "--eval-problems", "4",
+                            "--eval-samples", "4", "--eval-show", "1")
+    step = [r for r in rows if "reward/mean" in r]
+    assert len(step) == 2 and all(r["episode/turns"] >= 1 and "tokens/env" in r for r in step)
+    assert all(r["tokens/model"] > 0 and "reward/env/mean" in r for r in step)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["completion"].startswith("[model] ") and "episode" in s for s in samples)
+
+
+def test_an_openenv_text_environment_trains_over_several_turns(tmp_path):
+    """A plain OpenEnv Environment (every model turn an action) runs episodes of several turns
+    through the whole trainer; the model's tokens alone are counted."""
+    pytest.importorskip("openenv")
+    rows, _ = episode_run(tmp_path, "openenv", "--env", "envs_openenv:CountToThree", "--max-turns", "3")
+    step = [r for r in rows if "reward/mean" in r]
+    assert all(r["episode/turns"] > 1 and r["tokens/env"] > 0 for r in step)
+    for r in step:  # completion/mean_length is over the model's tokens: 2 prompts x 4 episodes
+        assert r["completion/mean_length"] * 8 == pytest.approx(r["tokens/model"])
+
+
+def test_bad_episode_settings_are_refused_before_any_work(tmp_path, capsys):
+    from rlvr.cli import main
+
+    cases = [(["--env", "nowhere:Nothing"], "--env"), (["--max-turns", "3"], "--max-turns"),
+             (["--env", "calc", "--max-turns", "0"], "--max-turns"), (["--reward", "env"], "--reward"),
+             (["--env", "calc", "--reward", "env"], "get_reward"),
+             (["--env", "calc", "--env-system", "maybe"], "--env-system"),
+             (["--env", "calc", "--overlong-buffer", "2"], "--overlong-buffer")]
+    for args, named in cases:
+        out = tmp_path / "never"
+        assert main(["train", "--steps", "1", "--out", str(out), *args]) == 2, args
+        assert named in capsys.readouterr().err, args
+        assert not out.exists()

@@ -1,4 +1,4 @@
-"""`calc`: a calculator tool for the arithmetic tasks (add2, arith, mul).
+"""`calc`: a calculator tool for the arithmetic tasks (add2, arith, mul, mul22).
 
 One tool, `calculate(expression)`, evaluates + - * / // % ** and parentheses on integers and
 decimals, by walking the expression's syntax tree: names, attributes, calls, strings and every
@@ -105,7 +105,7 @@ class CalculatorEnv:
     """A calculator for arithmetic questions: the model calls calculate(expression), reads the
     value and answers."""
 
-    description = "calculate(expression) for the arithmetic tasks (add2, arith, mul); the task's verifier scores"
+    description = "calculate(expression) for the arithmetic tasks (add2, arith, mul, mul22); the task's verifier scores"
     # Questions as the arithmetic tasks ask them (rlvr/tasks/arithmetic.py), one operation each;
     # their problems all lie in the training split, so no example is ever a held-out problem.
     examples = [

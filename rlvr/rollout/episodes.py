@@ -197,10 +197,18 @@ def sample_episodes(engine, policy: Policy, spec: EnvSpec, items: list[dict], k:
                 if limit - len(context) < 1:
                     e.end = CONTEXT
             continue
-        prefixes, repeats = _group_prompts(active)
-        out = engine.continue_rows(policy, prefixes, max_new_tokens=call_tokens, temperature=temperature,
-                                   seeds=[turn_seed(e.seed, e.index, turn) for e in active],
-                                   truncation=truncation, sizes=repeats, suffixes=[e.ids for e in active])
+        seeds = [turn_seed(e.seed, e.index, turn) for e in active]
+        # The engine lays prompts and the episodes' own ids out padded to the longest of each; where
+        # that would pass the context, each episode's whole context is sent alone instead.
+        padded = max(len(e.prompt) for e in active) + max(len(e.ids) for e in active)
+        if limit - padded >= 1:
+            prefixes, repeats = _group_prompts(active)
+            out = engine.continue_rows(policy, prefixes, max_new_tokens=min(call_tokens, limit - padded),
+                                       temperature=temperature, seeds=seeds, truncation=truncation, sizes=repeats,
+                                       suffixes=[e.ids for e in active])
+        else:
+            out = engine.continue_rows(policy, contexts, max_new_tokens=call_tokens, temperature=temperature,
+                                       seeds=seeds, truncation=truncation)
         stops = set(policy.stop_ids)
         for row, (e, room) in enumerate(active_rooms):
             n = int(out.completion_mask[row].sum())
