@@ -168,14 +168,21 @@ def test_bad_engine_settings_are_refused_before_any_work(tmp_path, change, field
     assert err.value.field == field
 
 
-def test_vllm_with_several_ranks_is_refused(tmp_path):
+def test_vllm_with_several_ranks_is_accepted_and_tensor_parallelism_checked(tmp_path):
+    """An engine per rank runs on the CPU (tests/test_distributed.py runs it); tensor parallelism
+    across ranks is CUDA's, and must divide the ranks."""
     pytest.importorskip("transformers")
     from hf_models import make_hf_model_dir
 
     model = make_hf_model_dir(tmp_path / "m", "llama", hidden=128, heads=4, kv_heads=2)
-    with pytest.raises(ConfigError, match="not supported yet"):
-        check_train_config(TrainConfig(engine="vllm", model=str(model), nproc=2, prompts_per_step=2,
-                                       out=str(tmp_path / "r")))
+    common = dict(engine="vllm", model=str(model), nproc=2, prompts_per_step=2, out=str(tmp_path / "r"))
+    if HAVE_VLLM:
+        check_train_config(TrainConfig(**common))
+    for change, message in ((dict(engine_tp=2), "needs CUDA"), (dict(engine_tp=0), "at least 1"),
+                            (dict(engine="rlvr", engine_tp=2), "needs --engine vllm"),
+                            (dict(trainer_view="both"), "fused or separate")):
+        with pytest.raises(ConfigError, match=message):
+            check_train_config(TrainConfig(**{**common, **change}))
 
 
 # ---------------------------------------------------------------- vLLM itself
@@ -367,12 +374,12 @@ def test_a_vllm_run_that_fails_mid_run_resumes_to_the_uninterrupted_result(peaky
         "import rlvr.rollout.engines as e\n"
         "calls = {'n': 0}\n"
         "real = e.VLLMEngine._generate\n"
-        "def generate(self, prompts, params):\n"
-        "    if len(params) > 1:\n"
+        "def generate(self, prompts, specs, policy):\n"
+        "    if len(specs) > 1:\n"
         "        calls['n'] += 1\n"
         "        if calls['n'] == 3:\n"
         "            raise RuntimeError('simulated engine crash')\n"
-        "    return real(self, prompts, params)\n"
+        "    return real(self, prompts, specs, policy)\n"
         "e.VLLMEngine._generate = generate\n")
     env_path = os.pathsep.join([str(tmp_path), str(REPO), str(REPO / "tests")])
     code = ("import runpy, sys, fail_at_step_3; sys.argv = ['rlvr', *sys.argv[1:]]; "
