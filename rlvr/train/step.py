@@ -244,6 +244,7 @@ def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: Step
         entropy = masked_mean(samples.entropy, samples.completion_mask)
         st.controller.update(entropy)  # the coefficient of this step's loss reacts to its own entropy
     trained_rows = sum(step_selection.group_sizes)
+    coefficient = st.entropy_coef  # the one this step's loss uses (control/entropy_coef)
     result = update_policy(st, cfg, batch, advantages, reference, samples, step_selection, generated.batch, fused)
     if fused:  # the view of the rows trained on came from the update; the rest (if any) gets its own pass
         samples = complete_view(st, cfg, generated, selected.rows, result.view)
@@ -263,7 +264,7 @@ def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: Step
         events_log.write({"event": "nan_skip", "step": step, "cause": skipped, "in_a_row": st.bad_steps,
                           "message": f"non-finite {skipped}; the update was not applied"})
     return step_row(st, cfg, samples, entropy, update, skipped,
-                    {**generated.metrics, **step_selection.metrics, **local})
+                    {**generated.metrics, **step_selection.metrics, **local, "control/entropy_coef": coefficient})
 
 
 def collect(st: RunState, cfg: TrainConfig, task, pool, events_log, engine=None, view: bool = True) -> tuple:
