@@ -8,8 +8,9 @@ neither the other groups of the batch nor the process. rlvr's engine is the trai
 itself (rlvr/rollout/sample.py): its log-probs and entropies are the trainer's. vLLM runs its
 own copy of the weights, reloaded in place whenever the trained ones changed, with its own
 kernels and often another precision. Its log-probs (`engine_logprobs`) are therefore not the
-trainer's: `trainer_view` recomputes log-probs and the exact entropy with the trainer's forward,
-and rlvr.algo.correction measures and corrects the difference.
+trainer's: the trainer's log-probs and exact entropies come from the update's own first forward
+(rlvr.train.step, `--trainer-view fused`) or from `trainer_view`, a forward of their own before
+the update; rlvr.algo.correction measures and corrects the difference.
 
 What vLLM changes in the caller's process (docs/checks/vllm_probe/REPORT.md, section 4i) is
 undone around every call into it: the global RNGs (LLM() reseeds them, sampling advances

@@ -116,7 +116,8 @@ class Training:
         except ConfigError:
             self.logs.close()
             raise
-        self.check_engine_weights = self.engine.external and os.environ.get(CHECK_ENGINE_WEIGHTS_ENV) == "1"
+        self.check_engine_weights = (self.engine.external and os.environ.get(CHECK_ENGINE_WEIGHTS_ENV) == "1"
+                                     and self.engine.tp == 1)  # a TP engine holds shards: whole tensors cannot match
         self.log_start()
         self.bar = Progress(cfg, enabled=progress and not cfg.quiet, console=console, mute=not world.main)
         self.pool: RewardPool | WeightedPool | None = None
