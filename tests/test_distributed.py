@@ -320,10 +320,11 @@ def test_two_rank_vllm_run_killed_and_resumed_is_the_uninterrupted_run(vllm_runs
 
 
 @vllm_test
-@pytest.mark.slow  # one more launch of vLLM on 2 ranks
+@pytest.mark.slow  # two more launches of vLLM on 2 ranks
 def test_fsdp_ranks_gather_the_weights_for_their_engines(vllm_runs, tmp_path):
     """--fsdp (on the CPU through its test hook): each rank's engine gets the full weights,
-    gathered from the shards, after every update, and the run learns like 1 process."""
+    gathered from the shards, after every update, and the run learns like 1 process; with LoRA
+    the merged weights."""
     out = tmp_path / "fsdp"
     done = rlvr("train", *RUN, "--out", str(out), "--model", str(vllm_runs["model"]), *VLLM, "--nproc", "2", "--fsdp",
                 timeout=300, RLVR_TEST_FSDP_ON_CPU="1", RLVR_TEST_ENGINE_WEIGHTS="1")
@@ -333,6 +334,15 @@ def test_fsdp_ranks_gather_the_weights_for_their_engines(vllm_runs, tmp_path):
     assert len(checks) == STEPS and all(e["equal"] for e in checks)
     assert_same_metrics(vllm_runs["one"], out, noise=ENGINE_NOISE)
     assert weight_diff(vllm_runs["one"], out) <= ABS
+    # LoRA: each engine gets the merged weights W + BA of the adapted layers, B and A gathered from their shards
+    lora = tmp_path / "fsdp-lora"
+    done = rlvr("train", *RUN, "--out", str(lora), "--model", str(vllm_runs["model"]), *VLLM, "--nproc", "2", "--fsdp",
+                "--lora-rank", "4", "--steps", "2", timeout=300, RLVR_TEST_FSDP_ON_CPU="1", RLVR_TEST_ENGINE_WEIGHTS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    checks = [json.loads(line) for line in (lora / "events.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "engine_weights"]
+    assert len(checks) == 2 and all(e["equal"] for e in checks)
+    assert checks[0]["ranks"][0]["engine"] != checks[1]["ranks"][0]["engine"]
 
 
 @vllm_test

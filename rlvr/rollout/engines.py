@@ -514,7 +514,11 @@ class VLLMEngine:
         (RLVR_TEST_ENGINE_WEIGHTS): it costs one product per linear layer. With --fsdp a collective."""
         engine = self.llm.collective_rpc(_read_engine_weights)[0]
         packed = engine.pop(PACKED_KEY)
-        trained = {name: tensor.to(getattr(torch, self.settings.dtype)) for name, tensor in engine_weights(policy).items()}
+        trained = {name: full_tensor(tensor) for name, tensor in policy.model.state_dict().items()
+                   if "lora_" not in name}  # with LoRA the base weights, under their HF names below
+        trained = {name.replace(".base_layer.", "."): tensor for name, tensor in trained.items()}
+        trained.update(engine_weights(policy))  # what the engine was given: LoRA's merged weights
+        trained = {name: tensor.to(getattr(torch, self.settings.dtype)) for name, tensor in trained.items()}
         fused = {}
         for name in engine:
             parts = next(((module, members) for module, members in packed.items() if f".{module}." in name), None)
