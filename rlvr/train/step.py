@@ -303,6 +303,9 @@ def complete_view(st: RunState, cfg: TrainConfig, generated, rows: torch.Tensor 
         covered[reached] = True
     missing = (~covered).nonzero().squeeze(1)
     if missing.numel():
+        # With --fsdp decoding() is a collective; every rank gets here alike: --fsdp refuses --group-filter
+        # (the one option that can leave one rank's rows out and not another's), and --downsample
+        # leaves the same number out of every group, so every rank has rows missing or none has.
         with distributed.decoding(st.policy, st.world):
             rest = trainer_view(st.policy, select_rows(batch, missing), cfg.temperature, Truncation.of(cfg))
         logprobs[missing], entropy[missing] = rest.logprobs, rest.entropy
