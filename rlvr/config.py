@@ -136,6 +136,11 @@ class TrainConfig:
                                     "compute precision, float32 on CPU and bfloat16 on CUDA)")
     engine_memory: float = opt(0.0, "--engine vllm: on CUDA the share of GPU memory it may take (0 = 0.3), on CPU "
                                     "its KV cache in GiB (0 = sized to a step's rollouts)")
+    engine_tp: int = opt(1, "--engine vllm with several ranks: ranks that share one tensor-parallel engine (CUDA; "
+                            "1 = an engine on every rank)")
+    trainer_view: str = opt("fused", "--engine vllm: where the trainer's log-probs and exact entropies of the "
+                                     "engine's rollouts come from: fused (the update's own first forward) or "
+                                     "separate (a forward before the update; --top-entropy-tokens always uses it)")
     is_correction: str = opt("token-tis", "--engine vllm: how the policy gradient corrects for the engine's "
                                           "distribution differing from the trainer's: none, token-tis, seq-tis "
                                           "(truncated importance sampling), token-mask or seq-mask (docs/engines.md)")
@@ -264,6 +269,8 @@ class TrainConfig:
         check_episodes(self)
         if self.on_drift not in ("warn", "stop", "resync"):
             raise ConfigError("on_drift", f"must be warn, stop or resync, got {self.on_drift!r}")
+        if self.trainer_view not in ("fused", "separate"):
+            raise ConfigError("trainer_view", f"must be fused or separate, got {self.trainer_view!r}")
         if not self.is_cap > 1:
             raise ConfigError("is_cap", f"must be > 1 (a cap of 1 would give every token weight ≤ 1), got {self.is_cap}")
         if not self.drift_threshold > 0:

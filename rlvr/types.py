@@ -26,8 +26,10 @@ class RolloutBatch:
     texts: list[str]  # N decoded completions (without EOS)
     items: list[dict]  # B task items; group g was prompted with items[g]
     k: int  # samples per prompt (the largest group's size when sizes differ; see group_sizes)
-    # (N, T) float32: an external engine's (--engine vllm) log-prob of each sampled token, where
-    # `logprobs` and `entropy` are then the trainer's (rlvr.rollout.engines.trainer_view); else None
+    # (N, T) float32: an external engine's (--engine vllm) log-prob of each sampled token, else None.
+    # `logprobs` and `entropy` are then the trainer's once it has looked at the rollouts (before the
+    # update: rlvr.rollout.engines.trainer_view; or in it: rlvr.train.step.complete_view); until
+    # then `logprobs` holds the engine's and `entropy` zeros
     engine_logprobs: torch.Tensor | None = None
     # Episodes (--env) only, else None:
     env_mask: torch.Tensor | None = None  # (N, T) bool, True on the environment's tokens inside the completion

@@ -14,3 +14,9 @@ def has_digit(completion: str, item: dict) -> float:
 def always_zero(completion: str, item: dict) -> float:
     """No group ever has signal."""
     return 0.0
+
+
+def char_variety(completion: str, item: dict) -> float:
+    """Distinct characters over length: partial credit for any text, so even a random model's groups
+    differ (a learning signal that moves the weights at every step)."""
+    return len(set(completion)) / len(completion) if completion else 0.0

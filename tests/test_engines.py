@@ -7,6 +7,7 @@ command; without vLLM installed they skip and say why (CI installs it, and there
 fails them instead)."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -168,14 +169,21 @@ def test_bad_engine_settings_are_refused_before_any_work(tmp_path, change, field
     assert err.value.field == field
 
 
-def test_vllm_with_several_ranks_is_refused(tmp_path):
+def test_vllm_with_several_ranks_is_accepted_and_tensor_parallelism_checked(tmp_path):
+    """An engine per rank runs on the CPU (tests/test_distributed.py runs it); tensor parallelism
+    across ranks is CUDA's, and must divide the ranks."""
     pytest.importorskip("transformers")
     from hf_models import make_hf_model_dir
 
     model = make_hf_model_dir(tmp_path / "m", "llama", hidden=128, heads=4, kv_heads=2)
-    with pytest.raises(ConfigError, match="not supported yet"):
-        check_train_config(TrainConfig(engine="vllm", model=str(model), nproc=2, prompts_per_step=2,
-                                       out=str(tmp_path / "r")))
+    common = dict(engine="vllm", model=str(model), nproc=2, prompts_per_step=2, out=str(tmp_path / "r"))
+    if HAVE_VLLM:
+        check_train_config(TrainConfig(**common))
+    for change, message in ((dict(engine_tp=2), "needs CUDA"), (dict(engine_tp=0), "at least 1"),
+                            (dict(engine="rlvr", engine_tp=2), "needs --engine vllm"),
+                            (dict(trainer_view="both"), "fused or separate")):
+        with pytest.raises(ConfigError, match=message):
+            check_train_config(TrainConfig(**{**common, **change}))
 
 
 # ---------------------------------------------------------------- vLLM itself
@@ -367,12 +375,12 @@ def test_a_vllm_run_that_fails_mid_run_resumes_to_the_uninterrupted_result(peaky
         "import rlvr.rollout.engines as e\n"
         "calls = {'n': 0}\n"
         "real = e.VLLMEngine._generate\n"
-        "def generate(self, prompts, params):\n"
-        "    if len(params) > 1:\n"
+        "def generate(self, prompts, specs, policy):\n"
+        "    if len(specs) > 1:\n"
         "        calls['n'] += 1\n"
         "        if calls['n'] == 3:\n"
         "            raise RuntimeError('simulated engine crash')\n"
-        "    return real(self, prompts, params)\n"
+        "    return real(self, prompts, specs, policy)\n"
         "e.VLLMEngine._generate = generate\n")
     env_path = os.pathsep.join([str(tmp_path), str(REPO), str(REPO / "tests")])
     code = ("import runpy, sys, fail_at_step_3; sys.argv = ['rlvr', *sys.argv[1:]]; "
@@ -446,3 +454,115 @@ def test_an_untested_transformers_is_checked_and_a_broken_sampler_refused(monkey
     with pytest.raises(ConfigError, match=r"transformers 5\.19\.0 is not a version.*transformers==5\.24\.0"):
         open_engine(EngineSettings(), "unused", policy, max_new_tokens=6)
 
+
+
+# ---------------------------------------------------------------- the trainer's view, fused into the update
+
+@pytest.mark.parametrize("correction, updates, micro_batch_size, entropy_coef", [
+    ("token-tis", 1, "0", 0.0), ("seq-tis", 2, "5", 0.01), ("token-mask", 1, "auto", 0.0), ("seq-mask", 1, "3", 0.0)])
+def test_the_view_from_the_updates_forward_is_the_separate_passes(correction, updates, micro_batch_size, entropy_coef):
+    """An engine's batch (its log-probs off the trainer's by up to ~1 nat per token, so every rule
+    cuts some tokens): the update that takes π_old, the entropies and the importance weights from
+    its own first forward (`fused_view`) trains exactly as the update after a separate forward does
+    (rlvr.rollout.engines.trainer_view): the same view, the same corrected share, the same loss
+    terms and the same weights after the step, whatever the micro-batches. "The same" up to float
+    rounding: the separate pass packs its own micro-batches, so its log-probs differ in the last
+    bits (≤ 2e-6 here), and so do the weights after AdamW's steps (≤ 1e-5, but for the attention key
+    biases, whose gradient is exactly 0 and which AdamW steps by its rounding noise: docs/distributed.md)."""
+    import copy
+
+    from conftest import make_policy
+    from rlvr.rollout.engines import trainer_view
+    from rlvr.rollout.sample import sample_groups
+    from rlvr.train.step import train_step
+
+    policy = make_policy(seed=5)
+    items = [{"id": str(i), "prompt": f"{i}+{i}="} for i in range(4)]
+    batch = sample_groups(policy, items, 4, max_new_tokens=6, temperature=1.0,
+                          generator=torch.Generator().manual_seed(2))
+    noise = 0.5 * torch.randn(batch.logprobs.shape, generator=torch.Generator().manual_seed(3))
+    engine = torch.where(batch.completion_mask, batch.logprobs + noise, 0.0)
+    from_engine = dataclasses.replace(batch, logprobs=engine.clone(), entropy=torch.zeros_like(batch.entropy),
+                                      engine_logprobs=engine)  # what VLLMEngine returns
+    cfg = TrainConfig(is_correction=correction, is_cap=1.5, updates_per_step=updates, micro_batch_size=micro_batch_size,
+                      entropy_coef=entropy_coef)
+    advantages = torch.randn(batch.num_rows, generator=torch.Generator().manual_seed(4))
+    results, weights = [], []
+    for fused in (False, True):
+        model = copy.deepcopy(policy)
+        model.module.train()
+        optimizer = torch.optim.AdamW(model.module.parameters(), lr=1e-2, fused=True)
+        given = from_engine if fused else trainer_view(model, from_engine, 1.0, None)
+        results.append((given, train_step(model, optimizer, given, advantages, cfg, fused_view=fused)))
+        weights.append({k: v.clone() for k, v in model.module.state_dict().items()})
+    (separate_batch, separate), (_, fused) = results
+    mask = batch.completion_mask
+    assert separate.view is None and bool(fused.view.viewed.all())
+    torch.testing.assert_close(fused.view.logprobs[mask], separate_batch.logprobs[mask], rtol=1e-6, atol=2e-6)
+    torch.testing.assert_close(fused.view.entropy[mask], separate_batch.entropy[mask], rtol=1e-6, atol=2e-6)
+    assert 0 < separate.metrics["mismatch/corrected_frac"] < 1
+    assert fused.metrics["mismatch/corrected_frac"] == separate.metrics["mismatch/corrected_frac"]
+    for key in ("loss/policy", "loss/entropy", "clip/frac", "grad/norm"):
+        assert fused.metrics[key] == pytest.approx(separate.metrics[key], rel=1e-5, abs=1e-7), key
+    for name, value in weights[0].items():
+        other = weights[1][name]
+        if name.endswith("qkv.bias"):  # the key bias's gradient is exactly 0: AdamW steps its rounding noise
+            third = value.numel() // 3
+            value, other = torch.cat([value[:third], value[2 * third:]]), torch.cat([other[:third], other[2 * third:]])
+        torch.testing.assert_close(other, value, rtol=0, atol=1e-5)
+
+
+def test_the_fused_view_waits_for_the_update_and_fills_the_rows_it_did_not_train():
+    """A run step on an engine's batch without vLLM (a fake external engine over rlvr's sampler):
+    the rows --downsample leaves out get their view from a pass of their own, every row ends with
+    the trainer's log-probs and entropies, and the step's entropy and mismatch are those of the
+    separate pass."""
+    from rlvr.rewards.pool import RewardPool
+    from rlvr.rewards.verifiers import load_verifier
+    from rlvr.rollout.engines import RlvrEngine
+    from rlvr.tasks import get_task
+    from rlvr.train.memory import StepMemory
+    from rlvr.train.state import RunState
+    from rlvr.train.step import run_step
+
+    class NoisyEngine(RlvrEngine):
+        """rlvr's sampler, its log-probs reported as an engine's that disagrees with the trainer."""
+
+        external = True
+
+        def sample(self, policy, items, k, **kwargs):
+            batch = super().sample(policy, items, k, **kwargs)
+            shift = 0.2 * torch.randn(batch.logprobs.shape, generator=torch.Generator().manual_seed(len(batch.texts)))
+            engine = torch.where(batch.completion_mask, batch.logprobs + shift, 0.0)
+            return dataclasses.replace(batch, logprobs=engine.clone(), entropy=torch.zeros_like(batch.entropy),
+                                       engine_logprobs=engine)
+
+    class Events:
+        def write(self, event):
+            pass
+
+    def steps(view: str, count: int, **options) -> list[dict]:
+        cfg = TrainConfig(k=4, prompts_per_step=3, max_new_tokens=6, trainer_view=view, threads=1, reward_workers=0,
+                          out="unused", **options)
+        st = RunState(cfg, torch.device("cpu"))
+        task = get_task(cfg.task, seed=0)
+        pool = RewardPool.in_process(load_verifier("task", task))
+        out = []
+        for step in range(1, count + 1):
+            st.step = step
+            out.append(run_step(st, cfg, task, pool, None, StepMemory("cpu"), Events(), NoisyEngine()))
+        return out
+
+    rows = {view: steps(view, 1, downsample=2)[0] for view in ("separate", "fused")}
+    separate, fused = rows["separate"], rows["fused"]
+    assert separate["sampling/trained"] == fused["sampling/trained"] == 6  # 6 of the 12 rows trained, 6 filled
+    for key in ("entropy/mean", "entropy/p50", "mismatch/kl", "mismatch/corrected_frac", "loss/policy", "reward/mean"):
+        assert fused[key] == pytest.approx(separate[key], rel=1e-5, abs=1e-9), key
+    assert fused["perf/logprob_seconds"] > 0  # the left-out rows' own pass
+
+    # --entropy-target: the separate pass moves the coefficient before step 1's loss, the fused view
+    # after it (TRL's order): the fused run's step s uses what the separate run's step s − 1 used
+    target = dict(entropy_target=50.0, entropy_coef=0.01, entropy_coef_step=0.002)  # far above: it rises every step
+    coefficients = {view: [r["control/entropy_coef"] for r in steps(view, 2, **target)] for view in ("separate", "fused")}
+    assert coefficients["separate"] == pytest.approx([0.012, 0.014])
+    assert coefficients["fused"] == pytest.approx([0.010, 0.012])

@@ -81,6 +81,10 @@ def importance_weights(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Te
     return (weights * mask).float(), {"mismatch/corrected_frac": float(cut.sum()) / tokens}
 
 
+MISMATCH_KEYS = ("mismatch/kl", "mismatch/logprob_abs_max", "mismatch/is_ratio_mean", "mismatch/is_ratio_max",
+                 "mismatch/seq_is_ratio_max")
+
+
 def mismatch_metrics(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor) -> dict:
     """How far the engine's distribution is from the trainer's on the sampled tokens:
       mismatch/kl                k3 = ρ − 1 − log ρ per token, averaged: an unbiased, non-negative
@@ -90,19 +94,35 @@ def mismatch_metrics(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tens
       mismatch/is_ratio_max      the largest token ρ
       mismatch/seq_is_ratio_max  the largest sequence weight Π_t ρ_t
     NaN when no token is masked in."""
+    return mismatch_of_totals([mismatch_totals(trainer_logprobs, engine_logprobs, mask)])
+
+
+def mismatch_totals(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor) -> dict:
+    """The sums and extremes mismatch_metrics needs, as plain floats: a rank's part of a step,
+    combined over the ranks by `mismatch_of_totals`."""
     tokens = int(mask.sum())
     if not tokens:
-        return {name: math.nan for name in ("mismatch/kl", "mismatch/logprob_abs_max", "mismatch/is_ratio_mean",
-                                            "mismatch/is_ratio_max", "mismatch/seq_is_ratio_max")}
+        return {"tokens": 0}
     log_rho = log_ratio(trainer_logprobs, engine_logprobs, mask)
     rho = log_rho.exp()
     k3 = (rho - 1.0 - log_rho)[mask]
+    return {"tokens": tokens, "k3": float(k3.sum()), "rho": float(rho[mask].sum()),
+            "abs_max": float(log_rho.abs().max()), "rho_max": float(rho[mask].max()),
+            "seq_max": float(sequence_log_ratio(log_rho)[mask.any(dim=1)].exp().max())}
+
+
+def mismatch_of_totals(parts: list[dict]) -> dict:
+    """mismatch/* of the tokens of all `parts` (mismatch_totals of each rank); NaN without tokens."""
+    parts = [p for p in parts if p["tokens"]]
+    if not parts:
+        return dict.fromkeys(MISMATCH_KEYS, math.nan)
+    tokens = sum(p["tokens"] for p in parts)
     return {
-        "mismatch/kl": float(k3.mean()),
-        "mismatch/logprob_abs_max": float(log_rho.abs().max()),
-        "mismatch/is_ratio_mean": float(rho[mask].mean()),
-        "mismatch/is_ratio_max": float(rho[mask].max()),
-        "mismatch/seq_is_ratio_max": float(sequence_log_ratio(log_rho)[mask.any(dim=1)].exp().max()),
+        "mismatch/kl": sum(p["k3"] for p in parts) / tokens,
+        "mismatch/logprob_abs_max": max(p["abs_max"] for p in parts),
+        "mismatch/is_ratio_mean": sum(p["rho"] for p in parts) / tokens,
+        "mismatch/is_ratio_max": max(p["rho_max"] for p in parts),
+        "mismatch/seq_is_ratio_max": max(p["seq_max"] for p in parts),
     }
 
 

@@ -4,6 +4,8 @@ rlvr/algo/stats.py from the per-problem counts it collects (definitions in TERMS
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Sequence
 
 from rlvr.algo.stats import _check_counts, hm_at_k_ranked, metrics_from_per_problem
@@ -74,7 +76,15 @@ def evaluate_policy(
     mine = world.shard(len(items))
     per_problem, shown = [], []
     chunk = max(1, policy.decode_batch_rows // samples)
-    for start in range(mine.start, mine.stop, chunk):
+    engine.sync(policy)  # an external engine takes the trained weights here, at the same point on every rank
+    starts = list(range(mine.start, mine.stop, chunk))
+    if getattr(engine, "lockstep", False):  # ranks sharing an engine (--engine-tp) call it equally often
+        most = max(math.ceil(len(dataclasses.replace(world, rank=r).shard(len(items))) / chunk)
+                   for r in range(world.size))
+        for _ in range(most - len(starts)):
+            engine.sample(policy, [], samples, max_new_tokens=max_new_tokens, temperature=temperature, seeds=[])
+            engine.sample(policy, [], 1, max_new_tokens=max_new_tokens, temperature=0.0, seeds=[])
+    for start in starts:
         indices = range(start, min(start + chunk, mine.stop))
         group = items[indices.start : indices.stop]
         seeds = group_seeds(seed, indices)

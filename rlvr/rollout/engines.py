@@ -1,5 +1,6 @@
 """Where rollouts come from: rlvr's own decode loop, or vLLM colocated in this process
-(`--engine rlvr|vllm`, docs/engines.md).
+(`--engine rlvr|vllm`, docs/engines.md). With W ranks every rank runs its own vLLM engine,
+joined to rlvr's process group (vLLM's external launcher), and samples its own groups.
 
 Both engines answer `sample(policy, items, k, ...)` with a RolloutBatch whose group g holds k
 (or k[g]) completions of items[g], drawn with group g's own seed, so a group's samples depend on
@@ -7,8 +8,9 @@ neither the other groups of the batch nor the process. rlvr's engine is the trai
 itself (rlvr/rollout/sample.py): its log-probs and entropies are the trainer's. vLLM runs its
 own copy of the weights, reloaded in place whenever the trained ones changed, with its own
 kernels and often another precision. Its log-probs (`engine_logprobs`) are therefore not the
-trainer's: `trainer_view` recomputes log-probs and the exact entropy with the trainer's forward,
-and rlvr.algo.correction measures and corrects the difference.
+trainer's: the trainer's log-probs and exact entropies come from the update's own first forward
+(rlvr.train.step, `--trainer-view fused`) or from `trainer_view`, a forward of their own before
+the update; rlvr.algo.correction measures and corrects the difference.
 
 What vLLM changes in the caller's process (docs/checks/vllm_probe/REPORT.md, section 4i) is
 undone around every call into it: the global RNGs (LLM() reseeds them, sampling advances
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib.util
 import os
 import random
@@ -54,6 +57,7 @@ class EngineSettings:
     engine: str = "rlvr"
     engine_dtype: str = "auto"  # auto: the trainer's compute precision (float32 on CPU, bfloat16 on CUDA)
     engine_memory: float = 0.0  # CUDA: share of GPU memory; CPU: KV-cache GiB; 0 = auto
+    engine_tp: int = 1  # ranks that share one engine (vLLM tensor parallelism across ranks; CUDA only)
     device: str = "cpu"
     # Episodes (--env; rlvr.rollout.episodes): "" = single completions
     env: str = ""
@@ -75,8 +79,9 @@ class EngineSettings:
         return "bfloat16" if self.device == "cuda" else "float32"
 
 
-def check_engine(settings: EngineSettings, model: str, parallel: bool = False) -> None:
-    """ConfigError (exit 2) unless the engine can run this model here; loads nothing."""
+def check_engine(settings: EngineSettings, model: str, ranks: int = 1) -> None:
+    """ConfigError (exit 2) unless the engine can run this model here, on `ranks` processes; loads
+    nothing."""
     if settings.engine not in ENGINES:
         raise ConfigError("engine", f"must be one of {', '.join(ENGINES)}, got {settings.engine!r}")
     if settings.engine_dtype not in ENGINE_DTYPES:
@@ -86,11 +91,22 @@ def check_engine(settings: EngineSettings, model: str, parallel: bool = False) -
     if settings.device == "cuda" and settings.engine_memory >= 1:
         raise ConfigError("engine_memory", f"on CUDA it is the share of GPU memory vLLM may take, in (0, 1); got "
                                            f"{settings.engine_memory}")
+    if settings.engine_tp < 1:
+        raise ConfigError("engine_tp", f"must be at least 1, got {settings.engine_tp}")
     if settings.engine == "rlvr":
+        if settings.engine_tp != 1:
+            raise ConfigError("engine_tp", "splits a vLLM engine over ranks; it needs --engine vllm")
         return
-    if parallel:
-        raise ConfigError("engine", "--engine vllm runs one colocated engine in one process; with several ranks "
-                                    "(--nproc, torchrun, --fsdp) it is not supported yet: use --engine rlvr")
+    if settings.engine_tp > 1:
+        if settings.device != "cuda":
+            raise ConfigError("engine_tp", "tensor parallelism across ranks needs CUDA (vLLM's CPU backend runs one "
+                                           "engine per rank here); use --engine-tp 1")
+        if ranks % settings.engine_tp:
+            raise ConfigError("engine_tp", f"must divide the number of ranks ({ranks}): each engine spans "
+                                           f"--engine-tp consecutive ranks; use --engine-tp 1 or a divisor of {ranks}")
+        if settings.env:
+            raise ConfigError("engine_tp", "the ranks of one engine must call it equally often, and episodes take "
+                                           "different numbers of turns on each rank; use --engine-tp 1 with --env")
     ref = resolve(model)
     if ref.backend == "tiny":
         raise ConfigError("engine", f"--model {model!r} is rlvr's built-in model, an architecture of its own that "
@@ -102,15 +118,17 @@ def check_engine(settings: EngineSettings, model: str, parallel: bool = False) -
 
 
 def open_engine(settings: EngineSettings, model: str, policy: Policy, *, max_new_tokens: int,
-                rows: int = 0) -> "RlvrEngine | VLLMEngine | EpisodeEngine":
+                rows: int = 0, world=None) -> "RlvrEngine | VLLMEngine | EpisodeEngine":
     """The engine of `settings` for `policy` (loaded from `model`). `rows`: sequences one call
-    samples at most (sizes vLLM's CPU KV cache under --engine-memory 0). With --env its samples
-    are episodes (rlvr.rollout.episodes.EpisodeEngine over it)."""
+    samples at most (sizes vLLM's CPU KV cache under --engine-memory 0). `world`
+    (rlvr.distributed.World): with W ranks (or --fsdp) rlvr's process group exists and vLLM joins
+    it; every rank must open its engine at the same time. With --env its samples are episodes
+    (rlvr.rollout.episodes.EpisodeEngine over it)."""
     if settings.engine == "rlvr":
         check_sampler_on_untested_transformers(policy)
         engine = RlvrEngine()
     else:
-        engine = VLLMEngine(settings, model, policy, max_new_tokens=max_new_tokens, rows=rows)
+        engine = VLLMEngine(settings, model, policy, max_new_tokens=max_new_tokens, rows=rows, world=world)
     if not settings.env:
         return engine
     episodes = EpisodeSettings(max_turns=settings.max_turns, max_new_tokens=max_new_tokens,
@@ -157,6 +175,7 @@ class RlvrEngine:
 
     name = "rlvr"
     external = False  # the trainer's own log-probs and exact entropies
+    lockstep = False  # ranks call it independently
 
     def sample(self, policy: Policy, items: list[dict], k: int | list[int], *, max_new_tokens: int,
                temperature: float, seeds: list[int], truncation: Truncation | None = None) -> RolloutBatch:
@@ -178,6 +197,9 @@ class RlvrEngine:
 
     def take_seconds(self) -> dict[str, float]:
         return {}
+
+    def sync(self, policy: Policy, force: bool = False) -> float:
+        return 0.0  # it samples with the trained weights themselves
 
     def resync(self, policy: Policy) -> float:
         return 0.0
@@ -210,22 +232,31 @@ def isolated():
         os.environ.update(environment)
 
 
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor whole: an FSDP2 shard (DTensor) is all-gathered (a collective: every rank must call
+    it, in the same order), anything else is returned as it is."""
+    gather = getattr(tensor, "full_tensor", None)  # torch.distributed.tensor.DTensor
+    return (gather() if gather is not None else tensor).detach()
+
+
 def engine_weights(policy: Policy) -> dict[str, torch.Tensor]:
     """The weights vLLM must hold, under their Hugging Face names: the whole state dict, or with a
-    LoRA adapter the adapted linear layers' merged weights W + ΔW (the rest never changes)."""
+    LoRA adapter the adapted linear layers' merged weights W + ΔW (the rest never changes). With
+    --fsdp every sharded tensor is gathered in full first (collective: every rank calls this at
+    the same point)."""
     peft_model = getattr(policy, "peft_model", None)
     model = policy.model
     if peft_model is None or not getattr(policy, "adapter_enabled", True):
-        return {name: tensor.detach() for name, tensor in model.state_dict().items()}
+        return {name: full_tensor(tensor) for name, tensor in model.state_dict().items()}
     from peft.tuners.lora import LoraLayer
 
     merged = {}
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
-            weight = module.get_base_layer().weight.detach()
+            weight = full_tensor(module.get_base_layer().weight)
             for adapter in module.active_adapters:
                 if adapter in module.lora_A:
-                    weight = weight + module.get_delta_weight(adapter).detach()
+                    weight = weight + full_tensor(module.get_delta_weight(adapter))
             merged[f"{name}.weight"] = weight
     return merged
 
@@ -257,18 +288,26 @@ class VLLMEngine:
     """vLLM's LLM in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), as TRL's colocate mode.
 
     A group's K samples are one request with n = K and the group's seed: vLLM gives each of the
-    n its own stream from that seed, so the samples reproduce across calls, batches and engines
-    on the same machine. Prefix caching (on by default) computes a prompt's KV once for its K
+    n its own stream from that seed, so the samples reproduce across calls, batches, engines and
+    ranks on the same machine. Prefix caching (on by default) computes a prompt's KV once for its K
     samples. Log-probs are `processed_logprobs`: of the distribution actually sampled, after the
     temperature and the top-k/top-p/min-p support. Before sampling, the trained weights are
     reloaded in place when they changed (`collective_rpc("reload_weights")` with the HF state
-    dict; LoRA merged), and the prefix cache, computed with the old weights, is dropped."""
+    dict; LoRA merged; FSDP shards gathered first), and the prefix cache, computed with the old
+    weights, is dropped.
+
+    With rlvr's process group up (W ranks, or --fsdp), vLLM joins it instead of starting its own
+    (`distributed_executor_backend="external_launcher"`, the engine of TRL's colocate mode): one
+    engine per rank with --engine-tp 1, each sampling its rank's own groups; with --engine-tp T
+    (CUDA) T consecutive ranks share one tensor-parallel engine: they pool their requests, every
+    one of them runs the same generate, and each keeps its own rows (`lockstep`: the ranks of an
+    engine must call it equally often). `close` shuts vLLM down without destroying rlvr's group."""
 
     name = "vllm"
     external = True
 
     def __init__(self, settings: EngineSettings, model: str, policy: Policy, *, max_new_tokens: int,
-                 rows: int = 0) -> None:
+                 rows: int = 0, world=None) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its INFO and WARNING lines would bury the run's own
         started = time.perf_counter()
@@ -276,9 +315,15 @@ class VLLMEngine:
         path = ref.base.path if ref.adapter else ref.path  # an adapter's base; the merged weights follow
         config = policy.model.config
         max_len = min(policy.max_seq_len, getattr(config, "max_position_embeddings", policy.max_seq_len))
-        kwargs: dict = dict(model=str(path), dtype=settings.dtype, max_model_len=max_len, seed=0,
+        # rlvr's process group (W ranks, or --fsdp): vLLM joins it rather than starting its own
+        self.joined = world is not None and (world.parallel or world.fsdp)
+        self.tp = settings.engine_tp if self.joined else 1
+        self.rank = world.rank if self.joined else 0
+        kwargs: dict = dict(model=str(path), dtype=settings.dtype, max_model_len=max_len, seed=self.rank // self.tp,
                             logprobs_mode="processed_logprobs", enable_chunked_prefill=False,
                             enable_prefix_caching=True)
+        if self.joined:  # one engine per rank (or per --engine-tp ranks), TRL's colocate mode
+            kwargs.update(distributed_executor_backend="external_launcher", tensor_parallel_size=self.tp)
         if settings.device == "cuda":
             kwargs["gpu_memory_utilization"] = settings.engine_memory or 0.3
         else:
@@ -292,8 +337,12 @@ class VLLMEngine:
                 # vLLM queues what does not fit, so a smaller cache only lowers the rows decoded together
                 kwargs["kv_cache_memory_bytes"] = int(max(floor, min(need, MAX_AUTO_CPU_KV_BYTES)))
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override kv_cache_memory_bytes
+        self.group = None  # the ranks of this engine (--engine-tp > 1), for pooling their requests
         try:
             with isolated():
+                if self.joined:  # the external launcher reads them; torchrun sets them, one --fsdp process may not
+                    os.environ.setdefault("RANK", str(world.rank))
+                    os.environ.setdefault("LOCAL_RANK", str(world.local_rank))
                 import vllm
 
                 self.vllm = vllm
@@ -305,6 +354,11 @@ class VLLMEngine:
             reason = next((line for line in first if "not supported" in line), first[0] if first else repr(err))
             raise ConfigError("engine", f"vLLM cannot load {str(path)!r}: {reason.strip()}; use --engine rlvr "
                                         f"for this model") from None
+        if self.tp > 1:
+            import torch.distributed as dist
+
+            self.group, _ = dist.new_subgroups_by_enumeration(
+                [list(range(g, g + self.tp)) for g in range(0, world.size, self.tp)], backend="gloo")
         self.settings, self.path = settings, path
         self.start_seconds = time.perf_counter() - started
         self.synced: tuple | None = None
@@ -312,34 +366,57 @@ class VLLMEngine:
         self.sync(policy)
         self._probe(policy)
 
+    @property
+    def lockstep(self) -> bool:
+        """The ranks of one engine (--engine-tp > 1) must call `sample` equally often, an empty call
+        where a rank has nothing to sample."""
+        return self.group is not None
+
     def _probe(self, policy: Policy) -> None:
         """One greedy token: vLLM accepts some models it then cannot run (a CPU attention head size
         it has no kernel for fails only at the first generate); refuse those before any work."""
         try:
             self._generate([policy.encode_prompt({"prompt": "1", "answer": "1"})],
-                           [self._params(1, temperature=0.0, max_new_tokens=1, seed=0, truncation=None, policy=policy)])
+                           [(1, 0.0, 1, 0, None)], policy)
         except Exception as err:  # noqa: BLE001 - any failure here means the model cannot be sampled
             raise ConfigError("engine", f"vLLM loaded {str(self.path)!r} but cannot run it: "
                                         f"{str(err).strip().splitlines()[0] if str(err).strip() else repr(err)}; "
                                         "use --engine rlvr for this model") from None
 
-    def _params(self, n: int, *, temperature: float, max_new_tokens: int, seed: int,
-                truncation: Truncation | None, policy: Policy):
+    def _params(self, spec: tuple, policy: Policy):
+        """A request's SamplingParams from its spec (n, temperature, max new tokens, seed, truncation)."""
+        n, temperature, max_new_tokens, seed, truncation = spec
         truncation = truncation or Truncation()
         return self.vllm.SamplingParams(
             n=n, temperature=temperature, seed=seed, max_tokens=max_new_tokens, logprobs=0, detokenize=False,
             stop_token_ids=list(policy.stop_ids), top_k=truncation.top_k or 0, top_p=truncation.top_p,
             min_p=truncation.min_p)
 
-    def _generate(self, prompts: list[list[int]], params: list) -> list:
+    def _generate(self, prompts: list[list[int]], specs: list[tuple], policy: Policy) -> list:
+        """vLLM's outputs for these requests. --engine-tp > 1: the requests of every rank of this
+        engine are pooled (rank order) and generated by all of them together; this rank keeps its own."""
         from vllm.inputs import TokensPrompt
 
+        mine = slice(0, len(prompts))
+        if self.group is not None:
+            import torch.distributed as dist
+
+            every: list = [None] * self.tp
+            dist.all_gather_object(every, (prompts, specs), group=self.group)
+            start = sum(len(p) for p, _ in every[: dist.get_rank(self.group)])
+            mine = slice(start, start + len(prompts))
+            prompts, specs = [p for part, _ in every for p in part], [s for _, part in every for s in part]
+        if not prompts:
+            return []
         with isolated():
-            return self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
+                                        [self._params(spec, policy) for spec in specs], use_tqdm=False)
+        return outputs[mine]
 
     def sync(self, policy: Policy, force: bool = False) -> float:
         """Reloads the trained weights into the engine when they changed since the last reload
-        (or always, with `force`) -> the seconds it took."""
+        (or always, with `force`) -> the seconds it took. With --fsdp a collective (the shards are
+        gathered): rlvr calls it on every rank at the start of each step and evaluation."""
         version = weights_version(policy)
         if version == self.synced and not force:
             return 0.0
@@ -363,21 +440,23 @@ class VLLMEngine:
         return {"perf/engine_sync_seconds": seconds}
 
     def sample(self, policy: Policy, items: list[dict], k: int | list[int], *, max_new_tokens: int,
-               temperature: float, seeds: list[int], truncation: Truncation | None = None) -> RolloutBatch:
+               temperature: float, seeds: list[int], truncation: Truncation | None = None) -> RolloutBatch | None:
+        """K samples of each item (None for no items: an empty call of a `lockstep` engine)."""
         sizes = [k] * len(items) if isinstance(k, int) else list(k)
         prompts = [policy.encode_prompt(item) for item in items]
-        longest = max(len(p) for p in prompts)
+        longest = max((len(p) for p in prompts), default=0)
         if longest + max_new_tokens > policy.max_seq_len:
             raise ValueError(f"prompts of up to {longest} tokens plus {max_new_tokens} new tokens exceed the model's "
                              f"context of {policy.max_seq_len}; use shorter prompts or a smaller --max-new-tokens")
         self.sync(policy)
-        params = [self._params(size, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
-                               truncation=truncation if temperature > 0 else None, policy=policy)
-                  for size, seed in zip(sizes, seeds)]
+        specs = [(size, temperature, max_new_tokens, seed, truncation if temperature > 0 else None)
+                 for size, seed in zip(sizes, seeds)]
         try:
-            outputs = self._generate(prompts, params)
+            outputs = self._generate(prompts, specs, policy)
         except Exception as err:  # noqa: BLE001 - contained: the run stops with the cause, checkpoints intact
             raise EngineError(f"the vLLM engine failed while sampling: {type(err).__name__}: {err}") from err
+        if not items:
+            return None
         return self._batch(policy, items, prompts, sizes, outputs, max_new_tokens)
 
     def continue_rows(self, policy: Policy, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
@@ -391,10 +470,9 @@ class VLLMEngine:
         if suffixes is not None:
             prompts = [p + s for p, s in zip(prompts, suffixes)]
         self.sync(policy)
-        params = [self._params(1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
-                               truncation=truncation if temperature > 0 else None, policy=policy) for seed in seeds]
+        specs = [(1, temperature, max_new_tokens, seed, truncation if temperature > 0 else None) for seed in seeds]
         try:
-            outputs = self._generate(prompts, params)
+            outputs = self._generate(prompts, specs, policy)
         except Exception as err:  # noqa: BLE001 - contained: the run stops with the cause, checkpoints intact
             raise EngineError(f"the vLLM engine failed while sampling: {type(err).__name__}: {err}") from err
         batch = self._batch(policy, [{}] * len(prompts), prompts, [1] * len(prompts), outputs, max_new_tokens)
@@ -435,12 +513,101 @@ class VLLMEngine:
             group_ids=group_of_row.to(device), texts=[policy.decode(ids) for ids in completions], items=list(items),
             k=max(sizes), engine_logprobs=engine_logprobs.to(device))
 
-    def close(self) -> None:
-        with isolated():
-            del self.llm
-            import gc
+    def weight_digests(self, policy: Policy) -> dict:
+        """What the engine holds against what the trainer holds, tensor by tensor, as SHA-256
+        digests: {"engine", "trained"} (each over every tensor, by name) and "differ" (the names
+        whose digests differ). The engine's side is read back from its model (collective_rpc): a
+        tensor vLLM keeps as it is directly; a linear layer whose weight vLLM's CPU backend packed
+        into its GEMM kernel (and dropped) through that kernel, as the product of an identity
+        matrix with it, which is exact. The trainer's side is `engine_weights`, cast to the engine's
+        dtype and fused the way vLLM fuses layers (q/k/v, gate/up); vLLM's padding rows of the
+        vocabulary are left out. A check for tests
+        (RLVR_TEST_ENGINE_WEIGHTS): it costs one product per linear layer. With --fsdp a collective."""
+        engine = self.llm.collective_rpc(_read_engine_weights)[0]
+        packed = engine.pop(PACKED_KEY)
+        trained = {name: full_tensor(tensor) for name, tensor in policy.model.state_dict().items()
+                   if "lora_" not in name}  # with LoRA the base weights, under their HF names below
+        trained = {name.replace(".base_layer.", "."): tensor for name, tensor in trained.items()}
+        trained.update(engine_weights(policy))  # what the engine was given: LoRA's merged weights
+        trained = {name: tensor.to(getattr(torch, self.settings.dtype)) for name, tensor in trained.items()}
+        fused = {}
+        for name in engine:
+            parts = next(((module, members) for module, members in packed.items() if f".{module}." in name), None)
+            if parts is None:
+                fused[name] = trained.get(name)
+            else:
+                module, members = parts
+                pieces = [trained.get(name.replace(f".{module}.", f".{member}.")) for member in members]
+                fused[name] = None if any(p is None for p in pieces) else torch.cat(pieces)
+        for name, tensor in engine.items():  # vLLM pads the vocabulary rows of embeddings and heads
+            want = fused[name]
+            if want is not None and tensor.dim() == want.dim() and tensor.shape[0] > want.shape[0] \
+                    and tensor.shape[1:] == want.shape[1:]:
+                engine[name] = tensor[: want.shape[0]]
+        trained_digests = {name: _digest(t) for name, t in fused.items()}
+        engine_digests = {name: _digest(t) for name, t in engine.items()}
+        return {"engine": _digest_of(engine_digests), "trained": _digest_of(trained_digests),
+                "differ": sorted(name for name in engine if engine_digests[name] != trained_digests[name]),
+                "tensors": len(engine)}
 
+    def close(self) -> None:
+        """Shuts vLLM down now (not at exit, where it would find rlvr's process group gone). Joined
+        to rlvr's group, vLLM's teardown destroys its own groups but not rlvr's default one, which
+        the run still needs (a final --fsdp save) and `rlvr.distributed.stop` destroys."""
+        import gc
+
+        with isolated():
+            client = self.llm.llm_engine.engine_core
+            if self.joined:
+                import torch.distributed as dist
+
+                destroy = dist.destroy_process_group
+
+                def keep_default(group=None):  # vLLM's cleanup destroys the default group last
+                    if group is not None:
+                        destroy(group)
+
+                dist.destroy_process_group = keep_default
+                try:
+                    client.shutdown()
+                finally:
+                    dist.destroy_process_group = destroy
+            else:
+                client.shutdown()
+            del self.llm
             gc.collect()
+
+
+PACKED_KEY = "__packed_modules__"
+
+
+def _read_engine_weights(worker) -> dict:
+    """Runs inside vLLM's worker (collective_rpc): every weight of its model as a float32 CPU tensor
+    by vLLM's name, and its `packed_modules_mapping` (fused layers -> their Hugging Face parts)."""
+    model = worker.model_runner.model
+    out: dict = {PACKED_KEY: dict(getattr(model, "packed_modules_mapping", {}) or {})}
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            prefix = f"{module_name}." if module_name else ""
+            for name, param in module.named_parameters(recurse=False):
+                if name == "weight" and hasattr(module, "cpu_linear") and param.numel() == 0:
+                    # vLLM's CPU GEMM keeps this weight packed inside its kernel: I·Wᵀ = Wᵀ, exactly
+                    columns = module.input_size_per_partition
+                    eye = torch.eye(columns, dtype=param.dtype)
+                    out[prefix + name] = module.cpu_linear(eye, param, None).t().float().contiguous()
+                else:
+                    out[prefix + name] = param.detach().float().cpu().contiguous()
+    return out
+
+
+def _digest(tensor: torch.Tensor | None) -> str:
+    if tensor is None:
+        return "missing"
+    return hashlib.sha256(tensor.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _digest_of(digests: dict[str, str]) -> str:
+    return hashlib.sha256("".join(f"{name}:{digests[name]};" for name in sorted(digests)).encode()).hexdigest()
 
 
 def trainer_view(policy: Policy, batch: RolloutBatch, temperature: float, truncation: Truncation | None
@@ -465,5 +632,6 @@ def describe_engine(engine) -> dict:
     if not engine.external:
         return {"engine": "rlvr"}
     return {"engine": "vllm", "vllm": engine.vllm.__version__, "engine_dtype": engine.settings.dtype,
-            "engine_start_seconds": round(engine.start_seconds, 2), "engine_model": str(engine.path)}
+            "engine_start_seconds": round(engine.start_seconds, 2), "engine_model": str(engine.path),
+            "engine_tp": engine.tp, "engine_per_rank": engine.joined}
 

@@ -26,11 +26,12 @@ def completion_logprobs(
     temperature: float,
     with_entropy: bool = False,
     truncation: Truncation | None = None,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, T) of the completion tokens under `policy` at `temperature` (on
     `truncation`'s support, the sampled tokens always in it), with gradients, and optionally
-    their exact token entropies (N, T): one forward over each row's prompt + completion. The
-    reference for the packed forward of `Scorer`."""
+    their exact token entropies (N, T), with gradients unless `entropy_grad` is False: one forward
+    over each row's prompt + completion. The reference for the packed forward of `Scorer`."""
     completion_width = completion_ids.shape[1]
     ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+T)
     valid = torch.cat([prompt_mask, completion_mask], dim=1)
@@ -44,7 +45,16 @@ def completion_logprobs(
                  torch.arange(columns, device=ids.device)[None, :].expand(rows, columns), completion_ids)
     logp_all = tempered_log_probs(logits[:, :-1], temperature, truncation, force)  # (N, T, V)
     logp = logp_all.gather(2, completion_ids[..., None]).squeeze(2)  # (N, T)
-    return logp, log_prob_entropy(logp_all) if with_entropy else None
+    return logp, token_entropy(logp_all, entropy_grad) if with_entropy else None
+
+
+def token_entropy(logp_all: torch.Tensor, grad: bool = True) -> torch.Tensor:
+    """Exact entropies (...) from log-probs (..., V); without gradients (`grad` False: for metrics
+    and decisions only) no graph over the (..., V) products is kept."""
+    if grad:
+        return log_prob_entropy(logp_all)
+    with torch.no_grad():
+        return log_prob_entropy(logp_all.detach())
 
 
 @dataclass
@@ -120,7 +130,8 @@ def pack(prompt_ids, prompt_mask, completion_ids, completion_mask, group_ids, ro
 
 def packed_logprobs(policy: Policy, packed: Packed, completion_ids: torch.Tensor, temperature: float,
                     with_entropy: bool = False, truncation: Truncation | None = None,
-                    completion_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    completion_mask: torch.Tensor | None = None,
+                    entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (R, T) of the completion tokens, and optionally their entropies, from one forward
     over the packed rows (`pack`): the same numbers as `completion_logprobs`. With a truncation,
     `completion_mask` (R, T) says which tokens are real: only those are forced into the support
@@ -132,7 +143,7 @@ def packed_logprobs(policy: Policy, packed: Packed, completion_ids: torch.Tensor
     logits = policy.forward_packed(packed.ids, packed.positions, packed.attend)
     logp_all = tempered_log_probs(logits, temperature, truncation, force)  # (M, L, V)
     logp = logp_all[packed.row, packed.column, completion_ids]  # (R, T)
-    return logp, log_prob_entropy(logp_all)[packed.row, packed.column] if with_entropy else None
+    return logp, token_entropy(logp_all, entropy_grad)[packed.row, packed.column] if with_entropy else None
 
 
 class Scorer(torch.nn.Module):
@@ -156,7 +167,9 @@ class Scorer(torch.nn.Module):
         self.truncation = truncation  # --top-k/--top-p/--min-p: the support the rollouts were sampled on
         self.pack = pack and policy.can_pack
 
-    def forward(self, batch: RolloutBatch, rows: torch.Tensor, with_entropy: bool = False):
+    def forward(self, batch: RolloutBatch, rows: torch.Tensor, with_entropy: bool = False, entropy_grad: bool = True):
+        # entropy_grad False: the entropies come without gradients (for metrics and the engine's
+        # fused view: rlvr.train.step), so no graph over the vocabulary-sized products is kept.
         # Attention runs over every real token (an episode's environment tokens too); the log-probs
         # and entropies are kept at the model's own tokens only (completion_mask).
         sequence_mask = batch.sequence_mask[rows]
@@ -169,13 +182,13 @@ class Scorer(torch.nn.Module):
             packed = pack(batch.prompt_ids[rows], batch.prompt_mask[rows], completion_ids, sequence_mask,
                           batch.group_ids[rows], row_tokens)
             logp, entropy = packed_logprobs(self.policy, packed, completion_ids, self.temperature, with_entropy,
-                                            self.truncation, sequence_mask)
+                                            self.truncation, sequence_mask, entropy_grad)
         else:
             prompt_mask = batch.prompt_mask[rows]
             first_real = int(prompt_mask.any(dim=0).long().argmax())  # left padding shared by every row
             logp, entropy = completion_logprobs(self.policy, batch.prompt_ids[rows, first_real:],
                                                 prompt_mask[:, first_real:], completion_ids, sequence_mask,
-                                                self.temperature, with_entropy, self.truncation)
+                                                self.temperature, with_entropy, self.truncation, entropy_grad)
         logp = pad_columns(logp * completion_mask, width, 0.0, left=False)
         return logp, None if entropy is None else pad_columns(entropy * completion_mask, width, 0.0, left=False)
 

@@ -37,7 +37,6 @@ from typing import Callable
 import torch
 
 from rlvr.algo.advantages import ADVANTAGES, pass_at_k_advantage
-from rlvr.algo.correction import mismatch_metrics
 from rlvr.config import TrainConfig
 from rlvr.distributed import SINGLE, World
 from rlvr.rewards.scoring import RewardFailure, score_batch
@@ -380,15 +379,17 @@ class Sampler:
         min_size = max(2, cfg.passk_k) if cfg.reward_shaping == "passk" else 2
         return allocate_group_sizes(success, len(items) * cfg.k, min_size)
 
-    def collect(self, policy, task, pool, seed: int, engine=None) -> Generated:
+    def collect(self, policy, task, pool, seed: int, engine=None, trainer_view: bool = True) -> Generated:
         """Samples the step's groups (this rank's shard of each round) with `engine` (default
         rlvr's own, rlvr.rollout.engines); `seed` is the step's stream seed, from which each
         group's noise is derived. --group-filter: after each round, draw as many new prompts as
         groups with signal are still missing, while the extra budget allows (each new prompt
         costs K samples), so no group with signal is ever wasted. An external engine's rollouts
-        get the trainer's log-probs and entropies, and the step its mismatch/... metrics."""
+        get the trainer's log-probs and entropies here (`trainer_view`), or keep the engine's
+        log-probs until the update's first forward supplies them (rlvr.train.step)."""
         cfg = self.cfg
         engine = engine or RlvrEngine()
+        engine.sync(policy)  # the trained weights into an external engine: here, at the same point on every rank
         wanted = cfg.prompts_per_step
         budget = cfg.extra_rollout_budget() if cfg.group_filter else 0
         if cfg.adaptive_k:
@@ -396,7 +397,7 @@ class Sampler:
         rounds: list[Round] = []
         prompts, with_signal = wanted, 0
         while prompts > 0:
-            rounds.append(self.sample_round(policy, task, pool, seed, prompts, engine))
+            rounds.append(self.sample_round(policy, task, pool, seed, prompts, engine, trainer_view))
             if not cfg.group_filter:
                 break
             with_signal += rounds[-1].signal_groups
@@ -423,8 +424,7 @@ class Sampler:
         }
         if cfg.adaptive_k:
             metrics["sampling/expected_signal_groups"] = sum(r.expected_signal for r in rounds)
-        if batch.engine_logprobs is not None:
-            metrics.update(mismatch_metrics(batch.logprobs, batch.engine_logprobs, batch.completion_mask))
+        if batch.engine_logprobs is not None and trainer_view:  # (mismatch/*: rlvr.train.step, over every rank)
             metrics["perf/logprob_seconds"] = sum(r.logprob_seconds for r in rounds)
         if batch.episodes is not None:
             metrics.update(self.episode_metrics(batch.episodes))
@@ -447,7 +447,7 @@ class Sampler:
         metrics["perf/env_seconds"] = max(sum(r["env_seconds"] for r in part) for part in every)
         return metrics
 
-    def sample_round(self, policy, task, pool, seed: int, prompts: int, engine) -> Round:
+    def sample_round(self, policy, task, pool, seed: int, prompts: int, engine, view: bool = True) -> Round:
         """The next `prompts` items of the stream: this rank's shard sampled and scored; every
         rank's rewards gathered where the stream depends on them (--adaptive-k's estimator,
         --group-filter's count of groups with signal)."""
@@ -471,7 +471,7 @@ class Sampler:
                                   truncation=Truncation.of(cfg))
         sampling_seconds = time.perf_counter() - started
         logprob_seconds = 0.0
-        if items and engine.external:
+        if items and engine.external and view:
             batch = trainer_view(policy, batch, cfg.temperature, Truncation.of(cfg))
             logprob_seconds = time.perf_counter() - started - sampling_seconds
         if items:

@@ -47,7 +47,9 @@ from rlvr.train.preflight import check_train_config, eval_verifier, resolved_tas
 from rlvr.train.progress import Progress
 from rlvr.train.rundir import RunDir, RunLogs, summarize
 from rlvr.train.state import RunState, shared_checkpoint
-from rlvr.train.step import run_step
+from rlvr.train.step import fuses_view, run_step
+
+CHECK_ENGINE_WEIGHTS_ENV = "RLVR_TEST_ENGINE_WEIGHTS"  # test hook: compare the engines' weights after every update
 
 
 def train(cfg: TrainConfig, progress: bool = True, console=None) -> dict:
@@ -110,10 +112,12 @@ class Training:
         # What samples the rollouts (--engine); vLLM loads its copy of the weights here, before any step.
         try:
             self.engine = open_engine(EngineSettings.of(cfg), cfg.model, self.st.policy,
-                                      max_new_tokens=cfg.max_new_tokens, rows=cfg.prompts_per_step * cfg.k)
+                                      max_new_tokens=cfg.max_new_tokens, rows=cfg.prompts_per_step * cfg.k, world=world)
         except ConfigError:
             self.logs.close()
             raise
+        self.check_engine_weights = (self.engine.external and os.environ.get(CHECK_ENGINE_WEIGHTS_ENV) == "1"
+                                     and self.engine.tp == 1)  # a TP engine holds shards: whole tensors cannot match
         self.log_start()
         self.bar = Progress(cfg, enabled=progress and not cfg.quiet, console=console, mute=not world.main)
         self.pool: RewardPool | WeightedPool | None = None
@@ -129,9 +133,16 @@ class Training:
                                            f"parameters, {model['trainable_parameters']:,} trained"})
         if self.engine.external:
             facts = describe_engine(self.engine)
-            self.logs.events.write({"event": "engine", "step": step, **facts, "message": (
-                f"vLLM {facts['vllm']} ({facts['engine_dtype']}) samples the rollouts, started in "
-                f"{facts['engine_start_seconds']:.1f} s; --is-correction {cfg.is_correction} (cap {cfg.is_cap:g})")})
+            fused = fuses_view(cfg, self.engine)
+            where = "" if not world.parallel else (
+                f", one engine on each of the {world.size} ranks" if facts["engine_tp"] == 1 else
+                f", one engine per {facts['engine_tp']} ranks (tensor parallel)")
+            self.logs.events.write({"event": "engine", "step": step, **facts, "trainer_view":
+                                    "fused" if fused else "separate", "message": (
+                f"vLLM {facts['vllm']} ({facts['engine_dtype']}) samples the rollouts{where}, started in "
+                f"{facts['engine_start_seconds']:.1f} s; the trainer's log-probs and entropies from "
+                f"{'the update' + chr(39) + 's first forward' if fused else 'a forward before the update'}; "
+                f"--is-correction {cfg.is_correction} (cap {cfg.is_cap:g})")})
         if world.parallel:
             self.logs.events.write({
                 "event": "distributed", "step": step, "world_size": world.size, "fsdp": world.fsdp,
@@ -201,6 +212,8 @@ class Training:
             st.step += 1
             step = st.step
             row = run_step(st, cfg, self.task, self.pool, self.reference, memory, self.logs.events, self.engine)
+            if self.check_engine_weights:
+                self.compare_engine_weights(step)
             if cfg.eval_every and step % cfg.eval_every == 0:
                 self.last_eval = self.evaluate(st, step, self.logs)
                 row.update(self.last_eval)
@@ -223,6 +236,22 @@ class Training:
                 continue
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
                 self.checkpoint()
+
+    def compare_engine_weights(self, step: int) -> None:
+        """Test hook (RLVR_TEST_ENGINE_WEIGHTS=1, --engine vllm): after the step's update, every rank
+        reloads the trained weights into its engine, reads them back and compares them, tensor by
+        tensor, with its trained weights (VLLMEngine.weight_digests); rank 0 writes every rank's
+        digests as an `engine_weights` event."""
+        st = self.st
+        self.engine.sync(st.policy)
+        mine = self.engine.weight_digests(st.policy)
+        every = self.world.gather(mine, "comparing the engines' weights")
+        equal = all(not d["differ"] and d["engine"] == d["trained"] for d in every)
+        self.logs.events.write({"event": "engine_weights", "step": step, "updates": st.policy.updates,
+                                "ranks": every, "equal": equal, "message": (
+                                    f"engine weights after update {st.policy.updates}: " + ", ".join(
+                                        f"rank {r} {d['engine'][:12]} vs trained {d['trained'][:12]}"
+                                        for r, d in enumerate(every)))})
 
     def early_stop(self, step: int) -> bool:
         """--early-stop: that many evaluations in a row without a significant gain over the best."""

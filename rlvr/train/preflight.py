@@ -74,7 +74,10 @@ def check_train_config(cfg: TrainConfig) -> None:
                                     "add up to 1 at most, or drop --adaptive-k")
     check_writable(cfg.out)
     check_world(cfg)
-    check_engine(EngineSettings.of(cfg), cfg.model, parallel=world_size(cfg) > 1 or cfg.fsdp)
+    check_engine(EngineSettings.of(cfg), cfg.model, ranks=world_size(cfg))
+    if cfg.engine_tp > 1 and cfg.group_filter:
+        raise ConfigError("engine_tp", "the ranks of one engine must sample equally often, and --group-filter's extra "
+                                       "rounds leave some ranks without prompts; use --engine-tp 1 with it")
     check_env(cfg)
 
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from rlvr import distributed
-from rlvr.algo.correction import importance_weights
+from rlvr.algo.correction import importance_weights, mismatch_of_totals, mismatch_totals
 from rlvr.algo.entropy import masked_mean, masked_quantiles
 from rlvr.algo.losses import LossSettings, policy_loss, top_entropy_select
 from rlvr.config import RunFailed, TrainConfig
 from rlvr.distributed import World
 from rlvr.rewards.verifiers import TIMEOUT, parse_reward
+from rlvr.rollout.engines import trainer_view
 from rlvr.rollout.forward import Scorer, micro_batches
 from rlvr.rollout.sample import batch_truncated, select_rows
 from rlvr.rollout.strategies import (advantage_function, answer_diversity, gather_samples, group_advantages,
@@ -32,9 +33,20 @@ from rlvr.types import Truncation
 
 
 @dataclass
+class StepView:
+    """The trainer's view of an external engine's rollouts, taken in the update's first forward
+    (`--trainer-view fused`): what a separate no-grad forward before the update would give."""
+
+    logprobs: torch.Tensor  # (N, T) float32 π_old of each sampled token, detached; 0 off the mask
+    entropy: torch.Tensor  # (N, T) float32 exact token entropy in nats, detached; 0 off the mask
+    viewed: torch.Tensor  # (N,) bool: rows the forward reached (all, unless a non-finite loss cut the update short)
+
+
+@dataclass
 class StepResult:
     metrics: dict
     skipped: str | None  # why the update was not applied ("loss" or "gradient" was non-finite), or None
+    view: StepView | None = None  # train_step(fused_view=True): the trainer's view of the batch
 
 
 # What train_step reports per step, averaged over its updates (plus tokens/trained_frac).
@@ -88,8 +100,8 @@ class PhaseClock:
 
 
 def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference=None, entropy_coef: float | None = None,
-               generator: torch.Generator | None = None, *, scorer=None, totals: tuple[int, int] | None = None
-               ) -> StepResult:
+               generator: torch.Generator | None = None, *, scorer=None, totals: tuple[int, int] | None = None,
+               fused_view: bool = False) -> StepResult:
     """`updates_per_step` optimizer updates on one rollout batch; returns the step's loss metrics.
 
     `entropy_coef` is the coefficient in force (controllers and rollbacks move it; default the
@@ -98,7 +110,14 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
     (`--micro-batch-size`); each runs through `scorer` (default `Scorer(policy)`; data
     parallelism passes a wrapped one: then every micro-batch but the last runs under its
     `no_sync()`), and the loss is normalised by `totals` = (tokens, sequences) of the whole step
-    (default: this batch's), so the gradient does not depend on the split."""
+    (default: this batch's), so the gradient does not depend on the split.
+
+    `fused_view` (an external engine's batch, whose `logprobs` are still the engine's): the
+    trainer's log-probs π_old and exact entropies are taken from the first update's own forward,
+    micro-batch by micro-batch, instead of a separate forward before the update. Each
+    micro-batch's importance weights are computed from its detached log-probs before its loss
+    needs them (a weight depends on its own token, or its own row, only), so the gradient and the
+    `mismatch/corrected_frac` are those of the separate pass. The view is returned in `view`."""
     entropy_coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
     settings = loss_settings(cfg, entropy_coef)
     clock = PhaseClock(policy.device)
@@ -106,8 +125,12 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
     rows = batch.num_rows
     token_mask = loss_token_mask(batch, cfg, policy.stop_ids)  # (N, T)
     total_tokens, total_rows = totals if totals is not None else (max(1, int(token_mask.sum())), rows)
-    is_weights, correction = None, {}
-    if batch.engine_logprobs is not None:  # --engine vllm: toward the trainer's distribution (--is-correction)
+    is_weights, correction, view = None, {}, None
+    if batch.engine_logprobs is not None and fused_view:  # π_old and the weights come from update 0's forward
+        is_weights = torch.zeros_like(batch.logprobs)
+        view = StepView(torch.zeros_like(batch.logprobs), torch.zeros_like(batch.logprobs),
+                        torch.zeros(rows, dtype=torch.bool, device=batch.logprobs.device))
+    elif batch.engine_logprobs is not None:  # --engine vllm: toward the trainer's distribution (--is-correction)
         is_weights, correction = importance_weights(batch.logprobs, batch.engine_logprobs, token_mask,
                                                     cfg.is_correction, cfg.is_cap)
     chunks = micro_batches(batch, micro_batch_rows(cfg.micro_batch_size), policy.update_token_budget, policy.can_pack)
@@ -126,12 +149,18 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
         optimizer.zero_grad(set_to_none=True)
         for i, c in enumerate(chunks):
             with no_sync() if no_sync is not None and i < len(chunks) - 1 else nullcontext():
-                logprobs, entropy = scorer(batch, c, with_entropy=entropy_coef != 0)
+                logprobs, entropy = scorer(batch, c, with_entropy=entropy_coef != 0 or view is not None,
+                                           entropy_grad=entropy_coef != 0)
                 if update == 0:
                     old_logprobs[c] = logprobs.detach()
+                    if view is not None:  # the trainer's view of these rows, and their weights, before their loss
+                        is_weights[c] = importance_weights(old_logprobs[c], batch.engine_logprobs[c], token_mask[c],
+                                                           cfg.is_correction, cfg.is_cap)[0]
+                        view.logprobs[c], view.entropy[c], view.viewed[c] = old_logprobs[c], entropy.detach(), True
                 loss, m = policy_loss(logprobs, old_logprobs[c], advantages[c], token_mask[c], settings,
                                       total_tokens, total_rows, None if ref_logprobs is None else ref_logprobs[c],
-                                      entropy, generator, None if is_weights is None else is_weights[c])
+                                      entropy if entropy_coef != 0 else None, generator,
+                                      None if is_weights is None else is_weights[c])
                 clock.lap("forward")
                 if not torch.isfinite(loss):
                     skipped = "loss"
@@ -158,12 +187,15 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
         policy.updates += 1
         optimizer.zero_grad(set_to_none=True)  # the gradients' memory is free while the next step samples
         clock.lap("optimizer")
+    if view is not None:  # the share the weights cut, over the tokens the forward reached (all, normally)
+        correction = importance_weights(view.logprobs, batch.engine_logprobs, token_mask & view.viewed[:, None],
+                                        cfg.is_correction, cfg.is_cap)[1]
     metrics = {key: value / cfg.updates_per_step for key, value in sums.items()}
     metrics["tokens/trained_frac"] = total_tokens / max(1, batch.generated_tokens())
     metrics["perf/micro_batches"] = len(chunks)
     metrics.update(correction)
     metrics.update({f"perf/{phase}_seconds": seconds for phase, seconds in clock.seconds.items() if phase != "other"})
-    return StepResult(metrics, skipped)
+    return StepResult(metrics, skipped, view)
 
 
 def no_update() -> StepResult:
@@ -176,30 +208,54 @@ def no_update() -> StepResult:
 SUMMED_UPDATE_METRICS = ("loss/policy", "loss/entropy", "loss/kl", "clip/frac", "clip/cov_tokens", "clip/kl_cov_tokens")
 
 
+def fuses_view(cfg: TrainConfig, engine) -> bool:
+    """Whether the trainer's view of an external engine's rollouts (π_old, exact entropies) is taken
+    in the update's own first forward (True) or in a separate forward before it: fused unless
+    `--trainer-view separate`, or `--top-entropy-tokens`, whose choice of tokens needs the whole
+    step's entropies before the first micro-batch's loss (docs/engines.md, "The trainer's view")."""
+    return bool(engine is not None and engine.external and cfg.trainer_view == "fused" and not cfg.top_entropy_tokens)
+
+
 def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: StepMemory, events_log,
              engine=None) -> dict:
     """One optimizer step: collect -> select -> advantages -> update -> the step's metrics row.
 
     With W ranks each rank samples, scores and trains on its shard; the samples' metrics are
     computed over every rank's samples (gathered), the loss terms summed, times and memory taken
-    at their maximum, so the row describes the whole step and is the same on every rank."""
+    at their maximum, so the row describes the whole step and is the same on every rank.
+
+    An external engine's rollouts get the trainer's view (log-probs, exact entropies) either before
+    the update (a separate forward in `collect`) or from the update's first forward (`fuses_view`);
+    then the entropy is known only after the update, and --entropy-target's coefficient reacts to
+    a step's entropy from the next step on, as TRL's adaptive entropy control does."""
     world, step = st.world, st.step
     for group in st.optimizer.param_groups:
         group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
     memory_before = memory.start(step)
     started = time.perf_counter()
-    generated, samples = collect(st, cfg, task, pool, events_log, engine)
+    fused = fuses_view(cfg, engine)
+    generated, samples = collect(st, cfg, task, pool, events_log, engine, view=not fused)
     selected = select_for_training(generated, cfg)  # --group-filter, --downsample: this rank's N' ≤ N rows
     batch = generated.batch if selected.rows is None else select_rows(generated.batch, selected.rows)
     advantages = group_advantages(advantage_function(cfg), selected.rewards, selected.group_sizes)  # (N',)
     step_selection = select_for_training(samples, cfg) if world.parallel else selected  # the whole step's
 
-    entropy = masked_mean(samples.entropy, samples.completion_mask)
-    st.controller.update(entropy)  # the coefficient of this step's loss reacts to its own entropy
+    if not fused:
+        entropy = masked_mean(samples.entropy, samples.completion_mask)
+        st.controller.update(entropy)  # the coefficient of this step's loss reacts to its own entropy
     trained_rows = sum(step_selection.group_sizes)
-    result = update_policy(st, cfg, batch, advantages, reference, samples, step_selection, generated.batch)
+    coefficient = st.entropy_coef  # the one this step's loss uses (control/entropy_coef)
+    result = update_policy(st, cfg, batch, advantages, reference, samples, step_selection, generated.batch, fused)
+    if fused:  # the view of the rows trained on came from the update; the rest (if any) gets its own pass
+        samples = complete_view(st, cfg, generated, selected.rows, result.view)
+        entropy = masked_mean(samples.entropy, samples.completion_mask)
+        st.controller.update(entropy)  # --entropy-target: in force from the next step on
+    if generated.batch.engine_logprobs is not None:
+        generated.metrics.update(step_mismatch(world, generated.batch))
     local = {"perf/step_seconds": time.perf_counter() - started, "perf/rollout_seconds": generated.sampling_seconds,
              "perf/peak_memory_mib": memory.peak(), "sampling/extra_seconds": generated.metrics["sampling/extra_seconds"]}
+    # this rank's engine times (reload, the trainer's log-prob pass, the environment): the slowest rank's in the row
+    local.update({key: generated.metrics.pop(key) for key in [k for k in generated.metrics if k.startswith("perf/")]})
     if memory_before is not None:  # a probe step (StepMemory)
         local["perf/memory_before_step_mib"] = memory_before
     update, skipped, local = reduce_update(world, step, result, local, trained_rows)
@@ -208,16 +264,19 @@ def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: Step
         events_log.write({"event": "nan_skip", "step": step, "cause": skipped, "in_a_row": st.bad_steps,
                           "message": f"non-finite {skipped}; the update was not applied"})
     return step_row(st, cfg, samples, entropy, update, skipped,
-                    {**generated.metrics, **step_selection.metrics, **local})
+                    {**generated.metrics, **step_selection.metrics, **local, "control/entropy_coef": coefficient})
 
 
-def collect(st: RunState, cfg: TrainConfig, task, pool, events_log, engine=None) -> tuple:
+def collect(st: RunState, cfg: TrainConfig, task, pool, events_log, engine=None, view: bool = True) -> tuple:
     """Samples (with `engine`, rlvr.rollout.engines) and scores this rank's groups -> (its
-    Generated, every rank's StepSamples); stops the run on too many failed verifier calls."""
+    Generated, every rank's StepSamples); stops the run on too many failed verifier calls.
+    `view` False: an external engine's rollouts keep its log-probs and no entropies until the
+    update's forward supplies the trainer's (`complete_view`)."""
     world, step = st.world, st.step
     st.policy.module.eval()
     with distributed.decoding(st.policy, world):
-        generated = st.sampler.collect(st.policy, task, pool, st.sampling_seed(step, 0), engine)  # this rank's samples
+        generated = st.sampler.collect(st.policy, task, pool, st.sampling_seed(step, 0), engine,
+                                       trainer_view=view)  # this rank's samples
     st.policy.module.train()
     # Entropy, lengths and rewards describe the policy: every generated sample counts, every rank's.
     samples = gather_samples(world, generated.samples(st.policy.stop_ids), generated.round_groups)  # N rows
@@ -227,11 +286,47 @@ def collect(st: RunState, cfg: TrainConfig, task, pool, events_log, engine=None)
     return generated, samples
 
 
+def complete_view(st: RunState, cfg: TrainConfig, generated, rows: torch.Tensor | None, view: StepView | None):
+    """`generated.batch` with the trainer's log-probs and entropies in every row: those the update's
+    first forward reached (`view`, over the trained `rows` of the batch; None = all), and for the
+    rest (groups --group-filter dropped, rows --downsample left out, an update cut short) one
+    forward without gradients over those rows only -> every rank's StepSamples, gathered again
+    now that the entropies are known. Its time is perf/logprob_seconds."""
+    started = time.perf_counter()
+    batch = generated.batch
+    logprobs, entropy = torch.zeros_like(batch.logprobs), torch.zeros_like(batch.entropy)
+    covered = torch.zeros(batch.num_rows, dtype=torch.bool, device=batch.logprobs.device)
+    if view is not None:
+        index = torch.arange(batch.num_rows, device=covered.device) if rows is None else rows.to(covered.device)
+        reached = index[view.viewed]
+        logprobs[reached], entropy[reached] = view.logprobs[view.viewed], view.entropy[view.viewed]
+        covered[reached] = True
+    missing = (~covered).nonzero().squeeze(1)
+    if missing.numel():
+        # With --fsdp decoding() is a collective; every rank gets here alike: --fsdp refuses --group-filter
+        # (the one option that can leave one rank's rows out and not another's), and --downsample
+        # leaves the same number out of every group, so every rank has rows missing or none has.
+        with distributed.decoding(st.policy, st.world):
+            rest = trainer_view(st.policy, select_rows(batch, missing), cfg.temperature, Truncation.of(cfg))
+        logprobs[missing], entropy[missing] = rest.logprobs, rest.entropy
+    generated.batch = dataclasses.replace(batch, logprobs=logprobs, entropy=entropy)
+    generated.metrics["perf/logprob_seconds"] = time.perf_counter() - started if missing.numel() else 0.0
+    return gather_samples(st.world, generated.samples(st.policy.stop_ids), generated.round_groups)
+
+
+def step_mismatch(world: World, batch) -> dict:
+    """mismatch/* of the whole step: every rank's sums and extremes over its generated tokens,
+    combined (rlvr.algo.correction)."""
+    totals = mismatch_totals(batch.logprobs, batch.engine_logprobs, batch.completion_mask)
+    return mismatch_of_totals(world.gather(totals, "exchanging the step's mismatch") if world.parallel else [totals])
+
+
 def update_policy(st: RunState, cfg: TrainConfig, batch, advantages, reference, samples, step_selection,
-                  generated_batch) -> StepResult:
+                  generated_batch, fused: bool = False) -> StepResult:
     """train_step on this rank's selected rows, or no update when the step kept no group. With W
     ranks the loss is normalised by the whole step's tokens and sequences, and a rank none of
-    whose groups were kept still joins the gradient all-reduce with an empty row."""
+    whose groups were kept still joins the gradient all-reduce with an empty row. `fused`: the
+    update's first forward also takes the trainer's view of the rows (train_step's `fused_view`)."""
     world = st.world
     loss_generator = torch.Generator().manual_seed(st.sampling_seed(st.step, 2))
     trained_rows = sum(step_selection.group_sizes)
@@ -243,12 +338,12 @@ def update_policy(st: RunState, cfg: TrainConfig, batch, advantages, reference, 
             trained_mask = trained_mask[step_selection.rows]
         totals = (max(1, int(trained_mask.sum())), trained_rows)  # the loss normaliser of the whole step
         if trained_rows and not batch.num_rows:  # none of this rank's groups kept: it still joins the all-reduce
-            batch, advantages = idle_batch(generated_batch), advantages.new_zeros(1)
+            batch, advantages, fused = idle_batch(generated_batch), advantages.new_zeros(1), False
     if not trained_rows:  # --group-filter found no group with signal within its budget: nothing to learn from
         return no_update()
     try:
         return train_step(st.policy, st.optimizer, batch, advantages, cfg, reference, entropy_coef=st.entropy_coef,
-                          generator=loss_generator, scorer=st.scorer, totals=totals)
+                          generator=loss_generator, scorer=st.scorer, totals=totals, fused_view=fused)
     except RuntimeError as err:
         if world.parallel and distributed.is_comm_error(err):
             raise world.lost("the gradient all-reduce", err) from None

@@ -7,9 +7,13 @@ runs (metrics.jsonl, evals.jsonl) and prints, per arm and for the difference vll
     the difference is paired per problem within a seed (the runs of one seed evaluate the same
     problems; problem ids are positions in a seed's held-out stream, so they are not compared
     across seeds). Give the runs of the two arms in the same seed order;
-  * mismatch/kl of the vllm runs (median and max over steps) against the drift threshold.
+  * mismatch/kl of the vllm runs (median and max over steps) against the drift threshold;
+  * with --vllm-before (vllm runs of the same seeds made before a change, e.g. learning_runs/
+    k8-vllm-seed* of the separate trainer view): mismatch/kl's distribution over steps before and
+    after (quantiles), the two-sample Kolmogorov-Smirnov distance and its permutation p-value
+    (steps are autocorrelated, so the p-value is optimistic: read the quantiles first).
 
-    python docs/checks/engines/learning.py RLVR_RUN... --vllm VLLM_RUN... [--json OUT]
+    python docs/checks/engines/learning.py RLVR_RUN... --vllm VLLM_RUN... [--vllm-before RUN...] [--json OUT]
 """
 from __future__ import annotations
 
@@ -67,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rlvr", nargs="+", type=Path)
     parser.add_argument("--vllm", nargs="+", type=Path, required=True)
+    parser.add_argument("--vllm-before", nargs="*", type=Path, default=[])
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     report: dict = {}
@@ -93,10 +98,29 @@ def main() -> None:
     drift = [json.loads(line) for run in args.vllm for line in (run / "events.jsonl").read_text().splitlines()
              if line.strip() and json.loads(line)["event"] == "drift"]
     report["drift_events"] = len(drift)
+    if args.vllm_before:
+        before = np.array([r["mismatch/kl"] for run in args.vllm_before for r in rows(run) if "mismatch/kl" in r])
+        after = np.array(kls)
+        qs = (0.1, 0.25, 0.5, 0.75, 0.9)
+        distance = ks_distance(before, after)
+        pooled = np.concatenate([before, after])
+        permuted = [ks_distance(*np.split(RNG.permutation(pooled), [len(before)])) for _ in range(2_000)]
+        report["mismatch_kl_before_after"] = {
+            "quantiles": list(qs), "before": [float(np.quantile(before, q)) for q in qs],
+            "after": [float(np.quantile(after, q)) for q in qs], "steps": [len(before), len(after)],
+            "ks_distance": distance, "ks_permutation_p": float(np.mean([d >= distance for d in permuted]))}
     for key, value in report.items():
         print(f"{key}: {value}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest gap between the two empirical distribution functions."""
+    grid = np.sort(np.concatenate([a, b]))
+    fa = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.abs(fa - fb).max())
 
 
 if __name__ == "__main__":
