@@ -343,3 +343,15 @@ def test_shards_are_contiguous_and_cover_everything():
             shards = [World(rank=r, size=size).shard(count) for r in range(size)]
             assert [i for s in shards for i in s] == list(range(count))
             assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
+
+
+def test_two_ranks_sample_the_same_episodes_as_one_process(tmp_path):
+    """Episodes (several turns each) at 2 ranks: the same metrics as 1 process, episode/* and
+    tokens/* counted over every rank's episodes."""
+    pytest.importorskip("openenv")
+    extra = ("--env", "envs_openenv:CountToThree", "--max-turns", "3", "--max-new-tokens", "4")
+    train(tmp_path / "one", *extra)
+    train(tmp_path / "two", "--nproc", "2", *extra)
+    assert_same_metrics(tmp_path / "one", tmp_path / "two")
+    assert all(r["episode/turns"] > 1 for r in rows(tmp_path / "two") if "episode/turns" in r)
+    assert weight_diff(tmp_path / "one", tmp_path / "two") <= ABS

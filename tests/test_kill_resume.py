@@ -101,3 +101,11 @@ def test_sigkill_then_resume_is_exact_on_a_transformers_model(tmp_path):
     model = make_hf_model_dir(tmp_path / "model", arch="llama")
     run_with_kills(tmp_path, ["step", "checkpoint", "step"], seed=3,
                    extra=("--model", str(model), "--max-new-tokens", "6", "--reward", "shaped_rewards:digit_share"))
+
+
+def test_sigkill_then_resume_is_exact_with_episodes(tmp_path):
+    """Episodes of several turns (an OpenEnv text environment: every model turn an action): a
+    killed run resumes to the same metrics and weights as an uninterrupted one."""
+    pytest.importorskip("openenv")
+    run_with_kills(tmp_path, ["step", "checkpoint", "step"], seed=5,
+                   extra=("--env", "envs_openenv:CountToThree", "--max-turns", "3", "--max-new-tokens", "4"))
