@@ -13,8 +13,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlvr.config import (ConfigError, RunFailed, TrainConfig, add_fields, build, check_basic_values, check_episodes, check_truncation,
-                         check_writable, config_fields, load_toml, opt, require_positive)
+from rlvr.config import (ConfigError, RunFailed, TrainConfig, add_fields, build, check_basic_values, check_episodes,
+                         check_truncation, check_writable, config_fields, load_toml, opt, option_group,
+                         require_positive)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,6 +83,18 @@ class EvalConfig:
     nproc: int = opt(1, "processes (ranks) to launch on this machine, each sampling a share of the problems; "
                         "eval.json is the same as with 1 (under torchrun: leave it at 1)")
     dist_timeout: float = opt(600.0, "seconds a collective waits for the other ranks before the evaluation fails")
+
+    HELP_GROUPS = {  # rlvr.config.HELP_GROUP_DOCS
+        "model and data": ("model", "run", "task", "prompt_key", "answer_key", "split", "eval_split", "answer_format",
+                           "chat_template", "system_prompt", "reward", "reward_workers", "reward_timeout",
+                           "code_program"),
+        "sampling and engine": ("temperature", "top_k", "top_p", "min_p", "max_new_tokens", "engine", "engine_dtype",
+                                "engine_memory"),
+        "episodes": ("env", "env_examples", "env_system", "env_timeout", "max_turns", "episode_tokens"),
+        "evaluation": ("samples", "k", "problems"),
+        "run and logging": ("seed", "out"),
+        "processes": ("device", "nproc", "dist_timeout"),
+    }
 
     def resolve_run(self) -> None:
         if not self.run:
@@ -373,11 +386,13 @@ def _compare_options(parser: argparse.ArgumentParser) -> None:
     from rlvr.study.compare import OWNED, CompareConfig, preset_names
 
     add_fields(parser, CompareConfig, config_flag=False)
-    parser.add_argument("--preset", default=None, metavar="NAME",
-                        help="start from a shipped study's settings (rlvr/study/presets/NAME.toml; --config and flags "
-                             f"override them): {', '.join(preset_names())}")
+    option_group(parser, "comparison").add_argument(
+        "--preset", default=None, metavar="NAME",
+        help="start from a shipped study's settings (rlvr/study/presets/NAME.toml; --config and flags "
+             f"override them): {', '.join(preset_names())}")
     add_fields(parser, TrainConfig, skip=tuple(OWNED) + ("seed",))
-    parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="first seed (default: 0)")
+    option_group(parser, "run and logging").add_argument("--seed", type=int, default=argparse.SUPPRESS,
+                                                         help="first seed (default: 0)")
 
 
 def _report_options(parser: argparse.ArgumentParser) -> None:

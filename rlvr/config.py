@@ -71,6 +71,44 @@ def opt(default: Any, doc: str, **meta: Any) -> Any:
     return field(metadata={"help": doc, **meta}, **kwargs)
 
 
+# The groups of `--help`, in the order they are shown, each with the doc page that explains its
+# options (a help group and a doc page carry the same name). A config class files its fields into
+# them with a HELP_GROUPS table {group: (field, ...)}; tests/test_cli.py checks that every option of
+# train, eval, compare and plan is in one.
+HELP_GROUP_DOCS = {
+    "comparison": "docs/compare.md",
+    "plan": "docs/compare.md#before-a-comparison-rlvr-plan",
+    "model and data": "docs/models.md, docs/data.md, docs/rewards.md",
+    "sampling and engine": "docs/training.md#one-step, docs/engines.md",
+    "episodes": "docs/episodes.md",
+    "objective": "docs/training.md#objectives",
+    "entropy": "docs/entropy.md",
+    "large-K strategies": "docs/sampling.md",
+    "optimisation": "docs/training.md#one-step, docs/performance.md",
+    "evaluation": "docs/evaluation.md",
+    "run and logging": "docs/training.md#resuming, docs/training.md#trackers",
+    "processes": "docs/distributed.md",
+}
+UNGROUPED = "options in no help group yet"  # shown, never hidden; tests/test_cli.py fails on it
+
+
+def help_group_title(name: str) -> str:
+    return f"{name} ({HELP_GROUP_DOCS[name]})" if name in HELP_GROUP_DOCS else name
+
+
+def help_groups_of(cls) -> dict[str, str]:
+    """field name -> help group, from the class's HELP_GROUPS table ({} when it has none)."""
+    return {name: group for group, names in getattr(cls, "HELP_GROUPS", {}).items() for name in names}
+
+
+def option_group(parser: argparse.ArgumentParser, name: str):
+    """The parser's argument group `name` (titled with its doc page), made on first use."""
+    groups = vars(parser).setdefault("rlvr_help_groups", {})
+    if name not in groups:
+        groups[name] = parser.add_argument_group(help_group_title(name))
+    return groups[name]
+
+
 @dataclass
 class TrainConfig:
     # what to train
@@ -249,6 +287,33 @@ class TrainConfig:
                             "(FSDP2, bf16 compute; CUDA only)")
     quiet: bool = opt(False, "no progress bar (the summary line is still printed)")
     force: bool = opt(False, "start over in an --out that holds a run of a different config")
+
+    # Which help group (HELP_GROUP_DOCS) shows each option; a new field goes into one of them.
+    HELP_GROUPS = {
+        "model and data": ("model", "task", "prompt_key", "answer_key", "split", "eval_split", "answer_format",
+                           "chat_template", "system_prompt", "reward", "reward_workers", "code_program",
+                           "reward_timeout", "reward_error_value", "max_reward_error_frac", "lora_rank", "lora_alpha",
+                           "lora_targets"),
+        "sampling and engine": ("k", "prompts_per_step", "temperature", "top_k", "top_p", "min_p", "max_new_tokens",
+                                "engine", "engine_dtype", "engine_memory", "is_correction", "is_cap",
+                                "drift_threshold", "drift_patience", "on_drift"),
+        "episodes": ("env", "env_examples", "env_system", "env_timeout", "max_turns", "episode_tokens"),
+        "objective": ("advantage", "loss_agg", "clip_low", "clip_high", "beta", "kl_estimator", "policy_loss",
+                      "ratio_level", "dual_clip", "positive_weight", "mask_truncated"),
+        "entropy": ("entropy_coef", "entropy_target", "entropy_coef_step", "entropy_coef_max", "clip_cov",
+                    "clip_cov_ratio", "clip_cov_low", "clip_cov_high", "kl_cov", "kl_cov_ratio", "kl_cov_coef",
+                    "top_entropy_tokens", "on_collapse", "collapse_ratio", "collapse_patience",
+                    "reward_collapse_ratio", "reward_collapse_patience", "max_rollbacks", "rollback_entropy_boost"),
+        "large-K strategies": ("group_filter", "max_extra_rollouts", "downsample", "adaptive_k", "reward_shaping",
+                               "passk_k", "overlong_buffer", "overlong_penalty"),
+        "optimisation": ("steps", "lr", "warmup_steps", "weight_decay", "max_grad_norm", "max_bad_steps",
+                         "updates_per_step", "micro_batch_size", "gradient_checkpointing"),
+        "evaluation": ("eval_every", "eval_problems", "eval_samples", "eval_temperature", "eval_reward",
+                       "passk_eval_samples", "eval_show", "keep_best", "select_split", "early_stop"),
+        "run and logging": ("seed", "out", "checkpoint_every", "keep_checkpoints", "log", "mlflow_uri", "quiet",
+                            "force"),
+        "processes": ("device", "threads", "nproc", "dist_timeout", "fsdp"),
+    }
 
     # Fields that may change between an interrupted run and its resumption.
     # The guards and the worker count change no step that succeeds; a stopped run may raise them.
@@ -472,27 +537,36 @@ def config_fields(cls) -> list[dataclasses.Field]:
 
 
 def add_fields(parser: argparse.ArgumentParser, cls, skip: tuple = (), config_flag: bool = True) -> None:
-    """One flag per config field; defaults are SUPPRESSed so we can tell what was given."""
+    """One flag per config field; defaults are SUPPRESSed so we can tell what was given. A class
+    with HELP_GROUPS shows its flags in those groups, in HELP_GROUP_DOCS' order (`--config` in
+    "run and logging"); a field missing from its table lands in UNGROUPED."""
     defaults = cls()
+    group_of = help_groups_of(cls)
+    if group_of:
+        for name in HELP_GROUP_DOCS:  # made in this order, so --help shows them in it
+            if name in group_of.values():
+                option_group(parser, name)
     for f in config_fields(cls):
         if f.name in skip:
             continue
+        target = option_group(parser, group_of.get(f.name, UNGROUPED)) if group_of else parser
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         help_text = f"{f.metadata['help']} (default: {default})".replace("%", "%%")  # argparse %-formats help
         type_name = f.type if isinstance(f.type, str) else f.type.__name__
         if type_name == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            target.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif type_name.startswith("list"):
             item = f.metadata.get("item", int)
-            parser.add_argument(flag, nargs="*" if item is str else "+", type=item, default=argparse.SUPPRESS,
+            target.add_argument(flag, nargs="*" if item is str else "+", type=item, default=argparse.SUPPRESS,
                                 help=help_text, action="extend" if item is str else "store")
         else:
-            parser.add_argument(flag, type={"int": int, "float": float}.get(type_name, str),
+            target.add_argument(flag, type={"int": int, "float": float}.get(type_name, str),
                                 default=argparse.SUPPRESS, help=help_text,
                                 metavar={"int": "N", "float": "X"}.get(type_name, "VALUE"))
     if config_flag:
-        parser.add_argument("--config", default=None, metavar="FILE.toml",
+        target = option_group(parser, "run and logging") if group_of else parser
+        target.add_argument("--config", default=None, metavar="FILE.toml",
                             help="read settings from a TOML file; flags given on the command line override it")
 
 

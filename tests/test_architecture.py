@@ -106,6 +106,35 @@ def test_the_documented_diagram_is_the_import_graph():
     assert doc_block() == diagram(), f"docs/architecture.md is stale; run `python {Path(__file__).name} --write`"
 
 
+REMOVED = ("trainer", "code_exec")  # the 0.1 re-exports, removed in 0.2.0 (docs/architecture.md, "Names that moved")
+
+
+def test_the_0_1_re_exports_are_gone_and_nothing_imports_them():
+    import re
+
+    for name in REMOVED:
+        # -S: no site-packages, so an editable install of another checkout cannot supply the module
+        done = subprocess.run([sys.executable, "-S", "-c", f"import rlvr.{name}"], capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}, timeout=60)
+        assert done.returncode != 0 and "ModuleNotFoundError" in done.stderr, (name, done.stderr)
+    names = "|".join(REMOVED)
+    use = re.compile(rf"(?:\bimport\s+rlvr\.(?:{names})\b|\bfrom\s+rlvr\.(?:{names})\b|"
+                     rf"\bfrom\s+rlvr\s+import\s+[^\n]*\b(?:{names})\b|\brlvr\.(?:{names})\.\w)")
+    users = [f"{path.relative_to(ROOT)}: {match.group(0)}"
+             for path in sorted(ROOT.rglob("*")) if path.suffix in (".py", ".toml", ".md", ".sh")
+             and ".venv" not in path.parts and ".git" not in path.parts and path.is_file()
+             and path != DOC  # its "Names that moved" table names the old paths, to say they are gone
+             for match in use.finditer(path.read_text(errors="replace"))]
+    assert not users, users
+
+
+def test_the_version_is_0_2():
+    import rlvr
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert rlvr.__version__ == project["version"] == "0.2.0"
+
+
 def shape(root: Path) -> dict:
     """The figures of docs/architecture.md for the package at root/rlvr: modules per package, the
     longest file and function, and the import circles among modules (strongly connected

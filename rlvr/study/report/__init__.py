@@ -9,8 +9,9 @@ arms (same arm name, one run per seed), and writes into the output directory:
   report.md      tables per arm, each arm's effective settings, verdicts with their evidence,
                  and sample completions at the first and last evaluation;
   report.html    the same, self-contained (plots embedded as base64), every text escaped;
-  plots/*.png    entropy, reward, eval hm@4 (with CIs), zero-signal fraction, answer
-                 diversity vs step, and step time / peak memory per arm.
+  plots/*.png    entropy beside eval hm@4 (the overview), then entropy, reward, eval hm@4
+                 (with CIs), zero-signal fraction, answer diversity vs step, and step time /
+                 peak memory per arm.
 
 The modules: runs (reading, arms, the numbers per arm), verdicts (the claims' rules), plots,
 render (markdown, escaping, HTML). Statistics. Across seeds a number is the mean of the per-seed

@@ -1,5 +1,5 @@
-"""The report's plots (matplotlib, Agg): per-step curves per arm with a band over seeds, held-out
-hm@4 with CIs, and step time / peak memory per arm."""
+"""The report's plots (matplotlib, Agg): entropy beside held-out hm@4 (the overview), per-step
+curves per arm with a band over seeds, held-out hm@4 with CIs, and step time / peak memory per arm."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,14 +48,8 @@ def make_plots(arms: list[Arm], numbers: dict[str, dict], out: Path) -> list[Pat
         plt.close(fig)
         paths.append(path)
 
-    curves = [("entropy/mean", "entropy.png", "policy entropy [nats/token]", 1, "Policy entropy (exact, at the sampling temperature)"),
-              ("reward/mean", "reward.png", "mean reward [0-1]", ROLLING, f"Training reward ({ROLLING}-step rolling mean)"),
-              ("reward/zero_signal_frac", "zero_signal.png", "groups with no signal [fraction]", ROLLING,
-               f"Zero-signal groups: all K rewards equal ({ROLLING}-step rolling mean)"),
-              ("diversity/answers", "diversity.png", "distinct answers per group / K", ROLLING,
-               f"Answer diversity ({ROLLING}-step rolling mean)")]
-    for key, name, ylabel, window, title in curves:
-        fig, ax = plt.subplots(figsize=(7, 4))
+    def curve(ax, key, ylabel, window, title):
+        """A per-step metric per arm: mean over seeds, min-max band, collapse onsets marked."""
         for i, arm in enumerate(arms):
             data = _across_seeds(arm, key, window)
             if data is None:
@@ -71,27 +65,46 @@ def make_plots(arms: list[Arm], numbers: dict[str, dict], out: Path) -> list[Pat
             onsets = {o for a in arms for o in numbers[a.name][field] if o is not None}
             for i, o in enumerate(sorted(onsets)):
                 ax.axvline(o, color="0.4", ls=":", lw=1, label=label if i == 0 else None)
-        ax.set(xlabel="training step", ylabel=ylabel, title=f"{title}\n{band}")
+        ax.set(xlabel="training step", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
         ax.legend()
+
+    def held_out(ax, title):
+        """Held-out hm@4 per arm at each evaluation step, with its 95% CI."""
+        for i, arm in enumerate(arms):
+            steps = sorted(set.intersection(*[set(r.evals) for r in arm.usable])) if arm.usable else []
+            points = [(s, metric_at(arm, s)) for s in steps]
+            points = [(s, m) for s, m in points if m is not None]
+            if not points:
+                continue
+            xs = np.array([s for s, _ in points], dtype=float)
+            ys = np.array([m["value"] for _, m in points])
+            err = np.array([[m["value"] - m["ci"][0], m["ci"][1] - m["value"]] for _, m in points]).T
+            ax.errorbar(xs + (i - (len(arms) - 1) / 2) * 0.6, ys, yerr=err, color=colors[i % len(colors)],
+                        label=arm.name, marker="o", ms=3, capsize=2, lw=1.5)
+        ax.set(xlabel="training step", ylabel=f"held-out {METRIC} [fraction solved]", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+
+    # the two curves the K question turns on, side by side: what entropy does, and what it costs
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    curve(ax1, "entropy/mean", "policy entropy [nats/token]", 1, f"Policy entropy (exact)\n{band}")
+    held_out(ax2, f"Held-out {METRIC}\nerror bars: 95% CI over seeds and problems")
+    save(fig, "entropy_hm4.png")
+
+    curves = [("entropy/mean", "entropy.png", "policy entropy [nats/token]", 1, "Policy entropy (exact, at the sampling temperature)"),
+              ("reward/mean", "reward.png", "mean reward [0-1]", ROLLING, f"Training reward ({ROLLING}-step rolling mean)"),
+              ("reward/zero_signal_frac", "zero_signal.png", "groups with no signal [fraction]", ROLLING,
+               f"Zero-signal groups: all K rewards equal ({ROLLING}-step rolling mean)"),
+              ("diversity/answers", "diversity.png", "distinct answers per group / K", ROLLING,
+               f"Answer diversity ({ROLLING}-step rolling mean)")]
+    for key, name, ylabel, window, title in curves:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        curve(ax, key, ylabel, window, f"{title}\n{band}")
         save(fig, name)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, arm in enumerate(arms):
-        steps = sorted(set.intersection(*[set(r.evals) for r in arm.usable])) if arm.usable else []
-        points = [(s, metric_at(arm, s)) for s in steps]
-        points = [(s, m) for s, m in points if m is not None]
-        if not points:
-            continue
-        xs = np.array([s for s, _ in points], dtype=float)
-        ys = np.array([m["value"] for _, m in points])
-        err = np.array([[m["value"] - m["ci"][0], m["ci"][1] - m["value"]] for _, m in points]).T
-        ax.errorbar(xs + (i - (len(arms) - 1) / 2) * 0.6, ys, yerr=err, color=colors[i % len(colors)], label=arm.name,
-                    marker="o", ms=3, capsize=2, lw=1.5)
-    ax.set(xlabel="training step", ylabel=f"held-out {METRIC} [fraction solved]",
-           title=f"Held-out {METRIC} (error bars: 95% CI over seeds and problems)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    held_out(ax, f"Held-out {METRIC} (error bars: 95% CI over seeds and problems)")
     save(fig, "eval_hm4.png")
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.5))
