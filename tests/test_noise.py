@@ -143,3 +143,111 @@ def test_a_half_batch_scaling_off_by_two_fails_the_check(monkeypatch, token_mean
     monkeypatch.setattr(noise, "mean_gradient_sq_norm", lambda sq, step_units, part_units: sq * step_units / part_units)
     results = {key: agrees(value) for key, value in paired(token_mean_steps).items()}
     assert not results["noise"][0] and not results["signal"][0], results
+
+
+# ---------------------------------------------------------------- bookkeeping
+
+def test_split_orders_half_the_groups_by_half_their_samples():
+    split = noise_split(torch.arange(5).repeat_interleave(3))  # B = 5 groups of K = 3
+    assert (split.groups, split.groups_half, split.group_size, split.samples_half) == (5, 2, 3, 1)
+    assert split.half_samples.tolist() == [0, 3]
+    assert split.rest_of_half.tolist() == [1, 2, 4, 5]
+    assert split.other_groups.tolist() == list(range(6, 15))
+    assert noise_split(torch.zeros(8, dtype=torch.long)) is None  # one group: no second half to compare
+    assert noise_split(torch.tensor([0, 0, 1, 1, 1])) is None  # unequal groups (--adaptive-k)
+    assert noise_split(torch.arange(4)) is None  # groups of one sample
+    assert noise_split(torch.zeros(0, dtype=torch.long)) is None
+
+
+def test_estimate_inverts_the_expected_norms():
+    """Given the expected squared norms of the model (module docstring), the formulas return
+    its |G|², tr Σ_inter and tr Σ_intra exactly."""
+    g2, inter, intra, big, half, k, m = 0.7, 3.0, 40.0, 10, 5, 6, 3
+    full = g2 + (inter + intra / k) / big
+    q12 = g2 + (inter + intra / k) / half
+    q1 = g2 + (inter + intra / m) / half
+    e = estimate(q1, q12, full, half, big, m, k)
+    assert (e.signal, e.noise, e.intra, e.inter) == pytest.approx((g2, inter + intra / k, intra, inter))
+    assert e.scale == pytest.approx((inter + intra / k) / g2)
+    assert NoiseEstimate(-1.0, 5.0, 1.0, 1.0, 4).scale is None  # a negative |G|² estimate: no ratio
+
+
+def test_combine_rescales_partial_sums_and_averages_the_ranks():
+    # one rank: a partial sum over a quarter of the units is a quarter of the rows' own gradient
+    probe = NoiseProbe(1.0, 4.0, 25.0, 50.0, 100.0, 2, 4, 2, synced=False)
+    e = combine([probe], 9.0, 4)
+    assert e == estimate(16.0, 16.0, 9.0, 2, 4, 2, 4)
+    # two rank-local probes: the mean of their estimates; a rank without one adds nothing
+    other = NoiseProbe(2.0, 3.0, 25.0, 50.0, 100.0, 2, 4, 2, synced=False)
+    both = combine([probe, other, None], 9.0, 6)
+    one, two = combine([probe], 9.0, 6), combine([other], 9.0, 6)
+    assert both.noise == pytest.approx((one.noise + two.noise) / 2)
+    assert both.intra == pytest.approx((one.intra + two.intra) / 2)
+    # synced probes (FSDP2): the same norms on every rank, the halves' units and groups summed
+    synced = [NoiseProbe(1.0, 4.0, 25.0, 50.0, 200.0, 2, 4, 2, synced=True)] * 2
+    assert combine(synced, 9.0, 8) == estimate(1.0 * 4**2, 4.0 * 2**2, 9.0, 4, 8, 2, 4)
+    assert combine([None, None], 9.0, 8) is None
+
+
+def test_the_ema_divides_smoothed_noise_by_smoothed_signal():
+    monitor = GradientNoiseMonitor(half_life=1.0)  # decay 1/2
+    first = monitor.update(NoiseEstimate(1.0, 10.0, 8.0, 8.0, 4))
+    assert first["grad/noise_scale"] == first["grad/noise_scale_ema"] == 10.0
+    assert first["grad/noise_scale_per_completion"] == 40.0
+    second = monitor.update(NoiseEstimate(-0.5, 20.0, 8.0, 18.0, 4))
+    assert "grad/noise_scale" not in second  # a negative |G|² this step: no per-step ratio
+    assert second["grad/noise_scale_ema"] == pytest.approx(15.0 / 0.25)  # not a mean of per-step ratios
+    assert second["grad/noise_scale_per_completion_ema"] == pytest.approx(4 * 60.0)
+    restored = GradientNoiseMonitor()
+    restored.load_state_dict(monitor.state_dict())
+    assert restored.update(NoiseEstimate(1.0, 1.0, 1.0, 1.0, 4)) == monitor.update(NoiseEstimate(1.0, 1.0, 1.0, 1.0, 4))
+
+
+def small_batch(groups: int = 4, k: int = 4, seed: int = 3):
+    policy = make_policy(seed=seed)
+    items = [{"id": str(i), "prompt": f"{i}+1="} for i in range(groups)]
+    batch = sample_groups(policy, items, k, max_new_tokens=5, temperature=1.0,
+                          generator=[torch.Generator().manual_seed(i) for i in range(groups)])
+    rewards = torch.tensor([digit_share(text, {}) for text in batch.texts])
+    return policy, batch, group_advantages(advantage_function(TrainConfig()), rewards, [k] * groups)
+
+
+def test_the_first_update_is_measured_and_switching_off_restores_the_plain_order():
+    policy, batch, advantages = small_batch()
+    start = {k: v.clone() for k, v in policy.module.state_dict().items()}
+
+    def step(**overrides):
+        policy.module.load_state_dict(start)
+        optimizer = torch.optim.AdamW(policy.module.parameters(), lr=1e-2)
+        return train_step(policy, optimizer, batch, advantages, TrainConfig(**overrides))
+
+    once, twice = step(), step(updates_per_step=3)
+    assert twice.noise == once.noise and twice.sq_grad_norm == once.sq_grad_norm  # update 1's, on-policy
+    assert once.metrics["perf/micro_batches"] == 3  # Q1, the rest of H, the other groups
+    off = step(grad_noise=False)
+    assert off.noise is None and off.metrics["perf/micro_batches"] == 1
+    assert off.metrics["grad/norm"] == pytest.approx(once.metrics["grad/norm"], rel=1e-5)  # the same gradient
+    assert "perf/noise_seconds" in once.metrics and "perf/noise_seconds" not in off.metrics
+
+
+def test_one_group_is_not_measured():
+    policy, batch, advantages = small_batch(groups=1)
+    result = train_step(policy, torch.optim.SGD(policy.module.parameters(), lr=0.0), batch, advantages, TrainConfig())
+    assert result.noise is None and result.metrics["perf/micro_batches"] == 1
+
+
+def test_a_default_run_logs_the_noise_scale(tmp_path):
+    """`rlvr train` with its defaults (fewer steps): every step measures; grad/noise_scale is
+    logged on the steps whose |G|² estimate is positive, its EMA once the smoothed one is."""
+    from rlvr.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "20", "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["step"] >= 1]
+    assert all("grad/noise" in r and "grad/signal" in r and "grad/noise_intra" in r for r in rows)
+    assert any("grad/noise_scale" in r for r in rows)
+    off = tmp_path / "off"
+    assert main(["train", "--steps", "2", "--out", str(off), "--quiet", "--threads", "1", "--no-grad-noise"]) == 0
+    assert not any(key.startswith("grad/noise") or key == "grad/signal"
+                   for line in (off / "metrics.jsonl").read_text().splitlines() for key in json.loads(line))
