@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlvr.config import (ConfigError, RunFailed, TrainConfig, add_fields, build, check_basic_values, check_truncation,
+from rlvr.config import (ConfigError, RunFailed, TrainConfig, add_fields, build, check_basic_values, check_episodes, check_truncation,
                          check_writable, config_fields, load_toml, opt, require_positive)
 
 
@@ -60,6 +60,21 @@ class EvalConfig:
     engine_dtype: str = opt("auto", "--engine vllm: bfloat16 or float32 (auto: float32 on CPU, bfloat16 on CUDA)")
     engine_memory: float = opt(0.0, "--engine vllm: on CUDA the share of GPU memory it may take (0 = 0.3), on CPU its "
                                     "KV cache in GiB (0 = sized to the batch)")
+    # episodes (docs/episodes.md): pass@k / HM@k over whole episodes, their final answers scored
+    env: str = opt("", "sample episodes with an environment: a built-in (calc, guess; `rlvr tasks` lists them) or "
+                       "module:Class (a TRL environment_factory class or an OpenEnv Environment); '' = single "
+                       "completions")
+    env_examples: int = opt(1, "--env: example conversations placed before the question (a model whose chat template "
+                               "has no tool-call format learns the call format from them)")
+    env_system: str = opt("auto", "--env: the system message that opens an episode: tools (lists the tools and the "
+                                  "call format), none, or auto (tools, unless example conversations show the calls of "
+                                  "the fallback format: docs/episodes.md)")
+    env_timeout: float = opt(10.0, "--env: seconds one environment call (reset, a tool, get_reward) may take; "
+                                   "then it counts as a failure")
+    max_turns: int = opt(4, "--env: model turns per episode at most; an episode still calling tools then is "
+                            "truncated")
+    episode_tokens: int = opt(0, "--env: model and environment tokens per episode after the prompt at most "
+                                 "(0 = up to the model's context); --max-new-tokens bounds each model turn")
     out: str = opt("eval.json", "where to write eval.json")
     device: str = opt("cpu", "cpu or cuda")
     nproc: int = opt(1, "processes (ranks) to launch on this machine, each sampling a share of the problems; "
@@ -89,6 +104,7 @@ class EvalConfig:
         from rlvr.distributed import check_processes, launched_world_size
         from rlvr.rewards import check_reward
         from rlvr.rollout.engines import EngineSettings, check_engine
+        from rlvr.rollout.episodes import check_env
         from rlvr.train.preflight import check_model_and_task
 
         check_basic_values(self)
@@ -97,6 +113,7 @@ class EvalConfig:
             raise ConfigError("out", f"{self.out!r} is a directory; --out is the file eval.json is written to, "
                                      f"e.g. {str(Path(self.out) / 'eval.json')!r}")
         require_positive(self, ("samples", "problems", "max_new_tokens"))
+        check_episodes(self)
         if not self.k:
             raise ConfigError("k", "give at least one k")
         for k in self.k:
@@ -116,6 +133,7 @@ class EvalConfig:
         check_model_and_task(self, splits=("heldout",))
         check_engine(EngineSettings.of(self), self.model, parallel=self.nproc > 1 or launched_world_size() is not None)
         check_reward(self.reward, self.task)
+        check_env(self)
         check_writable(str(Path(self.out).parent) if Path(self.out).parent != Path("") else ".", "out")
 
 

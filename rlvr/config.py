@@ -31,6 +31,25 @@ class ConfigError(ValueError):
         super().__init__(f"{flag}: {message}")
 
 
+def check_episodes(cfg) -> None:
+    """--env's settings (that the environment loads is checked by rlvr.train.preflight)."""
+    if cfg.env_system not in ("auto", "tools", "none"):
+        raise ConfigError("env_system", f"must be auto, tools or none, got {cfg.env_system!r}")
+    if cfg.env_examples < 0:
+        raise ConfigError("env_examples", f"must be 0 or more, got {cfg.env_examples}")
+    if not cfg.env_timeout > 0:
+        raise ConfigError("env_timeout", f"must be > 0 seconds, got {cfg.env_timeout}")
+    if cfg.max_turns < 1:
+        raise ConfigError("max_turns", f"must be at least 1, got {cfg.max_turns}")
+    if cfg.episode_tokens < 0:
+        raise ConfigError("episode_tokens", f"must be 0 (up to the model's context) or more, got {cfg.episode_tokens}")
+    if not cfg.env:
+        for name, default in (("env_examples", 1), ("env_system", "auto"), ("env_timeout", 10.0), ("max_turns", 4),
+                              ("episode_tokens", 0)):
+            if getattr(cfg, name) != default:
+                raise ConfigError(name, "sets up episodes, which are off: give --env NAME, or drop it")
+
+
 def check_micro_batch_size(value) -> None:
     if str(value) != "auto" and not (str(value).isdigit() and int(value) >= 0):
         raise ConfigError("micro_batch_size", f"must be auto or a number of rows (0 = the whole batch), got {value!r}")
@@ -95,6 +114,21 @@ class TrainConfig:
     top_p: float = opt(1.0, "nucleus sampling: the smallest set of most probable tokens holding this mass (1 = off)")
     min_p: float = opt(0.0, "keep the tokens with at least this fraction of the largest probability (0 = off)")
     max_new_tokens: int = opt(8, "longest completion in tokens")
+    # episodes: multi-turn, tool-using rollouts (docs/episodes.md)
+    env: str = opt("", "sample episodes with an environment: a built-in (calc, guess; `rlvr tasks` lists them) or "
+                       "module:Class (a TRL environment_factory class or an OpenEnv Environment); '' = single "
+                       "completions")
+    env_examples: int = opt(1, "--env: example conversations placed before the question (a model whose chat template "
+                               "has no tool-call format learns the call format from them)")
+    env_system: str = opt("auto", "--env: the system message that opens an episode: tools (lists the tools and the "
+                                  "call format), none, or auto (tools, unless example conversations show the calls of "
+                                  "the fallback format: docs/episodes.md)")
+    env_timeout: float = opt(10.0, "--env: seconds one environment call (reset, a tool, get_reward) may take; "
+                                   "then it counts as a failure")
+    max_turns: int = opt(4, "--env: model turns per episode at most; an episode still calling tools then is "
+                            "truncated")
+    episode_tokens: int = opt(0, "--env: model and environment tokens per episode after the prompt at most "
+                                 "(0 = up to the model's context); --max-new-tokens bounds each model turn")
     # the generation engine (docs/engines.md)
     engine: str = opt("rlvr", "what samples the rollouts: rlvr (its own decode loop on the training model) or vllm "
                               "(vLLM colocated in this process, weights reloaded after every update)")
@@ -230,6 +264,7 @@ class TrainConfig:
                          "eval_problems", "eval_samples", "keep_checkpoints", "collapse_patience")
         require_positive(self, positive_ints)
         check_micro_batch_size(self.micro_batch_size)
+        check_episodes(self)
         if self.on_drift not in ("warn", "stop", "resync"):
             raise ConfigError("on_drift", f"must be warn, stop or resync, got {self.on_drift!r}")
         if not self.is_cap > 1:

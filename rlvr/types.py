@@ -1,6 +1,12 @@
 """The data that flows through one training step. N = B·K rows: B prompts, K samples each,
 rows of one group adjacent (row i belongs to group i // K). With --adaptive-k groups have
-different sizes; `group_ids` always says which prompt a row belongs to."""
+different sizes; `group_ids` always says which prompt a row belongs to.
+
+A row is one completion, or one episode (--env, rlvr/rollout/episodes.py): then its completion
+holds the model's turns and the environment's tokens between them, in the order they were
+appended, and `completion_mask` still marks only the model's own tokens, so everything that
+trains on, counts or averages over generated tokens sees the model's tokens alone; the
+environment's tokens (`env_mask`) are attended to and nothing else."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +29,16 @@ class RolloutBatch:
     # (N, T) float32: an external engine's (--engine vllm) log-prob of each sampled token, where
     # `logprobs` and `entropy` are then the trainer's (rlvr.rollout.engines.trainer_view); else None
     engine_logprobs: torch.Tensor | None = None
+    # Episodes (--env) only, else None:
+    env_mask: torch.Tensor | None = None  # (N, T) bool, True on the environment's tokens inside the completion
+    truncated: torch.Tensor | None = None  # (N,) bool, the episode was cut (token budget, turn limit, per-turn limit)
+    episodes: list[dict] | None = None  # N records: turns (role, text), tool calls and errors, end, env reward
+
+    @property
+    def sequence_mask(self) -> torch.Tensor:
+        """(N, T) bool: every real token of the completion, the model's and the environment's; what
+        attention sees (completion_mask: what is trained on and counted)."""
+        return self.completion_mask if self.env_mask is None else self.completion_mask | self.env_mask
 
     @property
     def num_rows(self) -> int:

@@ -56,6 +56,16 @@ class Prompts(Protocol):
 
     def encode_prompt(self, item: dict) -> list[int]: ...
 
+    # Episodes (--env, rlvr.rollout.episodes):
+    tool_format: str  # "hermes" (the chat template renders tools) or "python" (rlvr's fallback format)
+
+    def encode_messages(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """An episode's opening chat messages -> prompt ids, ending where the model's first turn starts."""
+
+    def encode_env_turn(self, messages: list[dict]) -> list[int]:
+        """An environment's reply -> the ids appended after the model's turn (which ended with its
+        end-of-turn id), up to where the model's next turn starts."""
+
 
 class Policy(Protocol):
     """A causal LM as the trainer sees it.

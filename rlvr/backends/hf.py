@@ -165,6 +165,46 @@ class HFPrompts:
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(item["prompt"])["input_ids"]
 
+    @property
+    def tool_format(self) -> str:
+        """How this model calls tools in an episode (--env; rlvr.envs): "hermes" when its chat template
+        renders tools with <tool_call> (Qwen2.5/3, Hermes), else the documented "python" fallback."""
+        template = getattr(self.tokenizer, "chat_template", None) or ""
+        templates = template.values() if isinstance(template, dict) else [template]
+        return "hermes" if self.chat and any("<tool_call>" in str(t) for t in templates) else "python"
+
+    def encode_messages(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """An episode's opening messages -> prompt ids, ending with the assistant's generation prompt;
+        `tools` (OpenAI function schemas) go to a chat template that renders them. --system-prompt
+        leads the first system message. Without a chat template: the contents, one paragraph each."""
+        if not self.chat:
+            return self.tokenizer("\n\n".join(str(m["content"]) for m in messages))["input_ids"]
+        messages = [dict(m) for m in messages]
+        if self.system_prompt:
+            if messages and messages[0]["role"] == "system":
+                messages[0]["content"] = f"{self.system_prompt}\n\n{messages[0]['content']}"
+            else:
+                messages.insert(0, {"role": "system", "content": self.system_prompt})
+        text = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
+                                                  tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_env_turn(self, messages: list[dict]) -> list[int]:
+        """The ids an environment's turn appends after the model's turn, which ended with the
+        end-of-turn token it sampled: what the chat template writes after an assistant message's
+        end of turn, the environment's messages, and the next assistant generation prompt. Rendered
+        once from a probe conversation, so the model's own ids are never re-tokenised."""
+        if not self.chat:
+            return self.tokenizer("\n" + "\n".join(str(m["content"]) for m in messages) + "\n",
+                                  add_special_tokens=False)["input_ids"]
+        probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                 {"role": "assistant", "content": _PROBE}]
+        text = self.tokenizer.apply_chat_template(probe + list(messages), add_generation_prompt=True, tokenize=False)
+        ids = self.tokenizer(text.split(_PROBE, 1)[1], add_special_tokens=False)["input_ids"]
+        if ids and ids[0] in set(self.tokenizer.all_special_ids):  # the end of turn the model already sampled
+            ids = ids[1:]
+        return ids
+
     def stop_ids(self, generation_config) -> tuple[int, ...]:
         """EOS ids of the tokenizer and generation config, and the chat template's end of turn."""
         ids = set()

@@ -200,6 +200,17 @@ class TinyPrompts:
     def encode_prompt(self, item: dict) -> list[int]:
         return self.tokenizer.encode(item["prompt"])
 
+    tool_format = "python"  # an episode's tool calls (--env): the documented fallback format
+
+    def encode_messages(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """An episode's prompt: the last message (the question) alone, as bytes. The byte-level
+        model reads no instructions, and its context (64 positions) holds no example conversations."""
+        return self.tokenizer.encode(str(messages[-1]["content"]))
+
+    def encode_env_turn(self, messages: list[dict]) -> list[int]:
+        """An environment's turn after the model's (which ended with EOS): its text as bytes, on a line."""
+        return list(("\n" + "\n".join(str(m["content"]) for m in messages) + "\n").encode("utf-8"))
+
 
 def attention_mask(key_mask: torch.Tensor, new: int) -> torch.Tensor:
     """(N, S) bool keys, the last `new` of them the queries -> (N, 1, new, S): causal, padding keys

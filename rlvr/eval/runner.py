@@ -103,10 +103,15 @@ def evaluate_policy(
                 record[f"hm@{k}_ranked"] = hm_at_k_ranked(answers, correct, [seq_logprobs[i] for i in rows], k)
             per_problem.append(record)
             if len(shown) < 2 * show:  # two completions per shown problem
-                for kind, text, row in (("greedy", greedy.texts[g], greedy_row), ("sampled", texts[0], rows[0])):
-                    shown.append({"id": item["id"], "question": policy.prompt_text(item),
-                                  "answer": item["answer"], "kind": kind, "completion": text,
-                                  "extracted": task.extract_answer(text), "score": scores[row]})
+                for kind, batch, row, at in (("greedy", greedy, greedy_row, g), ("sampled", sampled, rows[0], rows[0])):
+                    text = batch.texts[at]
+                    sample = {"id": item["id"], "question": policy.prompt_text(item), "answer": item["answer"],
+                              "kind": kind, "completion": text, "extracted": task.extract_answer(text),
+                              "score": scores[row]}
+                    if batch.episodes is not None:  # the whole episode, each turn marked; its final turn is scored
+                        sample["completion"] = transcript(batch.episodes[at])
+                        sample["episode"] = batch.episodes[at]
+                    shown.append(sample)
     policy.module.train(was_training)
     if world.parallel:
         every = world.gather((per_problem, shown), "gathering the evaluation's per-problem results")
@@ -116,6 +121,11 @@ def evaluate_policy(
     if show:
         result["samples"] = shown
     return result
+
+
+def transcript(episode: dict) -> str:
+    """An episode's turns as one text, each turn on its own line(s) after its role in brackets."""
+    return "\n".join(f"[{turn['role']}] {turn['text']}" for turn in episode["turns"])
 
 
 def heldout_items(task, count: int, skip: int = 0) -> list[dict]:

@@ -55,6 +55,20 @@ def _format(task) -> Verifier:
     return lambda completion, item: float(task.extract_answer(completion) is not None)
 
 
+@REWARDS.register("env")
+def _env_reward(task) -> Verifier:
+    """An episode's reward from its environment (--env; get_reward(), or an OpenEnv environment's
+    observation rewards), which the rollout recorded in the row's item; mixed with the task's as
+    --reward task:0.5,env:0.5."""
+    def score(completion: str, item: dict) -> float:
+        if item.get("env_reward") is None:
+            raise ValueError("no environment reward for this episode (its environment failed, or it is not an "
+                             "episode: the env verifier needs --env)")
+        return float(item["env_reward"])
+
+    return score
+
+
 NEEDS_TASK = {"task", "format"}  # verifiers built from the task (in each worker, from its name and seed)
 
 

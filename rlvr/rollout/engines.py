@@ -32,8 +32,10 @@ import torch
 
 from rlvr.backends import Policy, resolve
 from rlvr.config import ConfigError, RunFailed
+from rlvr.envs import load_env
+from rlvr.rollout.episodes import EpisodeEngine, EpisodeSettings
 from rlvr.rollout.forward import Scorer, micro_batches
-from rlvr.rollout.sample import left_pad, sample_groups
+from rlvr.rollout.sample import left_pad, sample_groups, sample_token_groups
 from rlvr.types import RolloutBatch, Truncation
 
 ENGINES = ("rlvr", "vllm")
@@ -53,6 +55,13 @@ class EngineSettings:
     engine_dtype: str = "auto"  # auto: the trainer's compute precision (float32 on CPU, bfloat16 on CUDA)
     engine_memory: float = 0.0  # CUDA: share of GPU memory; CPU: KV-cache GiB; 0 = auto
     device: str = "cpu"
+    # Episodes (--env; rlvr.rollout.episodes): "" = single completions
+    env: str = ""
+    env_examples: int = 1
+    env_system: str = "auto"
+    env_timeout: float = 10.0
+    max_turns: int = 4
+    episode_tokens: int = 0
 
     @classmethod
     def of(cls, cfg: Any) -> "EngineSettings":
@@ -93,13 +102,20 @@ def check_engine(settings: EngineSettings, model: str, parallel: bool = False) -
 
 
 def open_engine(settings: EngineSettings, model: str, policy: Policy, *, max_new_tokens: int,
-                rows: int = 0) -> "RlvrEngine | VLLMEngine":
+                rows: int = 0) -> "RlvrEngine | VLLMEngine | EpisodeEngine":
     """The engine of `settings` for `policy` (loaded from `model`). `rows`: sequences one call
-    samples at most (sizes vLLM's CPU KV cache under --engine-memory 0)."""
+    samples at most (sizes vLLM's CPU KV cache under --engine-memory 0). With --env its samples
+    are episodes (rlvr.rollout.episodes.EpisodeEngine over it)."""
     if settings.engine == "rlvr":
         check_sampler_on_untested_transformers(policy)
-        return RlvrEngine()
-    return VLLMEngine(settings, model, policy, max_new_tokens=max_new_tokens, rows=rows)
+        engine = RlvrEngine()
+    else:
+        engine = VLLMEngine(settings, model, policy, max_new_tokens=max_new_tokens, rows=rows)
+    if not settings.env:
+        return engine
+    episodes = EpisodeSettings(max_turns=settings.max_turns, max_new_tokens=max_new_tokens,
+                               episode_tokens=settings.episode_tokens, timeout_s=settings.env_timeout)
+    return EpisodeEngine(engine, load_env(settings.env, settings.env_examples, settings.env_system), episodes)
 
 
 # The transformers versions rlvr's cache-sharing sampler was tested with (pyproject's hf extra).
@@ -147,6 +163,18 @@ class RlvrEngine:
         generators = [torch.Generator(device=policy.device).manual_seed(s) for s in seeds]
         return sample_groups(policy, items, k, max_new_tokens=max_new_tokens, temperature=temperature,
                              generator=generators, truncation=truncation)
+
+    def continue_rows(self, policy: Policy, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
+                      seeds: list[int], truncation: Truncation | None = None, sizes: list[int] | None = None,
+                      suffixes: list[list[int]] | None = None) -> RolloutBatch:
+        """sizes[i] rows continue token-id prompt i (default one each), row r with its own
+        suffixes[r] after the prompt (an episode's turns so far) and drawn from seeds[r] alone -> a
+        batch of sum(sizes) rows (its `items` empty). Each prompt is prefilled once for its rows
+        (the K episodes of a group share it), then each row's suffix."""
+        generators = [torch.Generator(device=policy.device).manual_seed(s) for s in seeds]
+        return sample_token_groups(policy, prompts, sizes or 1, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, generator=generators, truncation=truncation,
+                                   suffixes=suffixes)
 
     def take_seconds(self) -> dict[str, float]:
         return {}
@@ -351,6 +379,27 @@ class VLLMEngine:
         except Exception as err:  # noqa: BLE001 - contained: the run stops with the cause, checkpoints intact
             raise EngineError(f"the vLLM engine failed while sampling: {type(err).__name__}: {err}") from err
         return self._batch(policy, items, prompts, sizes, outputs, max_new_tokens)
+
+    def continue_rows(self, policy: Policy, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
+                      seeds: list[int], truncation: Truncation | None = None, sizes: list[int] | None = None,
+                      suffixes: list[list[int]] | None = None) -> RolloutBatch:
+        """As RlvrEngine.continue_rows (an episode's next model turn: the ids sampled and appended
+        so far, never re-tokenised text), each row a request of n = 1 with its own seed. The
+        prefix cache holds the KV of the shared prompt and of what earlier turns computed."""
+        if sizes is not None:
+            prompts = [p for p, size in zip(prompts, sizes) for _ in range(size)]
+        if suffixes is not None:
+            prompts = [p + s for p, s in zip(prompts, suffixes)]
+        self.sync(policy)
+        params = [self._params(1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                               truncation=truncation if temperature > 0 else None, policy=policy) for seed in seeds]
+        try:
+            outputs = self._generate(prompts, params)
+        except Exception as err:  # noqa: BLE001 - contained: the run stops with the cause, checkpoints intact
+            raise EngineError(f"the vLLM engine failed while sampling: {type(err).__name__}: {err}") from err
+        batch = self._batch(policy, [{}] * len(prompts), prompts, [1] * len(prompts), outputs, max_new_tokens)
+        batch.items = []
+        return batch
 
     def _batch(self, policy: Policy, items, prompts, sizes, outputs, max_new_tokens: int) -> RolloutBatch:
         stops = set(policy.stop_ids)

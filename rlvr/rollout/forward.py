@@ -157,21 +157,24 @@ class Scorer(torch.nn.Module):
         self.pack = pack and policy.can_pack
 
     def forward(self, batch: RolloutBatch, rows: torch.Tensor, with_entropy: bool = False):
-        completion_mask = batch.completion_mask[rows]
+        # Attention runs over every real token (an episode's environment tokens too); the log-probs
+        # and entropies are kept at the model's own tokens only (completion_mask).
+        sequence_mask = batch.sequence_mask[rows]
         width = batch.completion_ids.shape[1]
-        used = max(1, int(completion_mask.sum(dim=1).max()))  # trailing all-padding columns cost nothing
-        completion_ids, completion_mask = batch.completion_ids[rows, :used], completion_mask[:, :used]
+        used = max(1, int(sequence_mask.sum(dim=1).max()))  # trailing all-padding columns cost nothing
+        completion_ids, sequence_mask = batch.completion_ids[rows, :used], sequence_mask[:, :used]
+        completion_mask = batch.completion_mask[rows, :used]
         if self.pack:
             row_tokens = max(self.policy.packed_row_tokens, int(batch.prompt_mask.sum(dim=1).max()) + used)
-            packed = pack(batch.prompt_ids[rows], batch.prompt_mask[rows], completion_ids, completion_mask,
+            packed = pack(batch.prompt_ids[rows], batch.prompt_mask[rows], completion_ids, sequence_mask,
                           batch.group_ids[rows], row_tokens)
             logp, entropy = packed_logprobs(self.policy, packed, completion_ids, self.temperature, with_entropy,
-                                            self.truncation, completion_mask)
+                                            self.truncation, sequence_mask)
         else:
             prompt_mask = batch.prompt_mask[rows]
             first_real = int(prompt_mask.any(dim=0).long().argmax())  # left padding shared by every row
             logp, entropy = completion_logprobs(self.policy, batch.prompt_ids[rows, first_real:],
-                                                prompt_mask[:, first_real:], completion_ids, completion_mask,
+                                                prompt_mask[:, first_real:], completion_ids, sequence_mask,
                                                 self.temperature, with_entropy, self.truncation)
         logp = pad_columns(logp * completion_mask, width, 0.0, left=False)
         return logp, None if entropy is None else pad_columns(entropy * completion_mask, width, 0.0, left=False)
@@ -191,12 +194,13 @@ def micro_batches(batch: RolloutBatch, rows_per_chunk: int | None, token_budget:
     if rows_per_chunk is not None:
         size = rows_per_chunk or max(n, 1)
         return [order[i:i + size] for i in range(0, n, size)]
+    sequence_mask = batch.sequence_mask  # (N, T) an episode's environment tokens cost what the model's do
     if packed:
         prompt_lens = batch.prompt_mask.sum(dim=1).tolist()
-        completion_lens = batch.completion_mask.sum(dim=1).clamp(min=1).tolist()
+        completion_lens = sequence_mask.sum(dim=1).clamp(min=1).tolist()
     else:
         prompt_lens = [int(batch.prompt_mask.sum(dim=1).max())] * batch.num_rows
-        completion_lens = [max(1, int(batch.completion_mask.sum(dim=1).max()))] * batch.num_rows
+        completion_lens = [max(1, int(sequence_mask.sum(dim=1).max()))] * batch.num_rows
     group_ids = batch.group_ids.tolist()
     chunks, current, cost, last_group = [], [], 0, None
     for row in order.tolist():

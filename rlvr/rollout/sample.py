@@ -43,11 +43,14 @@ COMPACT_FRACTION = 8
 def _uniforms(generator, sizes: list[int], steps: int, device) -> torch.Tensor:
     """(N, steps) uniform draws in [0, 1): one per row and decoding step, drawn up front. With one
     generator per group, a group's draws come from its own generator only, so its samples do not
-    depend on which other groups share the batch (or the process)."""
+    depend on which other groups share the batch (or the process). With one generator per row
+    (episodes: each its own seed), a row's draws come from its own."""
     if isinstance(generator, torch.Generator):
         return torch.rand((sum(sizes), steps), generator=generator, device=generator.device).to(device)
+    if len(generator) == sum(sizes) != len(sizes):
+        sizes = [1] * len(generator)
     if len(generator) != len(sizes):
-        raise ValueError(f"{len(generator)} generators for {len(sizes)} groups; give one per group")
+        raise ValueError(f"{len(generator)} generators for {len(sizes)} groups; give one per group or per row")
     return torch.cat([torch.rand((size, steps), generator=g, device=g.device).to(device)
                       for g, size in zip(generator, sizes)])
 
@@ -82,24 +85,64 @@ def sample_groups(
     Rows that have stopped leave the batch (their cache rows are dropped) once they are an eighth
     of the rows still decoding, so short answers do not pay for long ones. Every row's noise is
     drawn up front, so which rows share a forward never changes what a row samples."""
+    batch = sample_token_groups(policy, [policy.encode_prompt(it) for it in items], k, max_new_tokens=max_new_tokens,
+                                temperature=temperature, generator=generator, truncation=truncation)
+    batch.items = list(items)
+    return batch
+
+
+@torch.no_grad()
+def sample_token_groups(
+    policy: Policy,
+    prompts: list[list[int]],
+    k: int | list[int],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator | Sequence[torch.Generator],
+    truncation: Truncation | None = None,
+    suffixes: list[list[int]] | None = None,
+) -> RolloutBatch:
+    """`sample_groups` on prompts given as token ids (the batch's `items` are left empty): an
+    episode's next model turn continues exactly the ids sampled and appended so far.
+    `suffixes` (one per row): each row continues its group's prompt followed by its own suffix
+    (an episode's turns so far); the prompt is prefilled once for the group, then each row's
+    suffix on its copy of the cache, so the row samples exactly as from prompt + suffix alone."""
     device = policy.device
-    prompt_ids, prompt_mask = left_pad([policy.encode_prompt(it) for it in items], policy.pad_id)
+    prompt_ids, prompt_mask = left_pad(prompts, policy.pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)  # (B, P)
     batch, width = prompt_ids.shape
     sizes = [k] * batch if isinstance(k, int) else list(k)
     rows = sum(sizes)
     uniforms = _uniforms(generator, sizes, max_new_tokens, device) if temperature > 0 else None  # (N, T)
+    suffix_width = max((len(s) for s in suffixes), default=0) if suffixes is not None else 0
 
     # Prefill each prompt once, then give every sample its own copy of the cache.
-    if width + max_new_tokens > policy.max_seq_len:
-        raise ValueError(f"prompts of up to {width} tokens plus {max_new_tokens} new tokens exceed the model's "
-                         f"context of {policy.max_seq_len}; use shorter prompts or a smaller --max-new-tokens")
-    cache = policy.new_cache(batch, width + max_new_tokens)
+    if width + suffix_width + max_new_tokens > policy.max_seq_len:
+        raise ValueError(f"prompts of up to {width + suffix_width} tokens plus {max_new_tokens} new tokens exceed the "
+                         f"model's context of {policy.max_seq_len}; use shorter prompts or a smaller --max-new-tokens")
+    cache = policy.new_cache(batch, width + suffix_width + max_new_tokens)
     logits = policy.forward(prompt_ids, position_ids(prompt_mask), prompt_mask, cache, logits_to_keep=1)[:, -1]  # (B, V)
     group_of_row = torch.arange(batch, device=device).repeat_interleave(torch.tensor(sizes, device=device))  # (N,)
     logits = logits[group_of_row]  # (N, V)
     cache = policy.select_cache(cache, group_of_row)
     prompt_ids, prompt_mask = prompt_ids[group_of_row], prompt_mask[group_of_row]  # (N, P)
+    if suffix_width:  # each row's own suffix, right-padded: its padding keys stay masked from then on
+        suffix_ids = torch.full((rows, suffix_width), policy.pad_id, dtype=torch.long, device=device)
+        suffix_mask = torch.zeros((rows, suffix_width), dtype=torch.bool, device=device)
+        for row, suffix in enumerate(suffixes):
+            suffix_ids[row, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
+            suffix_mask[row, : len(suffix)] = True
+        lengths = suffix_mask.sum(dim=1)  # (N,)
+        start = prompt_mask.sum(dim=1, keepdim=True)  # (N, 1)
+        positions = start + torch.arange(suffix_width, device=device)[None]  # (N, S)
+        suffix_logits = policy.forward(suffix_ids, positions, torch.cat([prompt_mask, suffix_mask], 1), cache)  # (N, S, V)
+        last = (lengths - 1).clamp(min=0)
+        chosen = suffix_logits[torch.arange(rows, device=device), last]  # (N, V): after each row's last suffix id
+        logits = torch.where((lengths > 0)[:, None], chosen, logits)
+        prompt_ids = torch.cat([prompt_ids, suffix_ids], 1)  # the rows' contexts, for the position arithmetic below
+        prompt_mask = torch.cat([prompt_mask, suffix_mask], 1)
+        width += suffix_width
 
     stop_ids = torch.tensor(policy.stop_ids, device=device)
     tokens = torch.full((rows, max_new_tokens), policy.pad_id, dtype=torch.long, device=device)
@@ -136,10 +179,12 @@ def sample_groups(
     logprobs = logprobs * generated
     entropy = entropy * generated
     texts = [policy.decode(row) for row in tokens.tolist()]
+    if suffix_width:  # the prompt without the suffixes (they are the callers' to keep)
+        prompt_ids, prompt_mask = prompt_ids[:, : width - suffix_width], prompt_mask[:, : width - suffix_width]
     return RolloutBatch(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=tokens,
         completion_mask=generated, logprobs=logprobs, entropy=entropy,
-        group_ids=group_of_row, texts=texts, items=list(items), k=max(sizes),
+        group_ids=group_of_row, texts=texts, items=[], k=max(sizes),
     )
 
 
@@ -148,6 +193,14 @@ def truncated_rows(completion_ids: torch.Tensor, stop_ids) -> torch.Tensor:
     completion was cut at --max-new-tokens."""
     stops = torch.tensor(list(stop_ids), device=completion_ids.device)
     return ~torch.isin(completion_ids, stops).any(dim=1)
+
+
+def batch_truncated(batch: RolloutBatch, stop_ids) -> torch.Tensor:
+    """(N,) bool: the rows cut short -- an episode as its rollout recorded it (the budget or the
+    turn limit), a completion when it holds no stop token."""
+    if batch.truncated is not None:
+        return batch.truncated
+    return truncated_rows(batch.completion_ids, stop_ids)
 
 
 def pad_columns(tensor: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
@@ -181,6 +234,10 @@ def concat_batches(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         k=max(b.k for b in batches),
         engine_logprobs=None if any(b.engine_logprobs is None for b in batches) else
         torch.cat([pad_columns(b.engine_logprobs, completion_width, 0.0, False) for b in batches]),
+        env_mask=None if batches[0].env_mask is None else
+        torch.cat([pad_columns(b.env_mask, completion_width, False, False) for b in batches]),
+        truncated=None if batches[0].truncated is None else torch.cat([b.truncated for b in batches]),
+        episodes=None if batches[0].episodes is None else [e for b in batches for e in b.episodes],
     )
 
 
@@ -196,6 +253,9 @@ def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
         logprobs=batch.logprobs[rows], entropy=batch.entropy[rows], group_ids=group_ids,
         texts=[batch.texts[i] for i in row_list], items=[batch.items[g] for g in kept_groups.tolist()],
         k=batch.k, engine_logprobs=None if batch.engine_logprobs is None else batch.engine_logprobs[rows],
+        env_mask=None if batch.env_mask is None else batch.env_mask[rows],
+        truncated=None if batch.truncated is None else batch.truncated[rows],
+        episodes=None if batch.episodes is None else [batch.episodes[i] for i in row_list],
     )
 
 

@@ -42,7 +42,8 @@ from rlvr.config import TrainConfig
 from rlvr.distributed import SINGLE, World
 from rlvr.rewards.scoring import RewardFailure, score_batch
 from rlvr.rollout.engines import RlvrEngine, trainer_view
-from rlvr.rollout.sample import concat_batches, truncated_rows
+from rlvr.rollout.episodes import episode_metrics
+from rlvr.rollout.sample import batch_truncated, concat_batches
 from rlvr.types import RolloutBatch, Truncation
 
 # The success estimate must follow a policy that changes as it trains: old counts are
@@ -232,7 +233,7 @@ class Generated:
     def samples(self, stop_ids) -> "StepSamples":
         """What the step's metrics need of these samples, on the CPU."""
         batch = self.batch
-        truncated = truncated_rows(batch.completion_ids, stop_ids)  # (N,) no stop token: cut at the limit
+        truncated = batch_truncated(batch, stop_ids)  # (N,) cut at the limit (an episode: its budget or turns)
         return StepSamples(task_rewards=self.task_rewards.cpu(), rewards=self.rewards.cpu(),
                            group_sizes=list(self.group_sizes), answers=list(self.answers),
                            failures=list(self.failures), failure_ranks=[0] * len(self.failures),
@@ -425,6 +426,8 @@ class Sampler:
         if batch.engine_logprobs is not None:
             metrics.update(mismatch_metrics(batch.logprobs, batch.engine_logprobs, batch.completion_mask))
             metrics["perf/logprob_seconds"] = sum(r.logprob_seconds for r in rounds)
+        if batch.episodes is not None:
+            metrics.update(self.episode_metrics(batch.episodes))
         metrics.update(engine.take_seconds())
         return Generated(batch=batch, task_rewards=task_rewards,
                          rewards=task_rewards if penalty is None else task_rewards - penalty,
@@ -434,6 +437,15 @@ class Sampler:
                          round_groups=[len(r.sizes) for r in rounds],
                          components=None if sampled[0].components is None else
                          torch.cat([r.components for r in sampled]))
+
+    def episode_metrics(self, episodes: list[dict]) -> dict:
+        """episode/..., tokens/... and perf/env_seconds of the whole step: every rank's episodes
+        counted (their records less the turns' text); the environment's seconds are the slowest rank's."""
+        counts = [{key: value for key, value in e.items() if key != "turns"} for e in episodes]
+        every = self.world.gather(counts, "exchanging the step's episode counts") if self.world.parallel else [counts]
+        metrics = episode_metrics([record for part in every for record in part])
+        metrics["perf/env_seconds"] = max(sum(r["env_seconds"] for r in part) for part in every)
+        return metrics
 
     def sample_round(self, policy, task, pool, seed: int, prompts: int, engine) -> Round:
         """The next `prompts` items of the stream: this rank's shard sampled and scored; every
@@ -496,10 +508,12 @@ def score_groups(pool, task, batch: RolloutBatch, items: list[dict], sizes: list
     """Scores a round's completions in the reward pool -> rewards (N,) on the batch's device,
     answers, failures (failed calls score `error_value`), and each weighted verifier's reward
     (N, C) (None for one verifier)."""
-    if len(set(sizes)) == 1:
+    if len(set(sizes)) == 1 and batch.episodes is None:
         scored = score_batch(pool, task, batch.texts, items, sizes[0], error_value)  # rewards (B, K)
-    else:  # groups of different sizes: one item per row, groups of one
+    else:  # groups of different sizes, or episodes (each with its environment's reward): one item per row
         row_items = [item for item, size in zip(items, sizes) for _ in range(size)]
+        if batch.episodes is not None:
+            row_items = [{**item, "env_reward": episode["env_reward"]} for item, episode in zip(row_items, batch.episodes)]
         scored = score_batch(pool, task, batch.texts, row_items, 1, error_value)  # rewards (N, 1)
     return scored.rewards.reshape(-1).to(batch.group_ids.device), scored.answers, scored.failures, scored.components
 

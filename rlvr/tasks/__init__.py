@@ -1,6 +1,6 @@
 """Tasks: problems with verifiers, looked up by name.
 
-A name is a built-in task (`add2`, `arith`, `mul`; see `list_tasks()`), `rg:<dataset>` for a
+A name is a built-in task (`add2`, `arith`, `mul`, `guess`; see `list_tasks()`), `rg:<dataset>` for a
 reasoning-gym dataset, `jsonl:<path>` for a file of the user's own problems, or `hf:<path>` for a
 data set on disk (rlvr/tasks/hf.py). `answer_format`
 names how the final answer is stated and read (rlvr.tasks.answers); "auto" is each task's default.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from rlvr.config import ConfigError
 from rlvr.registry import UnknownNameError
 from rlvr.tasks.answers import ANSWER_FORMATS, AUTO
-from rlvr.tasks import arithmetic  # noqa: F401  (registers the built-in tasks)
+from rlvr.tasks import arithmetic, guess  # noqa: F401  (register the built-in tasks)
 from rlvr.tasks.base import HELDOUT_FRACTION, SPLITS, TASKS, Task, split_of
 from rlvr.tasks.jsonl import JsonlTask
 from rlvr.tasks.reasoning_gym import ReasoningGymTask, list_reasoning_gym

@@ -195,3 +195,24 @@ class MulTask(ArithmeticTask):
 
     def level(self, left: int, right: int) -> int:
         return digit_count(left)
+
+
+@dataclass
+class Mul22Config:
+    """Settings of `mul22`: none; both factors have exactly two digits."""
+
+    def validate(self) -> None:
+        pass
+
+
+@TASKS.register("mul22")
+class MulTwoByTwoTask(ArithmeticTask):
+    name = "mul22"
+    description = 'two-digit by two-digit products ("37*58=" -> "2146"); with --env calc a tool task'
+    config_class = Mul22Config
+
+    def draw(self, rng: Random) -> tuple[int, str, int]:
+        return draw_with_digits(rng, 2), "*", draw_with_digits(rng, 2)
+
+    def level(self, left: int, right: int) -> int:
+        return 2

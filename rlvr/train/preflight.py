@@ -23,6 +23,7 @@ from rlvr.config import ConfigError, TrainConfig, check_writable
 from rlvr.distributed import FSDP_ON_CPU_ENV, check_processes, launched_world_size
 from rlvr.eval.runner import validation_items
 from rlvr.rollout.engines import EngineSettings, check_engine
+from rlvr.rollout.episodes import check_env
 from rlvr.rewards import check_reward, evaluation_verifier, parse_reward
 from rlvr.tasks import SPLITS, check_task, get_task, task_options
 from rlvr.tasks.code_items import AUTO, CODE_PROGRAMS, check_code_program, may_hold_code
@@ -74,6 +75,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     check_writable(cfg.out)
     check_world(cfg)
     check_engine(EngineSettings.of(cfg), cfg.model, parallel=world_size(cfg) > 1 or cfg.fsdp)
+    check_env(cfg)
 
 
 def check_model_and_task(cfg: Any, splits: tuple[str, ...] = SPLITS) -> None:

@@ -23,7 +23,7 @@ from rlvr.config import RunFailed, TrainConfig
 from rlvr.distributed import World
 from rlvr.rewards.verifiers import TIMEOUT, parse_reward
 from rlvr.rollout.forward import Scorer, micro_batches
-from rlvr.rollout.sample import select_rows, truncated_rows
+from rlvr.rollout.sample import batch_truncated, select_rows
 from rlvr.rollout.strategies import (advantage_function, answer_diversity, gather_samples, group_advantages,
                                      overlong_penalty, reward_mean, select_for_training)
 from rlvr.train.guards import check_reward_failures
@@ -62,7 +62,7 @@ def loss_token_mask(batch, cfg: TrainConfig, stop_ids) -> torch.Tensor:
     --top-entropy-tokens."""
     token_mask = batch.completion_mask  # (N, T)
     if cfg.mask_truncated:
-        token_mask = token_mask & ~truncated_rows(batch.completion_ids, stop_ids)[:, None]
+        token_mask = token_mask & ~batch_truncated(batch, stop_ids)[:, None]
     if cfg.top_entropy_tokens > 0 and bool(token_mask.any()):
         token_mask = top_entropy_select(batch.entropy, token_mask, cfg.top_entropy_tokens)
     return token_mask

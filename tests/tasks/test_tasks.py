@@ -19,7 +19,7 @@ from rlvr.tasks import (
 )
 from rlvr.tasks.arithmetic import ArithConfig, ArithTask, MulConfig, MulTask
 
-BUILT_IN = ["add2", "arith", "mul"]
+BUILT_IN = ["add2", "arith", "mul", "mul22"]
 PROMPT = re.compile(r"(\d+)([-+*])(\d+)=")
 OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
@@ -39,7 +39,7 @@ def digits(number: int) -> int:
 
 def test_list_tasks_names_the_built_ins_and_the_default():
     listed = dict(list_tasks())
-    assert sorted(listed) == sorted(BUILT_IN + ["humaneval"])  # humaneval: listed, with the extra it needs
+    assert sorted(listed) == sorted(BUILT_IN + ["guess", "humaneval"])  # humaneval: listed, with the extra it needs
     assert ".[code]" in listed["humaneval"]
     assert DEFAULT_TASK in listed
     assert all(description and "\n" not in description for description in listed.values())
@@ -94,9 +94,11 @@ def test_answers_and_levels_are_correct(name):
             elif name == "arith":
                 assert op in "+-" and 1 <= digits(left) <= 3 and 1 <= digits(right) <= 3
                 assert item["level"] == max(digits(left), digits(right))
-            else:
+            elif name == "mul":
                 assert op == "*" and digits(left) <= 2 and digits(right) == 1
                 assert item["level"] == digits(left)
+            else:
+                assert op == "*" and digits(left) == 2 == digits(right) and item["level"] == 2
 
 
 def test_arith_draws_both_operators_all_digit_counts_and_negative_results():
