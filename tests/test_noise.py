@@ -251,3 +251,18 @@ def test_a_default_run_logs_the_noise_scale(tmp_path):
     assert main(["train", "--steps", "2", "--out", str(off), "--quiet", "--threads", "1", "--no-grad-noise"]) == 0
     assert not any(key.startswith("grad/noise") or key == "grad/signal"
                    for line in (off / "metrics.jsonl").read_text().splitlines() for key in json.loads(line))
+
+
+def test_each_aggregation_divides_by_the_unit_the_rescaling_uses():
+    """NORMALISED_BY says which count each registered aggregation divides by: doubling that count
+    halves the loss, doubling the other leaves it."""
+    from rlvr.algo.losses import AGGREGATIONS
+
+    loss, mask = torch.rand(3, 5), torch.ones(3, 5)
+    assert set(NORMALISED_BY) == set(AGGREGATIONS.names())
+    for name, unit in NORMALISED_BY.items():
+        aggregate = AGGREGATIONS.get(name)
+        base = aggregate(loss, mask, 15, 3)
+        tokens, sequences = aggregate(loss, mask, 30, 3), aggregate(loss, mask, 15, 6)
+        assert (tokens if unit == "tokens" else sequences) == pytest.approx(base / 2)
+        assert (sequences if unit == "tokens" else tokens) == pytest.approx(base)
