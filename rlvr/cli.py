@@ -332,22 +332,25 @@ def cmd_plan(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from rlvr.study.plan import PlanConfig, run_plan
+    from rlvr.study.plan import PlanConfig, noise_reading, run_plan
 
     cfg = build(PlanConfig, args)
     rows = run_plan(cfg)
     table = Table(title=f"rlvr plan: {cfg.model} on {cfg.task}, B={cfg.prompts_per_step} prompts per step "
                         f"(cost: median of {cfg.steps - 1} timed steps; signal: pilot of {rows[0]['pilot_prompts']} "
                         f"prompts × {rows[0]['pilot_samples']} samples)")
-    for col in ("K", "s/step", "×", "step MiB", "×", "zero-signal [95% CI]", "signal groups/step", "s/signal group"):
+    for col in ("K", "s/step", "×", "step MiB", "×", "zero-signal [95% CI]", "signal groups/step", "s/signal group",
+                "B_simple [prompts]"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["k"]), f"{r['step_seconds']:.3f}", f"{r['step_time_ratio']:.2f}",
                       f"{r['step_memory_mib']:.0f}", "n/a" if r["step_memory_ratio"] is None else f"{r['step_memory_ratio']:.2f}",
                       f"{r['zero_signal_frac']:.2f} [{r['zero_signal_ci'][0]:.2f}, {r['zero_signal_ci'][1]:.2f}]",
                       f"{r['signal_groups_per_step']:.1f}",
-                      "n/a" if r["seconds_per_signal_group"] is None else f"{r['seconds_per_signal_group']:.3f}")
+                      "n/a" if r["seconds_per_signal_group"] is None else f"{r['seconds_per_signal_group']:.3f}",
+                      "n/a" if r["noise_scale"] is None else f"{r['noise_scale']:.1f}")
     Console().print(table)
+    print(noise_reading(rows, cfg.prompts_per_step))
     if cfg.out:
         print(f"wrote {cfg.out}")
     return 0

@@ -222,6 +222,9 @@ class TrainConfig:
     updates_per_step: int = opt(1, "policy updates on one rollout batch (1 = on-policy; more reuses it with clipping)")
     micro_batch_size: str = opt("auto", "rows per forward/backward chunk (0 = the whole batch), or auto: whole groups "
                                         "up to a token budget that keeps memory flat in K; does not change the result")
+    grad_noise: bool = opt(True, "measure the gradient's noise every step from partial sums the update already has "
+                                 "(grad/noise_scale, docs/metrics.md): the step's rows are accumulated in an order "
+                                 "that exposes them; off keeps the plain micro-batch order")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (Hugging Face models): "
                                               "less memory, ~30% more update time")
     lora_rank: int = opt(0, "LoRA rank r (Hugging Face models; 0 = train every weight); only the adapter is trained and saved")

@@ -268,7 +268,13 @@ def wrap_scorer(scorer: torch.nn.Module, world: World) -> torch.nn.Module:
 
 class _FSDPScorer(torch.nn.Module):
     """An FSDP2-sharded policy's scorer with DDP's `no_sync()`: gradients of all micro-batches
-    but the last accumulate unsharded; the last one's backward reduce-scatters their sum."""
+    but the last accumulate unsharded; the last one's backward reduce-scatters their sum.
+
+    Unlike DDP's all-reduce, a reduce-scatter ADDS to the sharded gradient already there, so a
+    micro-batch boundary may also sync (`syncs_partial_sums`): the gradient noise measurement
+    (rlvr.algo.noise) reads the whole step's partial sums that way."""
+
+    syncs_partial_sums = True
 
     def __init__(self, scorer: torch.nn.Module) -> None:
         super().__init__()

@@ -30,8 +30,11 @@ pytestmark = pytest.mark.distributed
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 5
+# --no-grad-noise: the gradient-noise measurement orders each rank's rows by halves of ITS groups
+# (rlvr/algo/noise.py), so 1 process and 2 ranks would sum the gradient in different orders; it
+# is checked under DDP and FSDP2 by test_gradient_noise_partial_sums_across_ranks.
 RUN = ["--steps", str(STEPS), "--prompts-per-step", "4", "--k", "4", "--eval-every", "0", "--threads", "1",
-       "--quiet", "--checkpoint-every", "1", "--micro-batch-size", "8"]
+       "--quiet", "--checkpoint-every", "1", "--micro-batch-size", "8", "--no-grad-noise"]
 REL = 1e-5  # per-step metrics, relative
 ABS = 1e-5  # final weights, absolute
 
@@ -419,7 +422,8 @@ def fsdp_matches_one_process(tmp_path, arch: str, extra: tuple, schedule: tuple)
     model = make_hf_model_dir(tmp_path / arch, arch)
     common = ["--prompts-per-step", "4", "--k", "4", "--threads", "1", "--quiet", "--checkpoint-every", "1",
               "--micro-batch-size", "8", "--model", str(model), "--max-new-tokens", "6", "--eval-every", "2",
-              "--eval-problems", "8", "--eval-samples", "4", "--reward", "shaped_rewards:digit_share", *extra]
+              "--eval-problems", "8", "--eval-samples", "4", "--reward", "shaped_rewards:digit_share",
+              "--no-grad-noise", *extra]
     runs = {name: tmp_path / f"{arch}-{name}" for name in ("one", "fsdp")}
     for steps, nproc in schedule:
         done = rlvr("train", *common, "--steps", str(steps), "--out", str(runs["one"]))
@@ -500,9 +504,34 @@ def test_two_ranks_sample_the_same_episodes_as_one_process(tmp_path):
     """Episodes (several turns each) at 2 ranks: the same metrics as 1 process, episode/* and
     tokens/* counted over every rank's episodes."""
     pytest.importorskip("openenv")
-    extra = ("--env", "envs_openenv:CountToThree", "--max-turns", "3", "--max-new-tokens", "4")
+    extra = ("--env", "envs_openenv:CountToThree", "--max-turns", "3", "--max-new-tokens", "4", "--no-grad-noise")
     train(tmp_path / "one", *extra)
     train(tmp_path / "two", "--nproc", "2", *extra)
     assert_same_metrics(tmp_path / "one", tmp_path / "two")
     assert all(r["episode/turns"] > 1 for r in rows(tmp_path / "two") if "episode/turns" in r)
     assert weight_diff(tmp_path / "one", tmp_path / "two") <= ABS
+
+
+# ---------------------------------------------------------------- the gradient noise across ranks
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_gradient_noise_partial_sums_across_ranks(tmp_path, mode):
+    """One train_step as 2 ranks (tests/noise_ranks.py). DDP: each rank's partial sums are its
+    own, read before the all-reduce, and |g|² is the whole step's. FSDP2 (CPU test hook): the
+    partial sums are reduce-scattered at each boundary, so they are those of the union of the
+    ranks' halves. Both against the same sums in one plain process."""
+    if mode == "fsdp":
+        pytest.importorskip("transformers")
+    out = tmp_path / "noise.json"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(REPO / "tests" / "noise_ranks.py"), mode, str(out)],
+                          env=env(RLVR_TEST_FSDP_ON_CPU="1"), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[:3000] + "\n...\n" + done.stderr[-1500:]
+    result = json.loads(out.read_text())
+    for probe, expected in zip(result["probes"], result["expected"]):
+        assert probe[:4] == pytest.approx(expected, rel=1e-4)
+        assert probe[4] is (mode == "fsdp")
+    if mode == "ddp":  # the ranks' halves differ, so their own sums do
+        assert result["probes"][0][0] != pytest.approx(result["probes"][1][0], rel=1e-3)
+    assert result["sq_full"] == pytest.approx([result["expected_sq_full"]] * 2, rel=1e-4)
+    assert all(abs(value) < float("inf") for value in result["estimate"].values())

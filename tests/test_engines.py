@@ -361,6 +361,7 @@ def test_a_vllm_run_that_fails_mid_run_resumes_to_the_uninterrupted_result(peaky
     for r in metrics:
         assert r["mismatch/kl"] < 1e-6 and r["mismatch/logprob_abs_max"] < 1e-3 and r["perf/engine_sync_seconds"] > 0
         assert math.isfinite(r["entropy/mean"]) and r["entropy/mean"] > 0
+        assert math.isfinite(r["grad/noise"]) and math.isfinite(r["grad/signal"])  # measured on the engine's rollouts
     events = [json.loads(line) for line in (straight / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "engine" and e["engine_dtype"] == "float32" for e in events)
     from test_metrics_doc import DOC, documented

@@ -29,7 +29,23 @@ def test_plan_prints_and_writes_one_row_per_k(model_dir, tmp_path, capsys):
     assert [r["k"] for r in rows] == [2, 4] and rows[0]["step_time_ratio"] == 1.0
     assert all(0 <= r["zero_signal_frac"] <= 1 and r["step_seconds"] > 0 and r["pilot_samples"] == 4 for r in rows)
     assert rows[1]["zero_signal_frac"] <= rows[0]["zero_signal_frac"] + 1e-12  # more samples, fewer all-equal groups
-    assert "rlvr plan" in capsys.readouterr().out
+    assert all(r["noise_steps"] == 2 and "noise_scale" in r and "noise_intra_share" in r for r in rows)
+    printed = capsys.readouterr().out
+    assert "rlvr plan" in printed and "Gradient noise: " in printed
+
+
+def test_plan_reads_the_noise_scale_from_sums_and_says_what_it_implies():
+    from rlvr.study.plan import noise_reading, pilot_noise
+
+    rows = [{"grad/signal": s, "grad/noise": n, "grad/noise_intra": i, "sampling/effective_k": 8}
+            for s, n, i in ((2.0, 100.0, 400.0), (-1.0, 60.0, 240.0))]
+    noise = pilot_noise(rows)
+    assert noise["noise_scale"] == pytest.approx(160.0) and noise["noise_intra_share"] == pytest.approx(640 / 8 / 160)
+    assert pilot_noise([])["noise_scale"] is None
+    text = noise_reading([{"k": 8, "noise_scale": 160.0}, {"k": 16, "noise_scale": 3.0},
+                          {"k": 32, "noise_scale": None}], prompts=8)
+    assert "at K = 8 B_simple is well above B = 8" in text and "at K = 16 it is below B = 8" in text
+    assert "at K = 32 the summed |G|² of the timed steps is not positive" in text
 
 
 def test_plan_refuses_a_pilot_smaller_than_k(capsys):

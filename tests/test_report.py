@@ -513,3 +513,86 @@ def test_the_machine_check_times_the_part_that_evaluated_step0_when_long_enough_
     (run / "events.jsonl").write_text("".join(json.dumps({k: v for k, v in e.items() if k != "time"}) + "\n"
                                               for e in events))
     assert read_run(run).probe_seconds is None  # a run older than the time stamps
+
+
+# ---------------------------------------------------------------- claims (f) and (g)
+
+def noise_rows(seed: int, signal: float, noise: float, intra: float, late_signal: float | None = None):
+    """step -> grad/* keys: per-step estimates scattered ±30% around the given means (seeded)."""
+    rng = np.random.default_rng(seed)
+
+    def row(step: int) -> dict:
+        g = late_signal if late_signal is not None and step > 100 else signal
+        jitter = 1 + 0.3 * rng.standard_normal(3)
+        return {"grad/signal": g * jitter[0], "grad/noise": noise * jitter[1], "grad/noise_intra": intra * jitter[2]}
+    return row
+
+
+def test_gradient_estimates_are_judged_on_the_snr_at_equal_prompts_and_per_completion(tmp_path):
+    """K=16 halves the intra-prompt part of tr Σ (intra 40: 5 per prompt at K=8, 2.5 at K=16, plus
+    an inter term of 3): SNR at equal prompts 8/5.5 = 1.45× K=8's, per completion 0.73×."""
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(runs, "k8", seed, 8, STEADY, noise=noise_rows(seed, 1.0, 8.0, 40.0))
+        write_run(runs, "k16", seed, 16, DECAYING, entropy_onset=120, noise=noise_rows(10 + seed, 1.0, 5.5, 40.0))
+    v, arms = verdicts_of(tmp_path, "r1")
+    f = v["(f)"]
+    assert f["verdict"] == "supported" and f["at_equal_compute"] == "refuted", f
+    head = "steps 1-100 (2 seed(s), 200 paired steps): gradient SNR K=16/K=8 at equal prompts per step "
+    assert head in f["evidence"]
+    assert float(f["evidence"].split(head)[1].split()[0]) == pytest.approx(8 / 5.5, rel=0.1)
+    assert "steps after 100 (2 seed(s), 100 paired steps)" in f["evidence"]
+    assert "from K=16's entropy-collapse onset on (per seed 0: 120, 1: 120" in f["evidence"]
+    assert "K=16's advantage holds after its entropy collapsed" in f["evidence"]
+    assert arms["k16"]["grad_noise"]["group_size"] == 16
+    assert arms["k8"]["grad_noise"]["noise_scale"] == pytest.approx(8.0, rel=0.1)
+    assert arms["k16"]["grad_noise"]["intra_share"] == pytest.approx(2.5 / 5.5, rel=0.1)
+    assert "## Gradient noise per arm" in (tmp_path / "r1" / "report.md").read_text()
+
+    # after step 100 K=16's signal falls to a third: its SNR is below K=8's there, refuting the claim
+    shutil.rmtree(runs / "k16")
+    for seed in (0, 1):
+        write_run(runs, "k16", seed, 16, DECAYING, entropy_onset=120,
+                  noise=noise_rows(10 + seed, 1.0, 5.5, 40.0, late_signal=0.33))
+    f = verdicts_of(tmp_path, "r2")[0]["(f)"]
+    assert f["verdict"] == "refuted" and "worse than K=8's after its entropy collapsed" in f["evidence"], f
+
+
+def test_runs_older_than_the_noise_measurement_get_not_measured_with_the_reason(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(runs, "k8", seed, 8, STEADY, extra={"grad_noise": None})
+        write_run(runs, "k16", seed, 16, STEADY, noise=noise_rows(seed, 1.0, 5.0, 40.0))
+    v, arms = verdicts_of(tmp_path, "r")
+    assert v["(f)"]["verdict"] == "not measured"
+    assert "the runs of k8 predate the gradient-noise measurement" in v["(f)"]["evidence"]
+    assert arms["k8"]["grad_noise"] is None
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| (f) K=16 gives better gradient estimates than K=8 | **not measured** |" in md
+    assert "Not measured in: k8." in md
+
+
+def test_reproducibility_compares_the_spread_across_seeds_and_needs_four_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    k8_reward, k16_reward = (0.50, 0.51, 0.49, 0.50), (0.30, 0.70, 0.50, 0.90)
+    for seed in range(4):
+        write_run(runs, "k8", seed, 8, STEADY, reward=k8_reward[seed], entropy_onset=130 if seed == 0 else None)
+        write_run(runs, "k16", seed, 16, STEADY, reward=k16_reward[seed], entropy_onset=120)
+    g = verdicts_of(tmp_path, "r4")[0]["(g)"]
+    assert g["verdict"] == "supported", g
+    assert "training reward over the last 20 steps: SD across seeds K=8 0.0082, K=16 0.2582" in g["evidence"]
+    assert "held-out hm@4 at the last evaluation: SD across seeds K=8 0.0000, K=16 0.0000" in g["evidence"]
+    assert "collapsed in 1 of 4 K=8 seed(s) and 4 of 4 K=16 seed(s)" in g["evidence"]
+    # the other way round: K=16 spreads less, refuted
+    for arm in ("k8", "k16"):
+        shutil.rmtree(runs / arm)
+    for seed in range(4):
+        write_run(runs, "k8", seed, 8, STEADY, reward=k16_reward[seed])
+        write_run(runs, "k16", seed, 16, STEADY, reward=k8_reward[seed])
+    assert verdicts_of(tmp_path, "r4b")[0]["(g)"]["verdict"] == "refuted"
+    # two seeds: inconclusive, and the evidence says why
+    for arm in ("k8", "k16"):
+        for seed in (2, 3):
+            shutil.rmtree(runs / arm / f"seed{seed}")
+    g = verdicts_of(tmp_path, "r2")[0]["(g)"]
+    assert g["verdict"] == "inconclusive" and "only 2 seed(s) common to both arms" in g["evidence"]

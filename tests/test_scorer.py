@@ -176,5 +176,7 @@ def test_data_parallel_step_with_a_non_finite_loss_runs_every_backward_and_skips
     result = train_step(policy, optimizer, batch, advantages, TrainConfig(micro_batch_size="4"), scorer=scorer)
     hook.remove()
     assert result.skipped == "loss"
-    assert CountingScorer.backwards == 3  # all three micro-batches, the NaN one first
+    # every micro-batch, the NaN one first: 3 of 4 rows, and 4 with the gradient-noise split
+    # (2 + 2 rows of the first group, then the other two groups as 4 + 4)
+    assert CountingScorer.backwards == result.metrics["perf/micro_batches"] == 4
     assert all(torch.equal(before[k], v) for k, v in policy.module.state_dict().items())

@@ -43,6 +43,11 @@ def token_sum(token_loss, mask, total_tokens: int, total_sequences: int):
     return (token_loss * mask).sum() / total_sequences
 
 
+# What each aggregation divides by: a partial sum of a step's loss, over some of its rows, is
+# rescaled to those rows' own loss by the step's count over theirs (rlvr.algo.noise).
+NORMALISED_BY = {"token-mean": "tokens", "seq-mean": "sequences", "token-sum": "sequences"}
+
+
 @dataclass
 class LossSettings:
     clip_low: float  # ε_low: ratio clipped below at 1 − ε_low

@@ -194,26 +194,30 @@ class Scorer(torch.nn.Module):
 
 
 def micro_batches(batch: RolloutBatch, rows_per_chunk: int | None, token_budget: int,
-                  packed: bool = True) -> list[torch.Tensor]:
-    """Splits a batch's rows into micro-batches (row-index tensors, rows in order, each group's
-    rows adjacent). rows_per_chunk: that many rows each (0: one micro-batch). None (auto): as many
-    rows as fit `token_budget` tokens, counted as the Scorer computes them (packed: each group's
-    prompt once plus its rows' real completion tokens; else prompt + completion per row, padded
-    to the batch's longest); a group larger than the budget is split across micro-batches. So a
-    micro-batch's activations, and the peak memory, do not grow with K."""
-    n = batch.num_rows
+                  packed: bool = True, rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Splits a batch's rows (or `rows` of it, in that order, each group's rows adjacent) into
+    micro-batches (row-index tensors, rows in order, each group's rows adjacent). rows_per_chunk:
+    that many rows each (0: one micro-batch). None (auto): as many rows as fit `token_budget`
+    tokens, counted as the Scorer computes them (packed: each group's prompt once plus its rows'
+    real completion tokens; else prompt + completion per row, padded to the batch's longest); a
+    group larger than the budget is split across micro-batches. So a micro-batch's activations,
+    and the peak memory, do not grow with K."""
+    order = torch.arange(batch.num_rows) if rows is None else rows
+    n = order.numel()
     if rows_per_chunk is not None:
-        size = rows_per_chunk or n
-        return [torch.arange(i, min(n, i + size)) for i in range(0, n, size)]
+        size = rows_per_chunk or max(n, 1)
+        return [order[i:i + size] for i in range(0, n, size)]
     sequence_mask = batch.sequence_mask  # (N, T) an episode's environment tokens cost what the model's do
     if packed:
         prompt_lens = batch.prompt_mask.sum(dim=1).tolist()
         completion_lens = sequence_mask.sum(dim=1).clamp(min=1).tolist()
     else:
-        prompt_lens = [int(batch.prompt_mask.sum(dim=1).max())] * n
-        completion_lens = [max(1, int(sequence_mask.sum(dim=1).max()))] * n
+        prompt_lens = [int(batch.prompt_mask.sum(dim=1).max())] * batch.num_rows
+        completion_lens = [max(1, int(sequence_mask.sum(dim=1).max()))] * batch.num_rows
+    group_ids = batch.group_ids.tolist()
     chunks, current, cost, last_group = [], [], 0, None
-    for row, group in enumerate(batch.group_ids.tolist()):
+    for row in order.tolist():
+        group = group_ids[row]
         shares_prompt = packed and current and group == last_group
         extra = completion_lens[row] + (0 if shares_prompt else prompt_lens[row])
         if current and cost + extra > token_budget:

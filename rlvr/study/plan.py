@@ -6,7 +6,8 @@ Two measurements, both on the user's model and task:
   * cost: a few real training steps per K (the same `train()` as `rlvr train`, in a temporary
     directory, no evaluation), reporting the median step time (after the first, warm-up, step)
     and the step's working memory (peak minus the memory in use before the step, measured on
-    the first step: see rlvr.train.memory.StepMemory), with ratios to the first K;
+    the first step: see rlvr.train.memory.StepMemory), with ratios to the first K, and the
+    gradient noise scale those steps measured (`pilot_noise`);
   * signal: one pilot of n samples for each of P training prompts, scored by the verifier. A
     group of K samples carries no signal when all K rewards are equal. For a prompt with c
     correct of n samples, C(c, K)/C(n, K) and C(n−c, K)/C(n, K) are the unbiased estimates of
@@ -143,10 +144,43 @@ def measure_cost(cfg: PlanConfig, k: int) -> dict:
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     timed = [r for r in rows if r.get("step", 0) >= 2 and "perf/memory_before_step_mib" not in r]
     probed = [r for r in rows if "perf/memory_before_step_mib" in r]  # step 1 (see rlvr.train.memory.StepMemory)
-    return {"step_seconds": statistics.median(r["perf/step_seconds"] for r in timed),
+    return {**pilot_noise(rows), "step_seconds": statistics.median(r["perf/step_seconds"] for r in timed),
             "step_memory_mib": statistics.median(r["perf/peak_memory_mib"] - r["perf/memory_before_step_mib"]
                                                  for r in probed) if probed else 0.0,
             "peak_memory_mib": max(r["perf/peak_memory_mib"] for r in rows if "perf/peak_memory_mib" in r)}
+
+
+def pilot_noise(rows: list[dict]) -> dict:
+    """The gradient noise the timed steps measured (docs/metrics.md, Gradient noise): B_simple =
+    Σ tr Σ / Σ |G|² over the steps, in prompts (None where the summed |G|² is not positive: the
+    signal cannot be told from 0 in so few steps), and the intra-prompt share (tr Σ_intra/K)/tr Σ."""
+    steps = [r for r in rows if "grad/noise" in r and "grad/signal" in r]
+    signal, noise = sum(r["grad/signal"] for r in steps), sum(r["grad/noise"] for r in steps)
+    intra = sum(r["grad/noise_intra"] for r in steps)
+    group = steps[0]["sampling/effective_k"] if steps and "sampling/effective_k" in steps[0] else None
+    return {"noise_scale": noise / signal if steps and signal > 0 and noise > 0 else None,
+            "noise_intra_share": intra / group / noise if steps and group and noise > 0 else None,
+            "noise_steps": len(steps)}
+
+
+def noise_reading(rows: list[dict], prompts: int) -> str:
+    """The one sentence that says what the measured noise scale implies for the choice of K."""
+    above = [r["k"] for r in rows if r["noise_scale"] is not None and r["noise_scale"] > 2 * prompts]
+    below = [r["k"] for r in rows if r["noise_scale"] is not None and r["noise_scale"] < prompts]
+    unknown = [r["k"] for r in rows if r["noise_scale"] is None]
+    parts = []
+    if above:
+        parts.append(f"at K = {', '.join(map(str, above))} B_simple is well above B = {prompts}: more samples per step "
+                     "still cut the gradient's noise nearly in proportion (more K does so for its intra-prompt share)")
+    if below:
+        parts.append(f"at K = {', '.join(map(str, below))} it is below B = {prompts}: more samples per step mostly buy "
+                     "nothing, spend them on more steps")
+    if unknown:
+        parts.append(f"at K = {', '.join(map(str, unknown))} the summed |G|² of the timed steps is not positive (n/a): "
+                     "the noise swamps the signal, or the steps are too few (raise --steps)")
+    if not parts:
+        parts.append(f"B_simple is near B = {prompts} at every K: more samples per step buy less than proportionally")
+    return "Gradient noise: " + "; ".join(parts) + " (a few steps' estimate: docs/metrics.md, Gradient noise)."
 
 
 def run_plan(cfg: PlanConfig) -> list[dict]:

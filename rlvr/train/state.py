@@ -10,6 +10,7 @@ from rlvr import distributed
 from rlvr.algo.correction import DriftDetector
 from rlvr.algo.entropy import (AdaptiveEntropyCoefficient, CollapseDetector, EntropyCoefficient, EntropyMonitor,
                                RewardMonitor)
+from rlvr.algo.noise import GradientNoiseMonitor
 from rlvr.backends import ModelSettings, load_policy
 from rlvr.config import TrainConfig
 from rlvr.distributed import SINGLE, World
@@ -57,6 +58,7 @@ class RunState:
         self.reward_monitor = RewardMonitor(half_life=10)
         self.reward_detector = CollapseDetector(cfg.reward_collapse_ratio, cfg.reward_collapse_patience)
         self.drift = DriftDetector(cfg.drift_threshold, cfg.drift_patience)  # --engine vllm: mismatch/kl's EMA
+        self.noise_monitor = GradientNoiseMonitor(half_life=10)  # grad/noise_scale_ema (--grad-noise)
         self.best: dict | None = None  # the best evaluation so far: step, value, per-problem values (--keep-best)
         self.evals_without_gain = 0  # evaluations since the last significant gain over the best (--early-stop)
         self.sampler = Sampler(cfg, world)  # prompt stream position, --adaptive-k's estimator
@@ -89,7 +91,8 @@ class RunState:
                 "baseline_eval": self.baseline_eval, "rollbacks": self.rollbacks, "stopped": self.stopped,
                 "bad_steps": self.bad_steps, "reward_monitor": self.reward_monitor.state_dict(),
                 "reward_detector": self.reward_detector.state_dict(), "best": self.best,
-                "evals_without_gain": self.evals_without_gain, "drift": self.drift.state_dict()}
+                "evals_without_gain": self.evals_without_gain, "drift": self.drift.state_dict(),
+                "grad_noise": self.noise_monitor.state_dict()}
 
     def load_state_dict(self, state: dict, *, keep_counters: bool = False) -> None:
         """keep_counters: a rollback restores the policy but not the run's rollback count. With
@@ -114,6 +117,8 @@ class RunState:
                 self.best, self.evals_without_gain = state["best"], state["evals_without_gain"]
         if "drift" in state:  # absent from checkpoints written before --engine
             self.drift.load_state_dict(state["drift"])
+        if "grad_noise" in state:  # absent from checkpoints written before the gradient-noise measurement
+            self.noise_monitor.load_state_dict(state["grad_noise"])
         if not keep_counters:
             self.rollbacks, self.stopped = state["rollbacks"], state["stopped"]
 

@@ -17,7 +17,8 @@ import torch
 from rlvr import distributed
 from rlvr.algo.correction import importance_weights, mismatch_of_totals, mismatch_totals
 from rlvr.algo.entropy import masked_mean, masked_quantiles
-from rlvr.algo.losses import LossSettings, policy_loss, top_entropy_select
+from rlvr.algo.losses import NORMALISED_BY, LossSettings, policy_loss, top_entropy_select
+from rlvr.algo.noise import NoiseProbe, NoiseSplit, combine, noise_split
 from rlvr.config import RunFailed, TrainConfig
 from rlvr.distributed import World
 from rlvr.rewards.verifiers import TIMEOUT, parse_reward
@@ -47,6 +48,8 @@ class StepResult:
     metrics: dict
     skipped: str | None  # why the update was not applied ("loss" or "gradient" was non-finite), or None
     view: StepView | None = None  # train_step(fused_view=True): the trainer's view of the batch
+    noise: NoiseProbe | None = None  # the partial sums' norms of the first update (rlvr.algo.noise), or None
+    sq_grad_norm: float | None = None  # |g|² of the first update's whole gradient, before clipping
 
 
 # What train_step reports per step, averaged over its updates (plus tokens/trained_frac).
@@ -99,6 +102,32 @@ class PhaseClock:
         self.last = now
 
 
+def grad_sq_norm(params) -> float:
+    """|accumulated gradient|² over `params`; with FSDP2's sharded gradients, of the whole (a collective)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.nn.utils.get_total_norm(grads, 2.0)
+    if hasattr(norm, "full_tensor"):  # a DTensor: the norm of this rank's shards, reduced over the ranks
+        norm = norm.full_tensor()
+    return float(norm) ** 2
+
+
+def update_chunks(batch, cfg: TrainConfig, policy) -> tuple[list, NoiseSplit | None]:
+    """The update's micro-batches, and with --grad-noise the split they are ordered by: Q1's
+    micro-batches, then the rest of H's, then the other groups' (rlvr.algo.noise; three lists),
+    so the accumulated gradient passes through Q1 and Q12 on the way. The split is None where the
+    batch cannot be split (one group, unequal groups): then one list in the plain order."""
+    rows_per_chunk = micro_batch_rows(cfg.micro_batch_size)
+    split = noise_split(batch.group_ids) if cfg.grad_noise else None
+    if split is None:
+        return micro_batches(batch, rows_per_chunk, policy.update_token_budget, policy.can_pack), None
+    chunks = []
+    for rows in (split.half_samples, split.rest_of_half, split.other_groups):
+        chunks.append(micro_batches(batch, rows_per_chunk, policy.update_token_budget, policy.can_pack, rows))
+    return chunks, split
+
+
 def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference=None, entropy_coef: float | None = None,
                generator: torch.Generator | None = None, *, scorer=None, totals: tuple[int, int] | None = None,
                fused_view: bool = False) -> StepResult:
@@ -117,7 +146,14 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
     micro-batch by micro-batch, instead of a separate forward before the update. Each
     micro-batch's importance weights are computed from its detached log-probs before its loss
     needs them (a weight depends on its own token, or its own row, only), so the gradient and the
-    `mismatch/corrected_frac` are those of the separate pass. The view is returned in `view`."""
+    `mismatch/corrected_frac` are those of the separate pass. The view is returned in `view`.
+
+    With --grad-noise (default) the micro-batches are ordered by `update_chunks`, and on the
+    first update (the on-policy gradient) the squared norms of the accumulated gradient after
+    Q1 and after Q12 are kept (`StepResult.noise`): norms only, no copy of a gradient. Under
+    DDP they are this rank's, read before the all-reduce; under FSDP2 (a scorer with
+    `syncs_partial_sums`) the last micro-batch of Q1 and of Q12 also reduce-scatters, so they
+    are the whole step's (two more reduce-scatters per step)."""
     entropy_coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
     settings = loss_settings(cfg, entropy_coef)
     clock = PhaseClock(policy.device)
@@ -133,22 +169,31 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
     elif batch.engine_logprobs is not None:  # --engine vllm: toward the trainer's distribution (--is-correction)
         is_weights, correction = importance_weights(batch.logprobs, batch.engine_logprobs, token_mask,
                                                     cfg.is_correction, cfg.is_cap)
-    chunks = micro_batches(batch, micro_batch_rows(cfg.micro_batch_size), policy.update_token_budget, policy.can_pack)
+    no_sync = getattr(scorer, "no_sync", None)
+    synced = bool(getattr(scorer, "syncs_partial_sums", False))  # FSDP2: a boundary may reduce-scatter
+    segments, split = update_chunks(batch, cfg, policy)
+    chunks = [c for segment in segments for c in segment] if split is not None else segments
+    # the micro-batch after which a partial sum is read: the last of Q1 and the last of the rest of H
+    probes = {} if split is None else {len(segments[0]) - 1: "q1", len(segments[0]) + len(segments[1]) - 1: "q12"}
     old_logprobs = torch.zeros_like(batch.logprobs)
     ref_logprobs = None
     if cfg.beta > 0:
         with torch.no_grad():
             ref_scorer = Scorer(reference, cfg.temperature, truncation=Truncation.of(cfg))
-            ref_logprobs = torch.cat([ref_scorer(batch, c)[0] for c in chunks])
+            ref_logprobs = torch.zeros_like(batch.logprobs)
+            for c in chunks:
+                ref_logprobs[c] = ref_scorer(batch, c)[0]
     sums = dict.fromkeys(UPDATE_METRICS, 0.0)
     skipped = None
     params = [p for p in policy.module.parameters() if p.requires_grad]
-    no_sync = getattr(scorer, "no_sync", None)
+    read: dict[str, float] = {}
+    sq_full = None
     clock.lap("other")
     for update in range(cfg.updates_per_step):
         optimizer.zero_grad(set_to_none=True)
         for i, c in enumerate(chunks):
-            with no_sync() if no_sync is not None and i < len(chunks) - 1 else nullcontext():
+            sync = no_sync is None or i == len(chunks) - 1 or (synced and i in probes)
+            with nullcontext() if sync else no_sync():
                 logprobs, entropy = scorer(batch, c, with_entropy=entropy_coef != 0 or view is not None,
                                            entropy_grad=entropy_coef != 0)
                 if update == 0:
@@ -170,6 +215,9 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
                     # goes on; the non-finite gradient reaches every rank and all skip the update.
                 loss.backward()
                 clock.lap("backward")
+                if update == 0 and i in probes:
+                    read[probes[i]] = grad_sq_norm(params)
+                    clock.lap("noise")
             sums["loss/policy"] += m["loss/policy"]
             sums["clip/cov_tokens"] += m.get("clip/cov_tokens", 0.0)
             sums["clip/kl_cov_tokens"] += m.get("clip/kl_cov_tokens", 0.0)
@@ -179,6 +227,8 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
         if skipped is None or no_sync is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
             sums["grad/norm"] += float(norm)
+            if update == 0:
+                sq_full = float(norm) ** 2
             skipped = skipped or (None if torch.isfinite(norm) else "gradient")
         if skipped is not None:  # never apply a non-finite update; the step is counted and logged
             optimizer.zero_grad(set_to_none=True)
@@ -195,7 +245,14 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
     metrics["perf/micro_batches"] = len(chunks)
     metrics.update(correction)
     metrics.update({f"perf/{phase}_seconds": seconds for phase, seconds in clock.seconds.items() if phase != "other"})
-    return StepResult(metrics, skipped, view)
+    noise = None
+    if split is not None and skipped is None and len(read) == 2:
+        units = token_mask.sum(dim=1) if NORMALISED_BY[cfg.loss_agg] == "tokens" else torch.ones(rows)  # (N,)
+        q1 = float(units[split.half_samples].sum())
+        step_units = total_tokens if NORMALISED_BY[cfg.loss_agg] == "tokens" else total_rows
+        noise = NoiseProbe(read["q1"], read["q12"], q1, q1 + float(units[split.rest_of_half].sum()), step_units,
+                           split.groups_half, split.group_size, split.samples_half, synced)
+    return StepResult(metrics, skipped, view=view, noise=noise, sq_grad_norm=sq_full if skipped is None else None)
 
 
 def no_update() -> StepResult:
@@ -258,7 +315,11 @@ def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: Step
     local.update({key: generated.metrics.pop(key) for key in [k for k in generated.metrics if k.startswith("perf/")]})
     if memory_before is not None:  # a probe step (StepMemory)
         local["perf/memory_before_step_mib"] = memory_before
-    update, skipped, local = reduce_update(world, step, result, local, trained_rows)
+    update, skipped, local, probes, sq_full = reduce_update(world, step, result, local, trained_rows)
+    if skipped is None and sq_full is not None:  # the gradient's noise (rlvr.algo.noise), measured on update 1
+        estimate = combine(probes, sq_full, sum(size > 0 for size in step_selection.group_sizes))
+        if estimate is not None:
+            update = {**update, **st.noise_monitor.update(estimate)}
     st.bad_steps = st.bad_steps + 1 if skipped else 0
     if skipped:
         events_log.write({"event": "nan_skip", "step": step, "cause": skipped, "in_a_row": st.bad_steps,
@@ -407,13 +468,17 @@ def idle_batch(batch):
 
 
 def reduce_update(world: World, step: int, result: StepResult, local: dict, trained_rows: int) -> tuple:
-    """The update's metrics, skip decision and timings of the whole step -> (metrics, skipped,
-    timings). One process: unchanged. W ranks: loss terms summed (each rank's is its share of the
-    global normaliser), times and memory at their maximum; grad/norm is the same on every rank
-    (the gradients were all-reduced before it was taken)."""
+    """The update's metrics, skip decision and timings of the whole step, with every rank's
+    gradient-noise probe and the step's |g|² -> (metrics, skipped, timings, probes, |g|²). One
+    process: unchanged. W ranks: loss terms summed (each rank's is its share of the global
+    normaliser), times and memory at their maximum; grad/norm (and |g|², rank 0's) is the same on
+    every rank (the gradients were all-reduced before it was taken)."""
     if not world.parallel:
-        return result.metrics, result.skipped, local
-    every = world.gather((result.metrics, result.skipped, local), "reducing the step's metrics")
+        return result.metrics, result.skipped, local, [result.noise], result.sq_grad_norm
+    every = world.gather((result.metrics, result.skipped, local, result.noise, result.sq_grad_norm),
+                         "reducing the step's metrics")
+    probes, sq_full = [e[3] for e in every], every[0][4]
+    every = [e[:3] for e in every]
     skipped = {s for _, s, _ in every}
     if None in skipped and len(skipped) > 1:
         ranks = ", ".join(f"rank {r}: {'applied' if s is None else 'skipped (non-finite ' + s + ')'}"
@@ -429,4 +494,4 @@ def reduce_update(world: World, step: int, result: StepResult, local: dict, trai
     # What the loss trained on, of the tokens selected: < 1 only with --top-entropy-tokens, refused with W > 1.
     metrics["tokens/trained_frac"] = 1.0 if trained_rows else 0.0
     timings = {key: max(t[key] for _, _, t in every if key in t) for key in {k for _, _, t in every for k in t}}
-    return metrics, "/".join(sorted(skipped)) if None not in skipped else None, timings
+    return metrics, "/".join(sorted(skipped)) if None not in skipped else None, timings, probes, sq_full

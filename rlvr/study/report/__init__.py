@@ -26,9 +26,9 @@ from pathlib import Path
 
 from rlvr.study.report.plots import make_plots
 from rlvr.study.report.render import escape_text, machine_line, markdown, to_html
-from rlvr.study.report.runs import (METRIC, Arm, ReportError, Run, arm_difference, arm_numbers, cost_ratio, find_runs,
-                                    group_arms, has_entropy_control, match_mode, passk_difference, ratio, read_run,
-                                    reward_difference, run_log, variant_flags)
+from rlvr.study.report.runs import (METRIC, Arm, ReportError, Run, arm_difference, arm_noise, arm_numbers, cost_ratio,
+                                    find_runs, group_arms, has_entropy_control, match_mode, passk_difference, ratio,
+                                    read_run, reward_difference, run_log, variant_flags)
 from rlvr.study.report.verdicts import is_plain, reach_finding, verdicts
 
 __all__ = ["METRIC", "Arm", "ReportError", "Run", "build_report", "build_summary", "machine_line", "read_run",
@@ -87,6 +87,8 @@ def build_summary(arms: list[Arm], numbers: dict[str, dict | None]) -> dict:
             "vs_plain_k16": _versus(arm, k16, n) if (arm in usable and k16 is not None and arm is not k16
                                                      and arm.config["k"] == 16 and has_entropy_control(arm.config))
             else None,
+            # the gradient's noise over every measured step (null for runs older than the measurement)
+            "grad_noise": arm_noise(arm) if arm in usable else None,
             "settings": settings,  # the arm's full train settings (out and seed aside)
         })
     seeds = max(len(a.runs) for a in usable)

@@ -177,6 +177,33 @@ def cost_table(arms: list[Arm], numbers: dict[str, dict], summary: dict) -> list
     return lines
 
 
+def noise_section(summary: dict) -> list[str]:
+    """The gradient's noise per arm (grad/* in metrics.jsonl), over all the steps that measured it."""
+    entries = [e for e in summary["arms"] if e.get("grad_noise")]
+    if not entries:
+        return ["## Gradient noise per arm", "",
+                "Not measured: these runs predate the gradient-noise measurement (no grad/noise in metrics.jsonl), "
+                "so verdict (f) is not judged.", ""]
+    lines = ["## Gradient noise per arm", "",
+             "Over every step that measured it: |G|² and tr Σ (per prompt) are the means of the per-step unbiased "
+             "estimates; B_simple = Σ tr Σ / Σ |G|² in prompts (and ×K in completions); the intra-prompt share is "
+             "(tr Σ_intra/K)/tr Σ; SNR = B·|G|²/tr Σ at the arm's B prompts per step. B_simple well above B: more "
+             "samples per step still cut the noise nearly in proportion; below B: they mostly buy nothing "
+             "(docs/metrics.md, Gradient noise).", "",
+             "| arm | K | B | steps measured | \\|G\\|² | tr Σ per prompt | B_simple [prompts] | B_simple [completions] | "
+             "intra-prompt share | SNR at B |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        n = e["grad_noise"]
+        lines.append(f"| {escape_text(e['name'])} | {n['group_size']} | {n['prompts_per_step']} | {n['steps']} | "
+                     f"{n['signal']:.4g} | {n['noise']:.4g} | {fmt(n['noise_scale'], '.1f')} | "
+                     f"{fmt(n['noise_scale_per_completion'], '.0f')} | {fmt(n['intra_share'])} | {fmt(n['snr'])} |")
+    missing = [e["name"] for e in summary["arms"] if not e.get("grad_noise")]
+    if missing:
+        lines += ["", "Not measured in: " + escape_text(", ".join(missing)) + "."]
+    return lines + [""]
+
+
 def passk_section(arms: list[Arm], numbers: dict[str, dict]) -> list[str]:
     """--passk-eval-samples: pass@k of the base model and at the end, and the change at the largest k."""
     ks = passk_ks(arms)
@@ -303,6 +330,7 @@ def markdown(arms: list[Arm], numbers: dict[str, dict], summary: dict, plots: li
                       f"{_sentence(summary['reach']['statement'])} (section pass@k below)"]
     lines += ["", "## Results per arm", ""] + results_table(arms, numbers)
     lines += passk_section(arms, numbers)
+    lines += noise_section(summary)
     lines += ["## Cost per arm", ""] + cost_table(arms, numbers, summary)
 
     lines += ["## Effective settings per arm", "",

@@ -566,3 +566,163 @@ def fmt_onsets(onsets: list, detector_on: list | None = None) -> str:
     'off' = no detector watched that seed (turned off, or a run older than the detector)."""
     on = detector_on or [True] * len(onsets)
     return ", ".join("off" if not d else "none" if o is None else str(o) for o, d in zip(onsets, on)) or "n/a"
+
+
+# ----------------------------------------------------------------------------------------
+# gradient noise (claim (f)) and the spread across seeds (claim (g))
+# ----------------------------------------------------------------------------------------
+
+NOISE_COLUMNS = ("grad/signal", "grad/noise", "grad/noise_intra")  # per step: |G|², tr Σ, tr Σ_intra
+SPREAD_RESAMPLES = 2000
+
+
+def noise_by_step(run: Run) -> dict[int, tuple[float, float, float]]:
+    """step -> (|G|², tr Σ, tr Σ_intra) of the steps that measured the gradient's noise."""
+    return {r["step"]: tuple(float(r[key]) for key in NOISE_COLUMNS) for r in run.rows
+            if all(r.get(key) is not None for key in NOISE_COLUMNS)}
+
+
+def measures_noise(arm: Arm) -> bool:
+    """Some run of the arm logged the gradient noise (runs older than the metric did not)."""
+    return any(noise_by_step(run) for run in arm.usable)
+
+
+def arm_noise(arm: Arm) -> dict | None:
+    """The arm's gradient noise over all its measured steps: sums, not means of per-step ratios
+    (a step's |G|² estimate can be near 0 or negative). None when no step measured it."""
+    steps = [v for run in arm.usable for v in noise_by_step(run).values()]
+    if not steps:
+        return None
+    signal, noise, intra = (float(sum(v[i] for v in steps)) for i in range(3))
+    k, prompts = _shape(arm)
+    scale = noise / signal if signal > 0 and noise > 0 else None
+    return {"steps": len(steps), "signal": signal / len(steps), "noise": noise / len(steps),
+            "intra": intra / len(steps), "noise_scale": scale,
+            "noise_scale_per_completion": None if scale is None else scale * k,
+            "intra_share": intra / k / noise if noise > 0 else None,
+            "snr": prompts * signal / noise if noise > 0 else None, "group_size": k, "prompts_per_step": prompts}
+
+
+def paired_noise(a: Arm, b: Arm, keep) -> list[np.ndarray]:
+    """Per common seed, the steps both runs measured and `keep(seed, step)` admits: rows of
+    (a's |G|², tr Σ, tr Σ_intra, b's |G|², tr Σ, tr Σ_intra), paired by step."""
+    by_seed = {r.seed: r for r in b.usable}
+    out = []
+    for run in a.usable:
+        other = by_seed.get(run.seed)
+        if other is None:
+            continue
+        na, nb = noise_by_step(run), noise_by_step(other)
+        steps = [s for s in sorted(set(na) & set(nb)) if keep(run.seed, s)]
+        if steps:
+            out.append(np.asarray([na[s] + nb[s] for s in steps], dtype=float))
+    return out
+
+
+def _ratio_or_inf(num: float, den: float) -> float:
+    """num/den for ratios of positive quantities: +inf where only the denominator is ≤ 0, nan
+    where both are (no comparison), ≤ 0 where only the numerator is."""
+    if den > 0:
+        return num / den
+    return math.inf if num > 0 else math.nan
+
+
+def _shape(arm: Arm) -> tuple[int, int]:
+    """(trained group size K, prompts per step B) of an arm."""
+    return arm.config.get("downsample") or arm.config["k"], arm.config["prompts_per_step"]
+
+
+def noise_ratios(sums: np.ndarray, shape_a: tuple[int, int], shape_b: tuple[int, int]) -> dict[str, float]:
+    """From summed columns (a's |G|², tr Σ, tr Σ_intra, b's ...) and each arm's (K, B): b over a
+    in gradient SNR at the arms' own prompts per step (B·|G|²/tr Σ), in SNR at equal completions
+    per step (|G|²/(K·tr Σ)), and in per-prompt noise tr Σ."""
+    sa, na, _, sb, nb, _ = sums
+    (ka, pa), (kb, pb) = shape_a, shape_b
+    snr_a = pa * sa / na if na > 0 else math.nan
+    snr_b = pb * sb / nb if nb > 0 else math.nan
+    per_completion_a = sa / (ka * na) if na > 0 else math.nan
+    per_completion_b = sb / (kb * nb) if nb > 0 else math.nan
+    return {"snr": _ratio_or_inf(snr_b, snr_a), "snr_per_completion": _ratio_or_inf(per_completion_b, per_completion_a),
+            "noise": nb / na if na > 0 else math.nan}
+
+
+def noise_comparison(a: Arm, b: Arm, keep) -> dict | None:
+    """Arm b against arm a on the gradient noise of the steps `keep` admits, paired by seed and
+    step: each ratio of `noise_ratios` with the 95% CI of a two-level bootstrap (seeds with
+    replacement, then each drawn seed's steps), the arms' intra-prompt shares, and the counts.
+    None without a common measured step."""
+    per_seed = paired_noise(a, b, keep)
+    if not per_seed:
+        return None
+    shape_a, shape_b = _shape(a), _shape(b)
+    total = np.concatenate(per_seed).sum(axis=0)
+    point = noise_ratios(total, shape_a, shape_b)
+    rng = np.random.default_rng(0)
+    draws = {key: np.empty(SPREAD_RESAMPLES) for key in point}
+    for i in range(SPREAD_RESAMPLES):
+        drawn = [per_seed[j] for j in rng.integers(len(per_seed), size=len(per_seed))]
+        sums = sum(x[rng.integers(len(x), size=len(x))].sum(axis=0) for x in drawn)
+        for key, value in noise_ratios(sums, shape_a, shape_b).items():
+            draws[key][i] = value
+    (ka, _), (kb, _) = shape_a, shape_b
+    out = {"seeds": len(per_seed), "steps": int(sum(len(x) for x in per_seed)),
+           "intra_share": [float(total[2] / ka / total[1]) if total[1] > 0 else None,
+                           float(total[5] / kb / total[4]) if total[4] > 0 else None]}
+    for key, value in point.items():
+        out[key] = {"value": None if math.isnan(value) else float(value), "ci": _percentile_ci(draws[key])}
+    return out
+
+
+def _percentile_ci(draws) -> list[float] | None:
+    """The 2.5 and 97.5 percentiles of bootstrap draws, nan draws (no comparison) left out; with
+    infinite draws the nearest draw, not an interpolation, so an end is inf rather than nan."""
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[~np.isnan(draws)]
+    if not draws.size:
+        return None
+    method = "nearest" if np.isinf(draws).any() else "linear"
+    return [float(v) for v in np.percentile(draws, [2.5, 97.5], method=method)]
+
+
+def outcome_by_seed(arm: Arm, outcome: str) -> dict[int, float]:
+    """Per seed, an end-of-run outcome: 'hm@4' at the run's last evaluation (mean over its
+    held-out problems) or 'reward' (reward/mean over the last 20 steps)."""
+    out = {}
+    for run in arm.usable:
+        if outcome == "reward":
+            out[run.seed] = float(np.mean([x["reward/mean"] for x in run.rows[-20:]]))
+        elif run.evals:
+            out[run.seed] = float(per_problem_values(run.evals[max(run.evals)]["per_problem"], METRIC).mean())
+    return out
+
+
+def spread_ratio(a: Arm, b: Arm, outcome: str) -> dict | None:
+    """The SD across seeds of an outcome in each arm (n − 1 denominator, the seeds common to
+    both) and SD(b)/SD(a) with a 95% bootstrap CI over seeds (drawn with replacement, paired; a
+    draw with fewer than 2 distinct seeds has no SD and is drawn again). None with < 2 common seeds."""
+    va, vb = outcome_by_seed(a, outcome), outcome_by_seed(b, outcome)
+    seeds = sorted(set(va) & set(vb))
+    if len(seeds) < 2:
+        return None
+    xa, xb = np.asarray([va[s] for s in seeds]), np.asarray([vb[s] for s in seeds])
+
+    def ratio_of(ia: np.ndarray) -> float:
+        sa, sb = float(np.std(xa[ia], ddof=1)), float(np.std(xb[ia], ddof=1))
+        return sb / sa if sa > 0 else (math.inf if sb > 0 else 1.0)
+
+    rng = np.random.default_rng(0)
+    draws = []
+    while len(draws) < SPREAD_RESAMPLES:
+        drawn = rng.integers(len(seeds), size=len(seeds))
+        if len(set(drawn.tolist())) >= 2:
+            draws.append(ratio_of(drawn))
+    everything = np.arange(len(seeds))
+    return {"seeds": seeds, "sd": [float(np.std(xa, ddof=1)), float(np.std(xb, ddof=1))],
+            "values": [xa.tolist(), xb.tolist()], "value": ratio_of(everything),
+            "ci": _percentile_ci(draws)}
+
+
+def collapsed_share(arm: Arm) -> tuple[int, int]:
+    """(seeds whose entropy or reward detector fired, seeds)."""
+    runs = arm.usable
+    return sum(r.collapse_onset is not None or r.reward_collapse_onset is not None for r in runs), len(runs)

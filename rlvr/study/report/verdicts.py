@@ -1,4 +1,4 @@
-"""The verdicts on the seed's claims (a)-(e): fixed rules, documented in docs/compare.md.
+"""The verdicts on the seed's claims (a)-(g): fixed rules, documented in docs/compare.md.
 
 Each claim gets supported / refuted / inconclusive and the numbers that decided it. The rules are
 the part of the report people argue about, so they live here, apart from tables and plots, and
@@ -18,12 +18,15 @@ inconclusive rather than flipping it.
 """
 from __future__ import annotations
 
-from rlvr.study.report.runs import (MACHINE_TOLERANCE, MIDPOINT, RETENTION_WINDOW, Arm, arm_difference, cost_ratio, fmt, fmt_ci,
-                                    has_entropy_control, passk_difference, passk_ks, ratio, reward_difference,
-                                    variant_flags)
+from rlvr.study.report.runs import (MACHINE_TOLERANCE, MIDPOINT, RETENTION_WINDOW, Arm, arm_difference,
+                                    collapsed_share, cost_ratio, fmt, fmt_ci, has_entropy_control, measures_noise,
+                                    noise_comparison, passk_difference, passk_ks, ratio, reward_difference,
+                                    spread_ratio, variant_flags)
 
 LOSS_MARGIN = 5.0  # points: a CI whose lower end lies above −LOSS_MARGIN rules a training collapse out
 COST_BAND = (1.5, 2.5)  # "about 2×"
+MIN_SPREAD_SEEDS = 4  # claim (g): fewer seeds than this per arm and an SD across seeds is too unstable to judge
+NOT_MEASURED = "not measured"  # a verdict for runs that lack the measurement a claim needs
 
 
 def is_plain(arm: Arm, k: int) -> bool:
@@ -143,7 +146,7 @@ def _paired_reward_diffs(n: dict, base: dict) -> str:
 
 
 def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
-    """The seed's claims (a)-(e), each supported / refuted / inconclusive with its numbers."""
+    """The seed's claims (a)-(g), each supported / refuted / inconclusive (or not measured) with its numbers."""
     k8 = next((a for a in arms if is_plain(a, 8)), None)
     k16 = next((a for a in arms if is_plain(a, 16)), None)
     controls = [a for a in arms if a.config["k"] == 16 and a is not k16 and has_entropy_control(a.config)]
@@ -257,7 +260,129 @@ def verdicts(arms: list[Arm], numbers: dict[str, dict]) -> list[dict]:
         verdict = min((v for v, _ in judged), key=order.index)
         add(claim, verdict, " || ".join(e for _, e in judged) + (
             "; with several controls the claim is supported when one is, refuted when all are" if len(judged) > 1 else ""))
+    out.append(gradient_estimates(k8, k16))
+    out.append(reproducibility(k8, k16))
     return out
+
+
+def _ratio(r: dict | None) -> str:
+    """'1.83 [1.41, 2.40]' (∞ for an infinite end), 'n/a' without a value."""
+    def one(x):
+        return "∞" if x == float("inf") else "−∞" if x == float("-inf") else f"{x:.2f}"
+
+    if r is None or r.get("value") is None:
+        return "n/a"
+    return one(r["value"]) + ("" if not r.get("ci") else f" [{one(r['ci'][0])}, {one(r['ci'][1])}]")
+
+
+def _side(r: dict | None) -> str:
+    """Where a ratio's 95% CI lies against 1: 'above', 'below' or 'holds 1' (also without a CI)."""
+    if r is None or not r.get("ci") or r.get("value") is None:
+        return "holds 1"
+    return "above" if r["ci"][0] > 1 else "below" if r["ci"][1] < 1 else "holds 1"
+
+
+def _window_text(name: str, c: dict) -> str:
+    share = ", ".join(f"K={k} {fmt(v)}" for k, v in zip((8, 16), c["intra_share"]))
+    return (f"{name} ({c['seeds']} seed(s), {c['steps']} paired steps): gradient SNR K=16/K=8 at equal prompts "
+            f"per step {_ratio(c['snr'])}, per completion (equal compute) {_ratio(c['snr_per_completion'])}; "
+            f"per-prompt noise tr Σ K=16/K=8 {_ratio(c['noise'])}; intra-prompt share of tr Σ {share}")
+
+
+def _judge_windows(windows: list, key: str) -> str:
+    sides = [_side(c[key]) for _, c in windows]
+    if "below" in sides:
+        return "refuted"
+    return "supported" if sides and all(side == "above" for side in sides) else "inconclusive"
+
+
+def gradient_estimates(k8: Arm | None, k16: Arm | None) -> dict:
+    """Claim (f), docs/compare.md: the gradient SNR of plain K=16 over plain K=8 at equal prompts
+    per step, over steps 1-100 and after 100, paired by seed and step; the same per completion
+    (equal compute) as `at_equal_compute`; and after K=16's entropy collapse for the claim's
+    second half. "not measured" when a plain arm's runs lack the measurement."""
+    claim = "(f) K=16 gives better gradient estimates than K=8"
+    if k8 is None or k16 is None:
+        return {"claim": claim, "verdict": "inconclusive", "evidence": "needs plain K=8 and K=16 arms"}
+    missing = [arm for arm in (k8, k16) if not measures_noise(arm)]
+    if missing:
+        older = [arm.name for arm in missing if arm.config.get("grad_noise") is None]
+        off = [arm.name for arm in missing if arm.config.get("grad_noise") is False]
+        other = [arm.name for arm in missing if arm.config.get("grad_noise")]
+        why = ([f"the runs of {' and '.join(older)} predate the gradient-noise measurement (their config.json has no "
+                "grad_noise setting, their metrics.jsonl no grad/noise)"] if older else []) + \
+            ([f"the runs of {' and '.join(off)} ran with --no-grad-noise"] if off else []) + \
+            ([f"no step of {' and '.join(other)} could be measured (one group per step, or unequal groups)"]
+             if other else [])
+        return {"claim": claim, "verdict": NOT_MEASURED, "at_equal_compute": NOT_MEASURED, "evidence": (
+            "; ".join(why) + "; nothing else in the runs' files measures the gradient's noise, so no number stands in "
+            "for it. Rerun the K=8 and K=16 arms with rlvr's measurement on to judge the claim")}
+    windows = [(name, c) for name, c in (
+        (f"steps 1-{MIDPOINT}", noise_comparison(k8, k16, lambda seed, step: step <= MIDPOINT)),
+        (f"steps after {MIDPOINT}", noise_comparison(k8, k16, lambda seed, step: step > MIDPOINT))) if c is not None]
+    if not windows:
+        return {"claim": claim, "verdict": "inconclusive", "at_equal_compute": "inconclusive",
+                "evidence": "the K=8 and K=16 runs share no seed and step that both measured"}
+    onsets = {run.seed: run.collapse_onset for run in k16.usable}
+    collapsed = {seed: onset for seed, onset in onsets.items() if onset is not None}
+    after = noise_comparison(k8, k16, lambda seed, step: seed in collapsed and step >= collapsed[seed])
+    if not collapsed:
+        second = "K=16's entropy collapsed in no seed, so the claim's second half (negated by entropy-driven " \
+                 "instability) is not tested here"
+    elif after is None:
+        second = "no measured step after K=16's entropy collapse, so the claim's second half is not tested"
+    else:
+        reading = {"above": "K=16's advantage holds after its entropy collapsed", "below":
+                   "K=16's gradient estimates are worse than K=8's after its entropy collapsed",
+                   "holds 1": "no advantage of K=16 can be told after its entropy collapsed"}[_side(after["snr"])]
+        second = (f"the second half: from K=16's entropy-collapse onset on (per seed "
+                  f"{', '.join(f'{s}: {o}' for s, o in sorted(collapsed.items()))}; {after['steps']} paired steps), "
+                  f"gradient SNR K=16/K=8 at equal prompts {_ratio(after['snr'])}, per completion "
+                  f"{_ratio(after['snr_per_completion'])}: {reading}")
+    verdict, compute = _judge_windows(windows, "snr"), _judge_windows(windows, "snr_per_completion")
+    late_note = "" if len(windows) == 2 else f"; the runs have no measured step after {MIDPOINT}, so only steps " \
+                                              f"1-{MIDPOINT} are judged"
+    evidence = ("; ".join(_window_text(name, c) for name, c in windows) + late_note + f"; {second}. At equal compute "
+                f"(per completion) the same rule gives: {compute}. Supported = the 95% CI of the SNR ratio at equal "
+                "prompts per step wholly above 1 in every window, refuted = wholly below 1 in one; CIs over seeds and "
+                "steps (two-level bootstrap); SNR = B·Σ|G|²/Σ tr Σ over the window's steps")
+    return {"claim": claim, "verdict": verdict, "at_equal_compute": compute, "evidence": evidence}
+
+
+def reproducibility(k8: Arm | None, k16: Arm | None) -> dict:
+    """Claim (g), docs/compare.md: SD across seeds of held-out HM@4 at the end and of training
+    reward over the last 20 steps, SD(K=16)/SD(K=8) with a bootstrap CI over seeds, and the
+    share of seeds that collapsed; fewer than MIN_SPREAD_SEEDS common seeds: inconclusive."""
+    claim = "(g) K=8 is more reproducible than K=16"
+    if k8 is None or k16 is None:
+        return {"claim": claim, "verdict": "inconclusive", "evidence": "needs plain K=8 and K=16 arms"}
+    outcomes = {"held-out hm@4 at the last evaluation": spread_ratio(k8, k16, "hm@4"),
+                "training reward over the last 20 steps": spread_ratio(k8, k16, "reward")}
+    common = sorted({r.seed for r in k8.usable} & {r.seed for r in k16.usable})
+    parts = []
+    for name, r in outcomes.items():
+        if r is None:
+            parts.append(f"{name}: n/a (needs 2 common seeds{' with evaluations' if 'hm@4' in name else ''})")
+            continue
+        values = "; ".join(f"K={k} " + ", ".join(f"{v:.3f}" for v in vs) for k, vs in zip((8, 16), r["values"]))
+        parts.append(f"{name}: SD across seeds K=8 {r['sd'][0]:.4f}, K=16 {r['sd'][1]:.4f} (per seed {values}); "
+                     f"SD(K=16)/SD(K=8) {_ratio(r)}")
+    c8, c16 = collapsed_share(k8), collapsed_share(k16)
+    evidence = ("; ".join(parts) + f"; entropy or reward collapsed in {c8[0]} of {c8[1]} K=8 seed(s) and {c16[0]} "
+                f"of {c16[1]} K=16 seed(s) (reported, not judged). Seeds common to both arms: {len(common)}; CIs: "
+                "bootstrap over seeds, paired. Supported = a ratio's 95% CI wholly above 1 and none wholly below 1; "
+                "refuted = one wholly below 1 and none wholly above 1")
+    measured = [r for r in outcomes.values() if r is not None]
+    if not measured and len(common) >= MIN_SPREAD_SEEDS:
+        return {"claim": claim, "verdict": NOT_MEASURED, "evidence": evidence}
+    if len(common) < MIN_SPREAD_SEEDS:
+        return {"claim": claim, "verdict": "inconclusive", "evidence": evidence + (
+            f"; only {len(common)} seed(s) common to both arms: an SD across fewer than {MIN_SPREAD_SEEDS} seeds moves "
+            "by a factor of 2 with one seed, so the rule needs at least 4")}
+    above = [r for r in measured if _side(r) == "above"]
+    below = [r for r in measured if _side(r) == "below"]
+    verdict = "supported" if above and not below else "refuted" if below and not above else "inconclusive"
+    return {"claim": claim, "verdict": verdict, "evidence": evidence}
 
 
 
