@@ -89,7 +89,7 @@ class EvalConfig:
                            "chat_template", "system_prompt", "reward", "reward_workers", "reward_timeout",
                            "code_program"),
         "sampling and engine": ("temperature", "top_k", "top_p", "min_p", "max_new_tokens", "engine", "engine_dtype",
-                                "engine_memory"),
+                                "engine_memory", "engine_tp"),
         "episodes": ("env", "env_examples", "env_system", "env_timeout", "max_turns", "episode_tokens"),
         "evaluation": ("samples", "k", "problems"),
         "run and logging": ("seed", "out"),
