@@ -2,7 +2,8 @@
 # The episodes study (docs/episodes.md, "A real result"): SmolLM2-135M-Instruct with the calculator
 # (--env calc, one example conversation), K=8, 2 prompts a step, 60 steps, on `mul` and `mul22`,
 # seeds 0 and 1; then held-out HM@4 without the tool, of the base model and of each trained model.
-# Re-running skips what is done (a run resumes from its checkpoint; an eval with its file is kept).
+# Re-running skips what is done: a run whose light files are committed, an eval whose file exists;
+# a killed run resumes from its checkpoint under runs/ when that is still there.
 # Light files only are committed (docs/episodes_study/runs/); weights stay under runs/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,6 +19,8 @@ for task in ${TASKS:-mul mul22}; do
         --k 1 4 8 --temperature 0.7 --max-new-tokens 24 --out "$base"; }
     for seed in ${SEEDS:-0 1}; do
         run=$OUT/$task/seed$seed
+        # a run whose light files and no-tool evaluation are committed is done (weights are not kept)
+        [ -f "$LIGHT/$task/seed$seed/final_without_tool.json" ] && continue
         $RLVR train "${COMMON[@]}" --task "$task" --seed "$seed" --out "$run"
         mkdir -p "$LIGHT/$task/seed$seed"
         cp "$run"/{config.json,metrics.jsonl,events.jsonl,evals.jsonl,samples.jsonl} "$LIGHT/$task/seed$seed/"
