@@ -139,7 +139,8 @@ class TrainConfig:
     reward_timeout: float = opt(10.0, "seconds one verifier call may take; then its worker is killed and replaced")
     reward_error_value: float = opt(0.0, "reward of a call that timed out, raised, crashed or returned a bad value")
     max_reward_error_frac: float = opt(0.5, "stop the run (exit 1) when more than this fraction of a step's "
-                                            "verifier calls fail (1 = never)")
+                                            "verifier calls fail, or of its episodes' environments (--env) "
+                                            "(1 = never)")
     seed: int = opt(0, "seed of the prompt stream, sampling and initialisation")
     out: str = opt("runs/train", "run directory (created; re-running the same command resumes it)")
     # the step

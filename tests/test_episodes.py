@@ -409,3 +409,21 @@ def test_bad_episode_settings_are_refused_before_any_work(tmp_path, capsys):
         assert main(["train", "--steps", "1", "--out", str(out), *args]) == 2, args
         assert named in capsys.readouterr().err, args
         assert not out.exists()
+
+
+def test_an_environment_that_fails_stops_the_run_with_its_message(tmp_path, capsys):
+    """A reset that raises in every episode: env_error events, then a stop past
+    --max-reward-error-frac (exit 1) naming the environment's message and the fix."""
+    import json
+
+    from rlvr.cli import main
+
+    out = tmp_path / "broken"
+    assert main(["train", "--steps", "2", "--k", "4", "--prompts-per-step", "2", "--out", str(out), "--quiet",
+                 "--threads", "1", "--env", "envs_bad:ResetRaises"]) == 1
+    err = capsys.readouterr().err
+    assert "--max-reward-error-frac" in err and "the environment failed in 8 of 8 episodes" in err
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    errors = [e for e in events if e["event"] == "env_error"]
+    assert errors and errors[0]["episodes"] == 8 and "reset()" in errors[0]["message"]
+    assert events[-1]["event"] == "stop"

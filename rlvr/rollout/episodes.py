@@ -118,6 +118,7 @@ class Episode:
     tool_calls: int = 0
     tool_errors: int = 0
     env_failures: int = 0
+    failure_notes: list[str] = field(default_factory=list)  # what failed on the environment's side
     env_seconds: float = 0.0
     env_reward: float | None = None
     end: str | None = None
@@ -131,7 +132,8 @@ class Episode:
 
     def record(self) -> dict:
         return {"turns": self.turns, "model_turns": self.model_turns, "tool_calls": self.tool_calls,
-                "tool_errors": self.tool_errors, "env_failures": self.env_failures, "end": self.end,
+                "tool_errors": self.tool_errors, "env_failures": self.env_failures,
+                "failure_notes": self.failure_notes[:3], "end": self.end,
                 "truncated": self.end in TRUNCATED_ENDS, "env_reward": self.env_reward,
                 "model_tokens": sum(self.model), "env_tokens": len(self.ids) - sum(self.model),
                 "env_seconds": self.env_seconds}
@@ -164,6 +166,7 @@ def sample_episodes(engine, policy: Policy, spec: EnvSpec, items: list[dict], k:
                 first_text = _timed(episode, episode.env.reset, item)
             except EnvFailure as err:
                 episode.env_failures += 1
+                episode.failure_notes.append(str(err))
                 episode.end = ENV_FAILED
                 episode.turns.append({"role": "env", "text": f"reset failed: {err}", "tokens": 0})
                 first_text = None
@@ -226,10 +229,10 @@ def sample_episodes(engine, policy: Policy, spec: EnvSpec, items: list[dict], k:
                 reply = _timed(e, e.env.step, text)
             except EnvFailure as err:  # the environment itself broke: the episode ends, counted
                 e.env_failures += 1
+                e.failure_notes.append(str(err))
                 e.end = ENV_FAILED
                 e.turns.append({"role": "env", "text": f"environment failed: {err}", "tokens": 0})
                 continue
-            e.env_failures = getattr(e.env, "failures", 0)
             if reply is None:
                 e.end = ANSWERED
                 continue
@@ -258,8 +261,11 @@ def sample_episodes(engine, policy: Policy, spec: EnvSpec, items: list[dict], k:
                     e.env_reward = _timed(e, e.env.reward)
                 except EnvFailure as err:
                     e.env_failures += 1
+                    e.failure_notes.append(str(err))
                     e.turns.append({"role": "env", "text": f"reward failed: {err}", "tokens": 0})
             e.env.close()
+            e.env_failures += getattr(e.env, "failures", 0)  # the failures it contained (tool timeouts, close)
+            e.failure_notes += [str(note) for note in getattr(e.env, "failure_notes", [])]
             e.env = None
     return _batch(policy, episodes, items, sizes, external=getattr(engine, "external", False))
 

@@ -222,6 +222,7 @@ class Generated:
     sampling_seconds: float = 0.0  # wall time spent in the sampler, all rounds
     round_groups: list[int] = field(default_factory=list)  # groups of each round (this rank's)
     components: torch.Tensor | None = None  # (N, C) each weighted verifier's reward (--reward a:w,b:w), else None
+    episode_records: list[dict] | None = None  # --env: every rank's episode records, less the turns' text
 
     def reward_mean(self) -> float:
         return reward_mean(self.task_rewards, self.group_sizes)
@@ -426,8 +427,10 @@ class Sampler:
             metrics["sampling/expected_signal_groups"] = sum(r.expected_signal for r in rounds)
         if batch.engine_logprobs is not None and trainer_view:  # (mismatch/*: rlvr.train.step, over every rank)
             metrics["perf/logprob_seconds"] = sum(r.logprob_seconds for r in rounds)
+        records = None
         if batch.episodes is not None:
-            metrics.update(self.episode_metrics(batch.episodes))
+            records, episode = self.episode_metrics(batch.episodes)
+            metrics.update(episode)
         metrics.update(engine.take_seconds())
         return Generated(batch=batch, task_rewards=task_rewards,
                          rewards=task_rewards if penalty is None else task_rewards - penalty,
@@ -436,16 +439,18 @@ class Sampler:
                          sampling_seconds=sum(r.sampling_seconds for r in rounds),
                          round_groups=[len(r.sizes) for r in rounds],
                          components=None if sampled[0].components is None else
-                         torch.cat([r.components for r in sampled]))
+                         torch.cat([r.components for r in sampled]), episode_records=records)
 
-    def episode_metrics(self, episodes: list[dict]) -> dict:
-        """episode/..., tokens/... and perf/env_seconds of the whole step: every rank's episodes
-        counted (their records less the turns' text); the environment's seconds are the slowest rank's."""
+    def episode_metrics(self, episodes: list[dict]) -> tuple[list[dict], dict]:
+        """Every rank's episode records, less the turns' text (the whole step's), and the step's
+        episode/..., tokens/... and perf/env_seconds from them; the environment's seconds are the
+        slowest rank's."""
         counts = [{key: value for key, value in e.items() if key != "turns"} for e in episodes]
         every = self.world.gather(counts, "exchanging the step's episode counts") if self.world.parallel else [counts]
-        metrics = episode_metrics([record for part in every for record in part])
+        records = [record for part in every for record in part]
+        metrics = episode_metrics(records)
         metrics["perf/env_seconds"] = max(sum(r["env_seconds"] for r in part) for part in every)
-        return metrics
+        return records, metrics
 
     def sample_round(self, policy, task, pool, seed: int, prompts: int, engine, view: bool = True) -> Round:
         """The next `prompts` items of the stream: this rank's shard sampled and scored; every

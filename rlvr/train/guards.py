@@ -35,6 +35,25 @@ def check_reward_failures(failures: list[RewardFailure], calls: int, cfg: TrainC
                     "--max-reward-error-frac) and re-run the same command to resume")
 
 
+def check_env_failures(records: list[dict], cfg: TrainConfig, step: int, events_log) -> None:
+    """--env: an `env_error` event for a step whose environments failed on their side (a reset,
+    get_reward or close that raised or hung, a tool past --env-timeout), with the count and the
+    first message; stops the run when more than --max-reward-error-frac of the step's episodes
+    (`records`: every rank's) had such a failure."""
+    failed = [r for r in records if r["env_failures"]]
+    if not failed:
+        return
+    notes = [note for r in failed for note in r.get("failure_notes", [])]
+    events_log.write({"event": "env_error", "step": step, "episodes": len(failed),
+                      "failures": sum(r["env_failures"] for r in failed),
+                      "message": notes[0] if notes else "an environment call failed"})
+    if len(failed) > cfg.max_reward_error_frac * len(records):
+        stop_failed(events_log, step, f"--max-reward-error-frac: the environment failed in {len(failed)} of "
+                    f"{len(records)} episodes at step {step} (first: {notes[0] if notes else 'unknown'}); see the "
+                    "env_error events in events.jsonl, fix the environment (or raise --env-timeout or "
+                    "--max-reward-error-frac) and re-run the same command to resume")
+
+
 def stop_failed(events_log, step: int, message: str) -> None:
     """Ends a run that cannot go on: a `stop` event, then RunFailed (exit 1); no checkpoint is written."""
     events_log.write({"event": "stop", "step": step, "message": message})

@@ -27,7 +27,7 @@ from rlvr.rollout.forward import Scorer, micro_batches
 from rlvr.rollout.sample import batch_truncated, select_rows
 from rlvr.rollout.strategies import (advantage_function, answer_diversity, gather_samples, group_advantages,
                                      overlong_penalty, reward_mean, select_for_training)
-from rlvr.train.guards import check_reward_failures
+from rlvr.train.guards import check_env_failures, check_reward_failures
 from rlvr.train.memory import StepMemory
 from rlvr.train.state import RunState
 from rlvr.types import Truncation
@@ -344,6 +344,8 @@ def collect(st: RunState, cfg: TrainConfig, task, pool, events_log, engine=None,
     calls = samples.rows * (1 if samples.components is None else samples.components.shape[1])  # one per verifier
     check_reward_failures(samples.failures, calls, cfg, step, events_log,
                           samples.failure_ranks if world.parallel else None)
+    if generated.episode_records is not None:
+        check_env_failures(generated.episode_records, cfg, step, events_log)
     return generated, samples
 
 
