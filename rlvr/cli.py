@@ -230,6 +230,7 @@ def _evaluate(cfg: "EvalConfig", world) -> int:
     failures = sum(record.get("verifier_failures", 0) for record in result["per_problem"])
     report = {"model": cfg.model, "task": cfg.task, "answer_format": task.answer_format.name,
               "split": "heldout", "verifier": cfg.reward, "engine": cfg.engine,
+              **({"env": cfg.env, "env_examples": cfg.env_examples, "max_turns": cfg.max_turns} if cfg.env else {}),
               **({"code_program": options["code_program"]} if getattr(task, "verifier", "task") == "code_exec" else {}),
               "verifier_failures": failures, "n_samples": cfg.samples, "temperature": cfg.temperature,
               **sampling_record(Truncation.of(cfg)), "n_problems": len(result["per_problem"]), **result}

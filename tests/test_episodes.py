@@ -427,3 +427,16 @@ def test_an_environment_that_fails_stops_the_run_with_its_message(tmp_path, caps
     errors = [e for e in events if e["event"] == "env_error"]
     assert errors and errors[0]["episodes"] == 8 and "reset()" in errors[0]["message"]
     assert events[-1]["event"] == "stop"
+
+
+def test_rlvr_eval_over_episodes_writes_eval_json_with_the_environment(tmp_path):
+    import json
+
+    from rlvr.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--env", "calc", "--task", "mul", "--problems", "3", "--samples", "4", "--k", "1", "4",
+                 "--max-new-tokens", "6", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["env"] == "calc" and report["max_turns"] == 4
+    assert report["metrics"]["hm@4"]["n"] == 3 and 0 <= report["metrics"]["pass@1"]["value"] <= 1
