@@ -121,6 +121,9 @@ class CannedEngine:
     def sample(self, policy, items, k, **_):
         return canned_batch(policy, items, k)
 
+    def sync(self, policy, force=False):  # no weights of its own to reload
+        return 0.0
+
 
 @needs_humaneval
 def test_a_policy_that_writes_the_canonical_solutions_evaluates_to_pass_at_1_of_1():

@@ -198,7 +198,7 @@ def truncated_rows(completion_ids: torch.Tensor, stop_ids) -> torch.Tensor:
 def batch_truncated(batch: RolloutBatch, stop_ids) -> torch.Tensor:
     """(N,) bool: the rows cut short -- an episode as its rollout recorded it (the budget or the
     turn limit), a completion when it holds no stop token."""
-    if batch.truncated is not None:
+    if getattr(batch, "truncated", None) is not None:
         return batch.truncated
     return truncated_rows(batch.completion_ids, stop_ids)
 
