@@ -323,16 +323,19 @@ def passk_vs_base(arm: Arm, k: int) -> dict | None:
     return _paired(per_seed)
 
 
+def common_seeds(a: Arm, b: Arm) -> list[tuple]:
+    """(a's run, b's run) of each seed both arms ran usably, in a's order: what paired
+    comparisons pair."""
+    by_seed = {r.seed: r for r in b.usable}
+    return [(run, by_seed[run.seed]) for run in a.usable if run.seed in by_seed]
+
+
 def reward_difference(a: Arm, b: Arm, last: int = 20) -> dict | None:
     """Training reward (reward/mean) of arm a minus arm b over the last `last` steps, paired by
     seed and step (the arms of a seed draw the same prompts at each step), with the 95% CI of
     `seed_bootstrap_ci` (seeds, then steps). None without common seeds and steps."""
-    by_seed = {r.seed: r for r in b.usable}
     per_seed = []
-    for run in a.usable:
-        other = by_seed.get(run.seed)
-        if other is None:
-            continue
+    for run, other in common_seeds(a, b):
         ra = {x["step"]: x["reward/mean"] for x in run.rows}
         rb = {x["step"]: x["reward/mean"] for x in other.rows}
         steps = sorted(set(ra) & set(rb))[-last:]
@@ -399,8 +402,7 @@ def cost_ratio(a: Arm, b: Arm, key: str = "step_seconds") -> dict | None:
         return np.asarray([x["perf/peak_memory_mib"] - x["perf/memory_before_step_mib"] for x in run.rows
                            if "perf/memory_before_step_mib" in x], dtype=float)
 
-    by_seed = {r.seed: r for r in b.usable}
-    common = [(r, by_seed[r.seed]) for r in a.usable if r.seed in by_seed]
+    common = common_seeds(a, b)
     if not common:
         return None
     speed = {ra.seed: machine_ratio(ra, rb) for ra, rb in common} if key == "step_seconds" else {}
@@ -606,12 +608,8 @@ def arm_noise(arm: Arm) -> dict | None:
 def paired_noise(a: Arm, b: Arm, keep) -> list[np.ndarray]:
     """Per common seed, the steps both runs measured and `keep(seed, step)` admits: rows of
     (a's |G|², tr Σ, tr Σ_intra, b's |G|², tr Σ, tr Σ_intra), paired by step."""
-    by_seed = {r.seed: r for r in b.usable}
     out = []
-    for run in a.usable:
-        other = by_seed.get(run.seed)
-        if other is None:
-            continue
+    for run, other in common_seeds(a, b):
         na, nb = noise_by_step(run), noise_by_step(other)
         steps = [s for s in sorted(set(na) & set(nb)) if keep(run.seed, s)]
         if steps:
