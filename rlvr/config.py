@@ -50,6 +50,25 @@ def check_episodes(cfg) -> None:
                 raise ConfigError(name, "sets up episodes, which are off: give --env NAME, or drop it")
 
 
+def check_async(cfg) -> None:
+    """--max-staleness and the options that only act with it (what needs the world size and the
+    engine is checked by rlvr.train.preflight)."""
+    if cfg.max_staleness < 0:
+        raise ConfigError("max_staleness", f"must be 0 (synchronous) or more policy versions, got {cfg.max_staleness}")
+    if cfg.async_mode not in ("deterministic", "concurrent"):
+        raise ConfigError("async_mode", f"must be deterministic or concurrent, got {cfg.async_mode!r}")
+    if cfg.stale_loss not in ("decoupled", "naive"):
+        raise ConfigError("stale_loss", f"must be decoupled or naive, got {cfg.stale_loss!r}")
+    if not cfg.generator_timeout > 0:
+        raise ConfigError("generator_timeout", f"must be > 0 seconds, got {cfg.generator_timeout}")
+    if not cfg.max_staleness:
+        for name, default in (("async_mode", "deterministic"), ("stale_loss", "decoupled"),
+                              ("generator_timeout", 600.0)):
+            if getattr(cfg, name) != default:
+                raise ConfigError(name, "acts on stale rollouts, and --max-staleness is 0 (synchronous): give "
+                                        "--max-staleness N (N ≥ 1), or drop it")
+
+
 def check_micro_batch_size(value) -> None:
     if str(value) != "auto" and not (str(value).isdigit() and int(value) >= 0):
         raise ConfigError("micro_batch_size", f"must be auto or a number of rows (0 = the whole batch), got {value!r}")
@@ -88,6 +107,7 @@ HELP_GROUP_DOCS = {
     "evaluation": "docs/evaluation.md",
     "run and logging": "docs/training.md#resuming, docs/training.md#trackers",
     "processes": "docs/distributed.md",
+    "asynchronous": "docs/async.md",
 }
 UNGROUPED = "options in no help group yet"  # shown, never hidden; tests/test_cli.py fails on it
 
@@ -180,9 +200,10 @@ class TrainConfig:
     trainer_view: str = opt("fused", "--engine vllm: where the trainer's log-probs and exact entropies of the "
                                      "engine's rollouts come from: fused (the update's own first forward) or "
                                      "separate (a forward before the update; --top-entropy-tokens always uses it)")
-    is_correction: str = opt("token-tis", "--engine vllm: how the policy gradient corrects for the engine's "
-                                          "distribution differing from the trainer's: none, token-tis, seq-tis "
-                                          "(truncated importance sampling), token-mask or seq-mask (docs/engines.md)")
+    is_correction: str = opt("token-tis", "--engine vllm or --max-staleness: how the policy gradient corrects "
+                                          "for the sampler's distribution differing from the trainer's: none, "
+                                          "token-tis, seq-tis (truncated importance sampling), token-mask or "
+                                          "seq-mask (docs/engines.md, docs/async.md)")
     is_cap: float = opt(2.0, "C of --is-correction: weights are capped at C (tis), or tokens/sequences whose ratio "
                              "lies outside [1/C, C] are dropped (mask)")
     drift_threshold: float = opt(0.05, "--engine vllm: engine drift when the EMA of mismatch/kl (nats per token) "
@@ -190,6 +211,20 @@ class TrainConfig:
     drift_patience: int = opt(5, "... for this many steps")
     on_drift: str = opt("warn", "what to do on engine drift: warn, stop, or resync (reload every weight into the "
                                 "engine and drop its prefix cache)")
+    # rollouts off the critical path (docs/async.md)
+    max_staleness: int = opt(0, "rollouts may be up to N policy versions old when they are trained: the rollouts of "
+                                "later steps are generated while earlier steps train (0 = synchronous)")
+    async_mode: str = opt("deterministic", "--max-staleness ≥ 1: deterministic (step t's rollouts sampled with "
+                                           "exactly the weights after step t−1−N, in the training thread: "
+                                           "reproducible and resumable bit for bit) or concurrent (the same "
+                                           "schedule, generated in a thread on its own copy of the weights while "
+                                           "the trainer trains)")
+    stale_loss: str = opt("decoupled", "--max-staleness ≥ 1: decoupled (PPO clipped against the policy at the "
+                                       "train step, each token weighted by that policy over the sampler's per "
+                                       "--is-correction) or naive (clipped against the sampler's log-probs, no "
+                                       "weight)")
+    generator_timeout: float = opt(600.0, "--async-mode concurrent: seconds the trainer waits for a step's "
+                                          "rollouts before the run fails (exit 1)")
     advantage: str = opt("grpo", "advantage estimator: grpo, dr_grpo, rloo, grpo_batch_std (the std over the step's "
                                  "rewards) or reinforce_pp (REINFORCE++-baseline)")
     loss_agg: str = opt("token-mean", "loss aggregation: token-mean, seq-mean or token-sum")
@@ -317,6 +352,7 @@ class TrainConfig:
         "run and logging": ("seed", "out", "checkpoint_every", "keep_checkpoints", "log", "mlflow_uri", "quiet",
                             "force"),
         "processes": ("device", "threads", "nproc", "dist_timeout", "fsdp"),
+        "asynchronous": ("max_staleness", "async_mode", "stale_loss", "generator_timeout"),
     }
 
     # Fields that may change between an interrupted run and its resumption.
@@ -326,7 +362,8 @@ class TrainConfig:
     # `nproc` and `dist_timeout`: a run's samples and results do not depend on the world size, so a
     # checkpoint resumes at any (docs/distributed.md).
     RESUMABLE_CHANGES = ("steps", "quiet", "force", "threads", "log", "reward_workers", "reward_timeout",
-                         "max_reward_error_frac", "max_bad_steps", "out", "mlflow_uri", "nproc", "dist_timeout")
+                         "max_reward_error_frac", "max_bad_steps", "out", "mlflow_uri", "nproc", "dist_timeout",
+                          "async_mode", "generator_timeout")
 
     def validate(self) -> None:
         """Raises ConfigError for the first bad field, before any work starts."""
@@ -336,6 +373,7 @@ class TrainConfig:
         require_positive(self, positive_ints)
         check_micro_batch_size(self.micro_batch_size)
         check_episodes(self)
+        check_async(self)
         if self.on_drift not in ("warn", "stop", "resync"):
             raise ConfigError("on_drift", f"must be warn, stop or resync, got {self.on_drift!r}")
         if self.trainer_view not in ("fused", "separate"):

@@ -223,6 +223,7 @@ class Generated:
     round_groups: list[int] = field(default_factory=list)  # groups of each round (this rank's)
     components: torch.Tensor | None = None  # (N, C) each weighted verifier's reward (--reward a:w,b:w), else None
     episode_records: list[dict] | None = None  # --env: every rank's episode records, less the turns' text
+    policy_version: int | None = None  # --max-staleness: the steps trained before these were sampled (rlvr.train.pipeline)
 
     def reward_mean(self) -> float:
         return reward_mean(self.task_rewards, self.group_sizes)

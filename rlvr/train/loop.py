@@ -43,6 +43,7 @@ from rlvr.train.checkpoint import clean_temporaries, load_latest, save_checkpoin
 from rlvr.train.evaluator import InTrainingEval
 from rlvr.train.guards import on_collapse, stop_failed
 from rlvr.train.memory import StepMemory
+from rlvr.train.pipeline import RolloutSource
 from rlvr.train.preflight import check_train_config, eval_verifier, resolved_task_options
 from rlvr.train.progress import Progress
 from rlvr.train.rundir import RunDir, RunLogs, summarize
@@ -122,6 +123,7 @@ class Training:
         self.bar = Progress(cfg, enabled=progress and not cfg.quiet, console=console, mute=not world.main)
         self.pool: RewardPool | WeightedPool | None = None
         self.eval_pool: RewardPool | None = None
+        self.source: RolloutSource | None = None  # --max-staleness: the rollouts generated ahead
         self.last_eval: dict = {}
 
     def log_start(self) -> None:
@@ -149,6 +151,17 @@ class Training:
                 "message": f"{world.size} ranks ({'nccl' if cfg.device == 'cuda' else 'gloo'}"
                            f"{', FSDP2' if world.fsdp else ', DDP'}), {cfg.prompts_per_step // world.size} "
                            f"of the {cfg.prompts_per_step} prompts of a step each"})
+        if cfg.max_staleness:
+            self.logs.events.write({
+                "event": "async", "step": step, "max_staleness": cfg.max_staleness, "mode": cfg.async_mode,
+                "stale_loss": cfg.stale_loss, "pending": len(self.st.pending), "message": (
+                    f"rollouts up to {cfg.max_staleness} version(s) old: step t trains on rollouts sampled by the "
+                    f"weights after step t−1−{cfg.max_staleness}, generated "
+                    f"{'in a thread while earlier steps train' if cfg.async_mode == 'concurrent' else 'in the training thread (deterministic)'}; "
+                    + ("PPO clipped against the policy at the train step, weighted by --is-correction "
+                       f"{cfg.is_correction} (cap {cfg.is_cap:g}) of its ratio to the sampler's"
+                       if cfg.stale_loss == "decoupled" else "PPO clipped against the sampler's log-probs (naive)")
+                    + (f"; {len(self.st.pending)} step(s) of rollouts restored" if self.st.pending else ""))})
         if step:
             self.logs.events.write({"event": "resume", "step": step, "message": f"resumed from checkpoint at step "
                                                                                f"{step} with {world.size} process(es)"})
@@ -166,6 +179,8 @@ class Training:
                 self.eval_pool = self.pool if verifier == cfg.reward else self.start_reward_pool(verifier, "eval_reward")
             self.evaluate = InTrainingEval(cfg, self.world, self.run_dir, self.task, self.eval_pool, verifier,
                                            self.engine)
+            if cfg.max_staleness:
+                self.source = RolloutSource(st, cfg, self.task, self.pool, self.engine)
             if st.step == 0 and cfg.eval_every:
                 self.last_eval = self.evaluate(st, 0, self.logs)
                 self.logs.metrics.write({"step": 0, **self.last_eval})
@@ -178,6 +193,8 @@ class Training:
             self.logs.events.close()
             raise
         finally:
+            if self.source is not None:
+                self.source.close()
             self.pool.close()
             if self.eval_pool is not None and self.eval_pool is not self.pool:
                 self.eval_pool.close()
@@ -211,10 +228,12 @@ class Training:
         while st.step < cfg.steps:
             st.step += 1
             step = st.step
-            row = run_step(st, cfg, self.task, self.pool, self.reference, memory, self.logs.events, self.engine)
+            row = run_step(st, cfg, self.task, self.pool, self.reference, memory, self.logs.events, self.engine,
+                           self.source)
             if self.check_engine_weights:
                 self.compare_engine_weights(step)
             if cfg.eval_every and step % cfg.eval_every == 0:
+                self.settle()  # the evaluation shares the reward pool (and vLLM) with the generator
                 self.last_eval = self.evaluate(st, step, self.logs)
                 row.update(self.last_eval)
             self.logs.metrics.write(row)
@@ -269,7 +288,8 @@ class Training:
         """--engine vllm: the EMA of mismatch/kl above --drift-threshold for --drift-patience steps
         -> the --on-drift action (an event either way); True when the run stops."""
         st, cfg = self.st, self.cfg
-        if "mismatch/kl" not in row or not st.drift.update(step, row["mismatch/kl"]):
+        # (the rlvr engine's stale rollouts have mismatch/*, but that is staleness, not engine drift)
+        if not self.engine.external or "mismatch/kl" not in row or not st.drift.update(step, row["mismatch/kl"]):
             return False
         detail = (f"engine drift at step {step}: the EMA of mismatch/kl is {st.drift.ema:.3g} nats per token, above "
                   f"--drift-threshold {cfg.drift_threshold:g} for {cfg.drift_patience} steps")
@@ -297,12 +317,19 @@ class Training:
                   ("reward", st.reward_detector.update(step, st.reward_monitor.ema, st.reward_monitor.best)))
         for kind, onset in onsets:
             if onset is not None:
+                self.settle()  # a rollback restores the sampler and the pending rollouts: none may be in flight
                 action = on_collapse(st, self.run_dir, self.cfg, step, onset, self.logs.events, self.bar, kind)
                 if action != "warn":
                     break
         return action
 
+    def settle(self) -> None:
+        """--async-mode concurrent: wait for the batches in flight (they are kept, not dropped)."""
+        if self.source is not None:
+            self.source.settle()
+
     def checkpoint(self) -> None:
+        self.settle()  # the pending rollouts and the sampler's position after them, together
         state = self.st.state_dict()  # with --fsdp a collective: every rank gathers, rank 0 keeps the full state
         if self.world.main:
             save_checkpoint(self.run_dir.checkpoints, self.st.step, state, keep=self.cfg.keep_checkpoints)

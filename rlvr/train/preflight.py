@@ -79,6 +79,24 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ConfigError("engine_tp", "the ranks of one engine must sample equally often, and --group-filter's extra "
                                        "rounds leave some ranks without prompts; use --engine-tp 1 with it")
     check_env(cfg)
+    check_async_world(cfg)
+
+
+def check_async_world(cfg: TrainConfig) -> None:
+    """--async-mode concurrent where it can run: one process, and an engine the generator thread
+    can own (docs/async.md)."""
+    if not cfg.max_staleness or cfg.async_mode != "concurrent":
+        return
+    if world_size(cfg) > 1:
+        raise ConfigError("async_mode", f"concurrent generation runs in a thread of one process, and this run has "
+                                        f"{world_size(cfg)} processes whose collectives the thread would interleave "
+                                        "with the trainer's; use --async-mode deterministic (the same schedule and "
+                                        "numbers) or --nproc 1")
+    if cfg.engine != "rlvr":
+        raise ConfigError("async_mode", f"concurrent generation needs an engine the generator thread owns, and "
+                                        f"--engine {cfg.engine} runs colocated in the training process (a vLLM "
+                                        "server on another device is not built); use --async-mode deterministic, "
+                                        "or --engine rlvr (the thread samples on its own copy of the weights)")
 
 
 def check_model_and_task(cfg: Any, splits: tuple[str, ...] = SPLITS) -> None:

@@ -12,7 +12,7 @@ from rlvr.algo.entropy import (AdaptiveEntropyCoefficient, CollapseDetector, Ent
                                RewardMonitor)
 from rlvr.algo.noise import GradientNoiseMonitor
 from rlvr.backends import ModelSettings, load_policy
-from rlvr.config import TrainConfig
+from rlvr.config import RunFailed, TrainConfig
 from rlvr.distributed import SINGLE, World
 from rlvr.rollout.forward import Scorer
 from rlvr.rollout.strategies import Sampler
@@ -67,6 +67,8 @@ class RunState:
         self.rollbacks = 0  # run-level: survives rollbacks, restored on resume
         self.bad_steps = 0  # consecutive steps skipped for a non-finite loss or gradient
         self.stopped: str | None = None  # why the run ended early, if it did
+        # --max-staleness: this rank's rollouts generated ahead, by the step that trains on them (rlvr.train.pipeline)
+        self.pending: dict = {}
 
     @property
     def entropy_coef(self) -> float:
@@ -92,7 +94,18 @@ class RunState:
                 "bad_steps": self.bad_steps, "reward_monitor": self.reward_monitor.state_dict(),
                 "reward_detector": self.reward_detector.state_dict(), "best": self.best,
                 "evals_without_gain": self.evals_without_gain, "drift": self.drift.state_dict(),
-                "grad_noise": self.noise_monitor.state_dict()}
+                "grad_noise": self.noise_monitor.state_dict(), **self.pending_state()}
+
+    def pending_state(self) -> dict:
+        """--max-staleness: every rank's pending rollouts, in rank order (each rank resumes with its
+        own); nothing for a synchronous run."""
+        if not self.cfg.max_staleness:
+            return {}
+        from rlvr.train.pipeline import on_cpu
+
+        mine = on_cpu(self.pending)
+        every = self.world.gather(mine, "saving the pending rollouts") if self.world.parallel else [mine]
+        return {"pending_rollouts": every}
 
     def load_state_dict(self, state: dict, *, keep_counters: bool = False) -> None:
         """keep_counters: a rollback restores the policy but not the run's rollback count. With
@@ -121,6 +134,19 @@ class RunState:
             self.noise_monitor.load_state_dict(state["grad_noise"])
         if not keep_counters:
             self.rollbacks, self.stopped = state["rollbacks"], state["stopped"]
+        self.pending = self.pending_of(state)
+
+    def pending_of(self, state: dict) -> dict:
+        """This rank's pending rollouts in a checkpoint (--max-staleness); RunFailed when they were
+        sampled by another number of ranks, whose shards this rank cannot take over."""
+        every = state.get("pending_rollouts")
+        if not self.cfg.max_staleness or every is None:
+            return {}
+        if len(every) != self.world.size and any(every):
+            raise RunFailed(f"this checkpoint (step {state['step']}) holds rollouts sampled ahead by {len(every)} "
+                            f"process(es), each for its own shard of the prompts, and this run has "
+                            f"{self.world.size}: resume it with --nproc {len(every)}")
+        return dict(every[self.world.rank]) if len(every) == self.world.size else {}
 
     def reset_to_start(self) -> None:
         """Back to the starting model (a rollback with no checkpoint before the onset)."""

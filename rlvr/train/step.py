@@ -130,7 +130,7 @@ def update_chunks(batch, cfg: TrainConfig, policy) -> tuple[list, NoiseSplit | N
 
 def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference=None, entropy_coef: float | None = None,
                generator: torch.Generator | None = None, *, scorer=None, totals: tuple[int, int] | None = None,
-               fused_view: bool = False) -> StepResult:
+               fused_view: bool = False, anchor: str = "proximal") -> StepResult:
     """`updates_per_step` optimizer updates on one rollout batch; returns the step's loss metrics.
 
     `entropy_coef` is the coefficient in force (controllers and rollbacks move it; default the
@@ -148,6 +148,12 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
     needs them (a weight depends on its own token, or its own row, only), so the gradient and the
     `mismatch/corrected_frac` are those of the separate pass. The view is returned in `view`.
 
+    `anchor` (a batch with `engine_logprobs` μ: an external engine's, or stale rollouts'):
+    "proximal" clips the ratio against the trainer's own log-probs at this step (π_old of the
+    first update's forward) and weights each token by --is-correction's function of π_old/μ: the
+    decoupled PPO objective of Hilton et al. 2022 (docs/async.md). "behaviour" (--stale-loss
+    naive) clips against μ itself, with no weight.
+
     With --grad-noise (default) the micro-batches are ordered by `update_chunks`, and on the
     first update (the on-policy gradient) the squared norms of the accumulated gradient after
     Q1 and after Q12 are kept (`StepResult.noise`): norms only, no copy of a gradient. Under
@@ -162,11 +168,12 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
     token_mask = loss_token_mask(batch, cfg, policy.stop_ids)  # (N, T)
     total_tokens, total_rows = totals if totals is not None else (max(1, int(token_mask.sum())), rows)
     is_weights, correction, view = None, {}, None
+    correct = anchor == "proximal"  # weights from π_old/μ; the naive anchor trains on μ's ratio unweighted
     if batch.engine_logprobs is not None and fused_view:  # π_old and the weights come from update 0's forward
-        is_weights = torch.zeros_like(batch.logprobs)
+        is_weights = torch.zeros_like(batch.logprobs) if correct else None
         view = StepView(torch.zeros_like(batch.logprobs), torch.zeros_like(batch.logprobs),
                         torch.zeros(rows, dtype=torch.bool, device=batch.logprobs.device))
-    elif batch.engine_logprobs is not None:  # --engine vllm: toward the trainer's distribution (--is-correction)
+    elif batch.engine_logprobs is not None and correct:  # toward the trainer's distribution (--is-correction)
         is_weights, correction = importance_weights(batch.logprobs, batch.engine_logprobs, token_mask,
                                                     cfg.is_correction, cfg.is_cap)
     no_sync = getattr(scorer, "no_sync", None)
@@ -197,11 +204,13 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
                 logprobs, entropy = scorer(batch, c, with_entropy=entropy_coef != 0 or view is not None,
                                            entropy_grad=entropy_coef != 0)
                 if update == 0:
-                    old_logprobs[c] = logprobs.detach()
+                    mine = logprobs.detach()
+                    old_logprobs[c] = mine if correct or batch.engine_logprobs is None else batch.engine_logprobs[c]
                     if view is not None:  # the trainer's view of these rows, and their weights, before their loss
-                        is_weights[c] = importance_weights(old_logprobs[c], batch.engine_logprobs[c], token_mask[c],
-                                                           cfg.is_correction, cfg.is_cap)[0]
-                        view.logprobs[c], view.entropy[c], view.viewed[c] = old_logprobs[c], entropy.detach(), True
+                        if is_weights is not None:
+                            is_weights[c] = importance_weights(mine, batch.engine_logprobs[c], token_mask[c],
+                                                               cfg.is_correction, cfg.is_cap)[0]
+                        view.logprobs[c], view.entropy[c], view.viewed[c] = mine, entropy.detach(), True
                 loss, m = policy_loss(logprobs, old_logprobs[c], advantages[c], token_mask[c], settings,
                                       total_tokens, total_rows, None if ref_logprobs is None else ref_logprobs[c],
                                       entropy if entropy_coef != 0 else None, generator,
@@ -237,7 +246,7 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
         policy.updates += 1
         optimizer.zero_grad(set_to_none=True)  # the gradients' memory is free while the next step samples
         clock.lap("optimizer")
-    if view is not None:  # the share the weights cut, over the tokens the forward reached (all, normally)
+    if view is not None and correct:  # the share the weights cut, over the tokens the forward reached (all, normally)
         correction = importance_weights(view.logprobs, batch.engine_logprobs, token_mask & view.viewed[:, None],
                                         cfg.is_correction, cfg.is_cap)[1]
     metrics = {key: value / cfg.updates_per_step for key, value in sums.items()}
@@ -266,15 +275,16 @@ SUMMED_UPDATE_METRICS = ("loss/policy", "loss/entropy", "loss/kl", "clip/frac", 
 
 
 def fuses_view(cfg: TrainConfig, engine) -> bool:
-    """Whether the trainer's view of an external engine's rollouts (π_old, exact entropies) is taken
+    """Whether the trainer's view of an external engine's (or stale) rollouts (π_old, exact entropies) is taken
     in the update's own first forward (True) or in a separate forward before it: fused unless
     `--trainer-view separate`, or `--top-entropy-tokens`, whose choice of tokens needs the whole
     step's entropies before the first micro-batch's loss (docs/engines.md, "The trainer's view")."""
-    return bool(engine is not None and engine.external and cfg.trainer_view == "fused" and not cfg.top_entropy_tokens)
+    sampled_elsewhere = (engine is not None and engine.external) or cfg.max_staleness > 0  # μ is not the trainer's
+    return bool(sampled_elsewhere and cfg.trainer_view == "fused" and not cfg.top_entropy_tokens)
 
 
 def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: StepMemory, events_log,
-             engine=None) -> dict:
+             engine=None, source=None) -> dict:
     """One optimizer step: collect -> select -> advantages -> update -> the step's metrics row.
 
     With W ranks each rank samples, scores and trains on its shard; the samples' metrics are
@@ -284,14 +294,22 @@ def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: Step
     An external engine's rollouts get the trainer's view (log-probs, exact entropies) either before
     the update (a separate forward in `collect`) or from the update's first forward (`fuses_view`);
     then the entropy is known only after the update, and --entropy-target's coefficient reacts to
-    a step's entropy from the next step on, as TRL's adaptive entropy control does."""
+    a step's entropy from the next step on, as TRL's adaptive entropy control does.
+
+    `source` (--max-staleness N ≥ 1, rlvr.train.pipeline): the step's rollouts were sampled up to
+    N versions ago; they are trained on as an external engine's are, their sampler's log-probs
+    being the behaviour policy's (--stale-loss), and the row gains async/...."""
     world, step = st.world, st.step
     for group in st.optimizer.param_groups:
         group["lr"] = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
     memory_before = memory.start(step)
     started = time.perf_counter()
     fused = fuses_view(cfg, engine)
-    generated, samples = collect(st, cfg, task, pool, events_log, engine, view=not fused)
+    if source is None:
+        generated, samples = collect(st, cfg, task, pool, events_log, engine, view=not fused)
+        stale = {}
+    else:
+        generated, samples, stale = collect_stale(st, cfg, source, events_log, view=not fused)
     selected = select_for_training(generated, cfg)  # --group-filter, --downsample: this rank's N' ≤ N rows
     batch = generated.batch if selected.rows is None else select_rows(generated.batch, selected.rows)
     advantages = group_advantages(advantage_function(cfg), selected.rewards, selected.group_sizes)  # (N',)
@@ -302,7 +320,8 @@ def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: Step
         st.controller.update(entropy)  # the coefficient of this step's loss reacts to its own entropy
     trained_rows = sum(step_selection.group_sizes)
     coefficient = st.entropy_coef  # the one this step's loss uses (control/entropy_coef)
-    result = update_policy(st, cfg, batch, advantages, reference, samples, step_selection, generated.batch, fused)
+    result = update_policy(st, cfg, batch, advantages, reference, samples, step_selection, generated.batch, fused,
+                           anchor="behaviour" if source is not None and cfg.stale_loss == "naive" else "proximal")
     if fused:  # the view of the rows trained on came from the update; the rest (if any) gets its own pass
         samples = complete_view(st, cfg, generated, selected.rows, result.view)
         entropy = masked_mean(samples.entropy, samples.completion_mask)
@@ -325,7 +344,7 @@ def run_step(st: RunState, cfg: TrainConfig, task, pool, reference, memory: Step
         events_log.write({"event": "nan_skip", "step": step, "cause": skipped, "in_a_row": st.bad_steps,
                           "message": f"non-finite {skipped}; the update was not applied"})
     return step_row(st, cfg, samples, entropy, update, skipped,
-                    {**generated.metrics, **step_selection.metrics, **local, "control/entropy_coef": coefficient})
+                    {**generated.metrics, **step_selection.metrics, **local, **stale, "control/entropy_coef": coefficient})
 
 
 def collect(st: RunState, cfg: TrainConfig, task, pool, events_log, engine=None, view: bool = True) -> tuple:
@@ -339,6 +358,26 @@ def collect(st: RunState, cfg: TrainConfig, task, pool, events_log, engine=None,
         generated = st.sampler.collect(st.policy, task, pool, st.sampling_seed(step, 0), engine,
                                        trainer_view=view)  # this rank's samples
     st.policy.module.train()
+    return generated, step_samples(st, cfg, generated, events_log)
+
+
+def collect_stale(st: RunState, cfg: TrainConfig, source, events_log, view: bool) -> tuple:
+    """--max-staleness: the step's rollouts from `source` (sampled when admitted), with the
+    trainer's view taken now when `view` (not fused into the update) -> (this rank's Generated,
+    every rank's StepSamples, the async/... metrics)."""
+    generated, stale = source.take(st.step)
+    if view:
+        started = time.perf_counter()
+        with distributed.decoding(st.policy, st.world):
+            generated.batch = trainer_view(st.policy, generated.batch, cfg.temperature, Truncation.of(cfg))
+        generated.metrics["perf/logprob_seconds"] = time.perf_counter() - started
+    return generated, step_samples(st, cfg, generated, events_log), stale
+
+
+def step_samples(st: RunState, cfg: TrainConfig, generated, events_log):
+    """Every rank's StepSamples of this rank's Generated; stops the run on too many failed
+    verifier calls or environment failures."""
+    world, step = st.world, st.step
     # Entropy, lengths and rewards describe the policy: every generated sample counts, every rank's.
     samples = gather_samples(world, generated.samples(st.policy.stop_ids), generated.round_groups)  # N rows
     calls = samples.rows * (1 if samples.components is None else samples.components.shape[1])  # one per verifier
@@ -346,7 +385,7 @@ def collect(st: RunState, cfg: TrainConfig, task, pool, events_log, engine=None,
                           samples.failure_ranks if world.parallel else None)
     if generated.episode_records is not None:
         check_env_failures(generated.episode_records, cfg, step, events_log)
-    return generated, samples
+    return samples
 
 
 def complete_view(st: RunState, cfg: TrainConfig, generated, rows: torch.Tensor | None, view: StepView | None):
@@ -385,7 +424,7 @@ def step_mismatch(world: World, batch) -> dict:
 
 
 def update_policy(st: RunState, cfg: TrainConfig, batch, advantages, reference, samples, step_selection,
-                  generated_batch, fused: bool = False) -> StepResult:
+                  generated_batch, fused: bool = False, anchor: str = "proximal") -> StepResult:
     """train_step on this rank's selected rows, or no update when the step kept no group. With W
     ranks the loss is normalised by the whole step's tokens and sequences, and a rank none of
     whose groups were kept still joins the gradient all-reduce with an empty row. `fused`: the
@@ -406,7 +445,8 @@ def update_policy(st: RunState, cfg: TrainConfig, batch, advantages, reference, 
         return no_update()
     try:
         return train_step(st.policy, st.optimizer, batch, advantages, cfg, reference, entropy_coef=st.entropy_coef,
-                          generator=loss_generator, scorer=st.scorer, totals=totals, fused_view=fused)
+                          generator=loss_generator, scorer=st.scorer, totals=totals, fused_view=fused,
+                          anchor=anchor)
     except RuntimeError as err:
         if world.parallel and distributed.is_comm_error(err):
             raise world.lost("the gradient all-reduce", err) from None
