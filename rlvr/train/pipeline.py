@@ -36,7 +36,7 @@ import time
 import torch
 
 from rlvr import distributed
-from rlvr.config import RunFailed, TrainConfig
+from rlvr.config import ConfigError, RunFailed, TrainConfig
 from rlvr.rollout.engines import EngineSettings, open_engine
 from rlvr.rollout.strategies import Generated
 from rlvr.types import RolloutBatch
@@ -113,7 +113,13 @@ class RolloutSource:
                 st.pending.update(gen.wait_for(step, cfg.generator_timeout))
         else:
             for s in admitted:
-                st.pending[s] = self.generate(st.policy, self.engine, s, step - 1, st.sampling_seed(s, 0))
+                try:
+                    st.pending[s] = self.generate(st.policy, self.engine, s, step - 1, st.sampling_seed(s, 0))
+                except (RunFailed, ConfigError, KeyboardInterrupt):
+                    raise
+                except Exception as err:  # a crash of the sampler or the engine: exit 1, checkpoints intact
+                    raise RunFailed(f"the rollout generator failed while sampling step {s}'s rollouts: {err!r}; "
+                                    "the newest checkpoint is intact: re-run the same command to resume") from err
         waited = time.perf_counter() - started
         generated = st.pending.pop(step)
         generated.batch = batch_to(generated.batch, st.policy.device)
@@ -122,9 +128,9 @@ class RolloutSource:
         staleness = (step - 1) - generated.policy_version
         gen_wait, refused = (0.0, 0) if self.generator is None else self.generator.take_idle()
         return generated, {"async/staleness_mean": float(staleness), "async/staleness_max": staleness,
-                           "async/policy_version": generated.policy_version, "async/wait_seconds": waited,
-                           "async/generator_wait_seconds": gen_wait, "async/refused": refused,
-                           "async/pending": len(st.pending)}
+                           "async/policy_version": generated.policy_version, "perf/async_wait_seconds": waited,
+                           "perf/generator_wait_seconds": gen_wait, "perf/admission_refused": refused,
+                           "async/ahead": sum(s in st.pending or self.submitted(s) for s in range(step + 1, last + 1))}
 
     def submitted(self, step: int) -> bool:
         return self.generator is not None and self.generator.has(step)
