@@ -16,6 +16,9 @@
 #      each rank). Both compare every rank's engine weights with its trained weights after every
 #      update (RLVR_TEST_ENGINE_WEIGHTS=1: `engine_weights` events, summarised)
 #   5. with 2 GPUs: --nproc 2 --engine-tp 2, one tensor-parallel engine across both ranks
+#   6. --max-staleness 2 --async-mode concurrent on CUDA (the generator thread on its own copy of
+#      the weights) and the same run deterministic: their metrics must be identical (staleness 2
+#      after warm-up), and the step times show what the overlap buys on this GPU
 # and a summary (summary.txt) of each step's time and the mismatch metrics. A run this machine
 # cannot do (no vLLM, fewer than 2 GPUs) is listed as NOT RUN with the reason.
 set -uo pipefail
@@ -128,4 +131,22 @@ if $PY -c "import vllm" > /dev/null 2>&1; then
 else
     say "== cuda-vllm-fsdp1, cuda-vllm-dp2, cuda-vllm-tp2: NOT RUN: vllm does not import here"
 fi
+run cuda-async-det 150 "${TRAIN[@]}" --max-staleness 2
+run cuda-async-conc 150 "${TRAIN[@]}" --max-staleness 2 --async-mode concurrent
+$PY - "$OUT_DIR" <<'EOF' 2>&1 | tee -a "$summary"
+import json, sys
+def rows(name):
+    try:
+        lines = open(f"{sys.argv[1]}/{name}/metrics.jsonl").read().splitlines()
+    except OSError:
+        return None
+    return [{k: v for k, v in json.loads(l).items() if not k.startswith("perf/") and not k.endswith("_seconds")}
+            for l in lines if l.strip()]
+det, conc = rows("cuda-async-det"), rows("cuda-async-conc")
+if det is None or conc is None:
+    print("== async: a run did not finish; see its log")
+else:
+    print(f"== async: concurrent == deterministic (metrics less timings): {det == conc}; staleness per step: "
+          f"{[r.get('async/staleness_max') for r in det if r['step']]}")
+EOF
 say "== done; logs in $OUT_DIR"

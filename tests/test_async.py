@@ -86,8 +86,9 @@ def test_naive_loss_clips_against_the_sampler():
 
 
 def run(tmp_path, name, **overrides):
-    cfg = TrainConfig(steps=6, k=4, prompts_per_step=2, eval_every=3, eval_problems=8, eval_samples=4,
-                      passk_eval_samples=0, threads=1, quiet=True, out=str(tmp_path / name), **overrides)
+    settings = dict(steps=6, k=4, prompts_per_step=2, eval_every=3, eval_problems=8, eval_samples=4,
+                    passk_eval_samples=0, threads=1, quiet=True, out=str(tmp_path / name))
+    cfg = TrainConfig(**{**settings, **overrides})
     train(cfg, progress=False)
     return cfg.out
 
@@ -192,3 +193,16 @@ def test_concurrent_mode_is_refused_where_it_cannot_run(tmp_path):
         check_async_world(TrainConfig(max_staleness=1, async_mode="concurrent", engine="vllm"))
     check_async_world(TrainConfig(max_staleness=1, async_mode="deterministic", nproc=2, prompts_per_step=2))
     assert math.isfinite(TrainConfig(max_staleness=1).generator_timeout)
+
+
+def test_episodes_carry_through_the_pipeline_in_both_modes(tmp_path):
+    """Stale batches of episodes (the calculator environment): their records and the model/env
+    token split reach the step as they were sampled, and the concurrent mode equals the
+    deterministic one."""
+    det = run(tmp_path, "det", max_staleness=1, env="calc", task="mul", max_new_tokens=8, eval_every=0)
+    steps = [r for r in rows(det) if r["step"] > 0]
+    assert [r["async/staleness_max"] for r in steps] == [0, 1, 1, 1, 1, 1]
+    assert all("episode/turns" in r and r["tokens/model"] > 0 for r in steps)
+    conc = run(tmp_path, "conc", max_staleness=1, env="calc", task="mul", max_new_tokens=8, eval_every=0,
+               async_mode="concurrent")
+    assert same_numbers(det, conc)

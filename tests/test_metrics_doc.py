@@ -23,7 +23,8 @@ def test_every_key_a_run_writes_is_in_docs_metrics_md(tmp_path):
     keys: set[str] = set()
     runs = {"eval": ["--eval-every", "2", "--eval-problems", "4", "--eval-samples", "8"],
             "adaptive": ["--adaptive-k"], "filter": ["--group-filter", "--overlong-buffer", "2"],
-            "weighted": ["--reward", "task:0.8,format:0.2"], "episodes": ["--env", "calc", "--task", "mul"]}
+            "weighted": ["--reward", "task:0.8,format:0.2"], "episodes": ["--env", "calc", "--task", "mul"],
+            "async": ["--max-staleness", "1", "--async-mode", "concurrent"]}
     for name, extra in runs.items():
         out = tmp_path / name
         assert main(["train", "--steps", "2", "--k", "4", "--prompts-per-step", "2", "--out", str(out), "--quiet",

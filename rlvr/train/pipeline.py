@@ -26,6 +26,7 @@ ratio to μ (--stale-loss decoupled), or clips against μ (naive).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -107,8 +108,10 @@ class RolloutSource:
         if cfg.async_mode == "concurrent":
             gen = self.start_generator()
             if admitted:
-                gen.submit(admitted, step - 1, [t.detach().clone() for t in model_tensors(st.policy)],
-                           [st.sampling_seed(s, 0) for s in admitted])
+                snapshot = [t.detach().clone() for t in model_tensors(st.policy)]
+                if st.policy.device.type == "cuda":  # the copies are complete before another stream reads them
+                    torch.cuda.current_stream().synchronize()
+                gen.submit(admitted, step - 1, snapshot, [st.sampling_seed(s, 0) for s in admitted])
             if step not in st.pending:  # (settle() may have collected it already)
                 st.pending.update(gen.wait_for(step, cfg.generator_timeout))
         else:
@@ -211,6 +214,12 @@ class Generator:
     def run(self) -> None:
         cfg = self.source.cfg
         rollouts = cfg.prompts_per_step * cfg.k
+        # On CUDA the generator queues its kernels on a stream of its own, so they can overlap the trainer's
+        stream = torch.cuda.Stream() if self.policy.device.type == "cuda" else None
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            self.serve(rollouts, stream)
+
+    def serve(self, rollouts: int, stream) -> None:
         while True:
             started = time.perf_counter()
             try:
@@ -228,6 +237,8 @@ class Generator:
                     for mine, theirs in zip(model_tensors(self.policy), job.weights):
                         mine.copy_(theirs)
                 generated = self.source.generate(self.policy, self.engine, job.step, job.version, job.seed)
+                if stream is not None:  # its tensors are complete before the trainer reads them
+                    stream.synchronize()
             except BaseException as err:  # handed to the training thread, which stops the run
                 with self.lock:
                     self.error = err
