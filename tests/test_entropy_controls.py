@@ -124,10 +124,14 @@ def test_on_collapse_stop_ends_cleanly(model_dir, tmp_path, capsys):
     assert "already complete" in capsys.readouterr().out
 
 
-def test_on_collapse_rollback_restores_the_checkpoint_before_onset(model_dir, tmp_path):
+@pytest.mark.parametrize("stale", [[], ["--max-staleness", "2", "--async-mode", "concurrent"]],
+                         ids=["sync", "async"])
+def test_on_collapse_rollback_restores_the_checkpoint_before_onset(model_dir, tmp_path, stale):
+    """With --max-staleness the rollback also restores the checkpoint's rollouts generated ahead
+    (and the generator's batches in flight are dropped): the staleness stays on its schedule."""
     out = tmp_path / "run"
     assert main(["train", "--model", model_dir, "--out", str(out), "--on-collapse", "rollback",
-                 "--max-rollbacks", "1", "--rollback-entropy-boost", "0.05", *SMALL]) == 0
+                 "--max-rollbacks", "1", "--rollback-entropy-boost", "0.05", *SMALL, *stale]) == 0
     evs = events(out)
     rollback = next(e for e in evs if e["event"] == "rollback")
     assert rollback["to_step"] < rollback["onset"] and rollback["to_step"] % 2 == 0
@@ -138,6 +142,8 @@ def test_on_collapse_rollback_restores_the_checkpoint_before_onset(model_dir, tm
     after = [r for r in rows if r["step"] > rollback["to_step"]]
     assert after and all(r["control/entropy_coef"] == pytest.approx(0.05) for r in after)
     assert all(r["control/rollbacks"] == 1 for r in after)
+    if stale:
+        assert [r["async/staleness_max"] for r in rows if r["step"]] == [min(r["step"] - 1, 2) for r in rows if r["step"]]
     # A second collapse after the allowed rollbacks stops the run; or it ran to the end.
     if any(e["event"] == "stop" for e in evs):
         assert "--max-rollbacks 1 reached" in next(e for e in evs if e["event"] == "stop")["message"]
