@@ -336,3 +336,21 @@ def test_passk_evaluation_at_start_and_end_shared_across_arms_of_a_seed(model_di
     arm = summary["arms"][1]
     assert set(arm["passk"]["base"]) == {"1", "4"} and arm["passk"]["last_minus_base"]["4"]["ci"] is not None
     assert "## pass@k up to k = 4: the base model and the end" in (out / "report.md").read_text()
+
+
+def test_compare_runs_episodes_and_a_stale_variant(model_dir, tmp_path, capsys):
+    """Options of train that compare passes on: --env (every arm samples episodes) and a variant
+    with --max-staleness (that arm's rows carry async/...); the report builds from both."""
+    out = tmp_path / "cmp"
+    code = main(["compare", "--model", model_dir, "--task", "mul", "--env", "calc", "--k", "4", "--variant",
+                 "stale=--max-staleness 2", "--out", str(out), *SMALL])
+    assert code == 0, capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [a["name"] for a in summary["arms"]] == ["k4", "stale"]
+    for arm in ("k4", "stale"):
+        config = json.loads((out / arm / "seed0" / "config.json").read_text())["config"]
+        assert config["env"] == "calc"
+        rows = [json.loads(line) for line in (out / arm / "seed0" / "metrics.jsonl").read_text().splitlines()]
+        assert all("episode/turns" in r for r in rows if r["step"])
+        assert any("async/staleness_max" in r for r in rows) == (arm == "stale")
+    assert (out / "report.html").is_file()
