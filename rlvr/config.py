@@ -197,8 +197,8 @@ class TrainConfig:
                                     "its KV cache in GiB (0 = sized to a step's rollouts)")
     engine_tp: int = opt(1, "--engine vllm with several ranks: ranks that share one tensor-parallel engine (CUDA; "
                             "1 = an engine on every rank)")
-    trainer_view: str = opt("fused", "--engine vllm: where the trainer's log-probs and exact entropies of the "
-                                     "engine's rollouts come from: fused (the update's own first forward) or "
+    trainer_view: str = opt("fused", "--engine vllm or --max-staleness: where the trainer's log-probs and exact "
+                                     "entropies of the rollouts come from: fused (the update's own first forward) or "
                                      "separate (a forward before the update; --top-entropy-tokens always uses it)")
     is_correction: str = opt("token-tis", "--engine vllm or --max-staleness: how the policy gradient corrects "
                                           "for the sampler's distribution differing from the trainer's: none, "
