@@ -206,3 +206,19 @@ def test_episodes_carry_through_the_pipeline_in_both_modes(tmp_path):
     conc = run(tmp_path, "conc", max_staleness=1, env="calc", task="mul", max_new_tokens=8, eval_every=0,
                async_mode="concurrent")
     assert same_numbers(det, conc)
+
+
+def test_the_separate_view_takes_the_trainers_log_probs_before_the_update(tmp_path):
+    """--trainer-view separate (and --top-entropy-tokens, which needs it): a forward at the train
+    step over the stale rollouts, before the update; the same rollouts, losses to rounding."""
+    fused = [r for r in rows(run(tmp_path, "fused", max_staleness=2, eval_every=0)) if r["step"]]
+    separate = [r for r in rows(run(tmp_path, "sep", max_staleness=2, eval_every=0, trainer_view="separate"))
+                if r["step"]]
+    assert all(r["perf/logprob_seconds"] > 0 for r in separate)
+    assert [r["reward/mean"] for r in separate[:3]] == [r["reward/mean"] for r in fused[:3]]  # sampled before any difference
+    for a, b in zip(fused[:3], separate[:3]):
+        assert a["mismatch/kl"] == pytest.approx(b["mismatch/kl"], rel=1e-3, abs=1e-7)
+        assert a["entropy/mean"] == pytest.approx(b["entropy/mean"], rel=1e-4)
+    top = [r for r in rows(run(tmp_path, "top", max_staleness=2, eval_every=0, top_entropy_tokens=0.5)) if r["step"]]
+    assert [r["async/staleness_max"] for r in top] == [0, 1, 2, 2, 2, 2]
+    assert all(0 < r["tokens/trained_frac"] < 1 for r in top)
