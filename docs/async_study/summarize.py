@@ -5,6 +5,7 @@ under docs/async_study/runs/ -> docs/async_study/summary.json, plots/, and the t
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import statistics
@@ -15,8 +16,14 @@ ARMS = ("k8", "naive", "decoupled", "tis")
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365}  # two-sided 95% t quantiles
 
 
+def metrics_file(run: Path) -> Path:
+    return run / "metrics.jsonl.gz" if (run / "metrics.jsonl.gz").is_file() else run / "metrics.jsonl"
+
+
 def rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    path = metrics_file(run)
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def events(run: Path) -> list[dict]:
@@ -93,7 +100,7 @@ def summarize_setting(root: Path) -> dict:
     steps = None
     for arm in ARMS:
         for run in sorted((root / arm).glob("seed*")):
-            if not (run / "metrics.jsonl").is_file():
+            if not metrics_file(run).is_file():
                 continue
             config = json.loads((run / "config.json").read_text())["config"]
             steps = config["steps"]
@@ -118,7 +125,7 @@ def plot(root: Path, name: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for arm in ARMS:
-        runs = [rows(r) for r in sorted((root / arm).glob("seed*")) if (r / "metrics.jsonl").is_file()]
+        runs = [rows(r) for r in sorted((root / arm).glob("seed*")) if metrics_file(r).is_file()]
         if not runs:
             continue
         for ax, key, window in ((axes[0], "reward/mean", 10), (axes[1], "entropy/mean", 10), (axes[2], "eval/hm@4", 1)):
