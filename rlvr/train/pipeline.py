@@ -95,7 +95,6 @@ class RolloutSource:
     def __init__(self, st, cfg: TrainConfig, task, pool, engine) -> None:
         self.st, self.cfg, self.task, self.pool, self.engine = st, cfg, task, pool, engine
         self.generator: Generator | None = None
-        self.refused = 0  # rollouts whose start admission control held back, since the last take
 
     def take(self, step: int) -> tuple[Generated, dict]:
         """Admits what the weights of version step − 1 may sample (the rollouts of steps up to
@@ -165,12 +164,6 @@ class RolloutSource:
         training thread's again."""
         if self.generator is not None:
             self.st.pending.update(self.generator.wait_idle(self.cfg.generator_timeout))
-
-    def reset(self) -> None:
-        """After a rollback: what the generator made for the abandoned steps is dropped (RunState
-        now holds the pending batches of the checkpoint it went back to)."""
-        if self.generator is not None:
-            self.generator.wait_idle(self.cfg.generator_timeout)
 
     def close(self) -> None:
         if self.generator is not None:
