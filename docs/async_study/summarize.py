@@ -155,7 +155,10 @@ def main() -> None:
     for root in sorted((HERE / "runs").glob("*")):
         if not root.is_dir():
             continue
-        summary[root.name] = result = summarize_setting(root)
+        result = summarize_setting(root)
+        if not result["arms"]:  # a setting not run yet
+            continue
+        summary[root.name] = result
         plot(root, root.name)
         print(f"## {root.name} ({result['steps']} steps)")
         print("| arm | seeds | final HM@4 | reward, last 50 | entropy, last 50 | mismatch/kl | clip/frac | corrected | "
