@@ -535,3 +535,28 @@ def test_gradient_noise_partial_sums_across_ranks(tmp_path, mode):
         assert result["probes"][0][0] != pytest.approx(result["probes"][1][0], rel=1e-3)
     assert result["sq_full"] == pytest.approx([result["expected_sq_full"]] * 2, rel=1e-4)
     assert all(abs(value) < float("inf") for value in result["estimate"].values())
+
+
+def test_stale_rollouts_on_two_ranks_train_like_one_process_and_resume_at_their_world_size(tmp_path):
+    """--max-staleness 2 under DDP: each rank samples its shard of each admitted batch, the step is
+    that of 1 process; a checkpoint holds every rank's pending shard, so a killed 2-rank run
+    resumes with 2 ranks, and is refused (exit 1, the fix named) with 1."""
+    stale = ("--max-staleness", "2")
+    train(tmp_path / "one", *stale)
+    train(tmp_path / "two", "--nproc", "2", *stale)
+    # the loss of a stale batch weighs each token by π_prox/μ, whose last bits depend on the
+    # micro-batch layout of the forward; the mismatch metrics measure those bits themselves
+    noise = {"loss/": 1e-6, "mismatch/": 1e-4}
+    assert_same_metrics(tmp_path / "one", tmp_path / "two", noise=noise)
+    # The key biases' gradient is exactly 0, so AdamW turns rounding noise into steps (see above);
+    # elsewhere the weights π_prox/μ carry the forward's last bits into every token's gradient,
+    # and AdamW's normalisation lifts them to ~1e-5 of a weight over 5 steps at lr 2e-4 (measured
+    # 2.3e-5): looser than ABS, far below one step (2e-4)
+    assert weight_diff(tmp_path / "one", tmp_path / "two", skip_key_bias=True) <= 1e-4
+    assert [r["async/staleness_max"] for r in rows(tmp_path / "two")] == [0, 1, 2, 2, 2]
+    out = tmp_path / "killed"
+    kill_mid_run(out, "--nproc", "2", *stale)
+    refused = rlvr("train", *RUN, "--out", str(out), *stale)
+    assert refused.returncode == 1 and "resume it with --nproc 2" in refused.stderr + refused.stdout
+    train(out, "--nproc", "2", *stale)
+    assert_same_metrics(tmp_path / "two", out, noise=noise)

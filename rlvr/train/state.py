@@ -17,6 +17,7 @@ from rlvr.distributed import SINGLE, World
 from rlvr.rollout.forward import Scorer
 from rlvr.rollout.strategies import Sampler
 from rlvr.train.checkpoint import rng_state, set_rng_state
+from rlvr.train.pipeline import on_cpu
 from rlvr.types import Truncation
 
 
@@ -101,8 +102,6 @@ class RunState:
         own); nothing for a synchronous run."""
         if not self.cfg.max_staleness:
             return {}
-        from rlvr.train.pipeline import on_cpu
-
         mine = on_cpu(self.pending)
         every = self.world.gather(mine, "saving the pending rollouts") if self.world.parallel else [mine]
         return {"pending_rollouts": every}

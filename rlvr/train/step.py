@@ -50,6 +50,7 @@ class StepResult:
     view: StepView | None = None  # train_step(fused_view=True): the trainer's view of the batch
     noise: NoiseProbe | None = None  # the partial sums' norms of the first update (rlvr.algo.noise), or None
     sq_grad_norm: float | None = None  # |g|² of the first update's whole gradient, before clipping
+    corrected: tuple[float, int] | None = None  # --is-correction: (tokens it cut, tokens it weighed) on this rank
 
 
 # What train_step reports per step, averaged over its updates (plus tokens/trained_frac).
@@ -167,13 +168,14 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
     rows = batch.num_rows
     token_mask = loss_token_mask(batch, cfg, policy.stop_ids)  # (N, T)
     total_tokens, total_rows = totals if totals is not None else (max(1, int(token_mask.sum())), rows)
-    is_weights, correction, view = None, {}, None
+    is_weights, correction, view, weighed = None, {}, None, 0
     correct = anchor == "proximal"  # weights from π_old/μ; the naive anchor trains on μ's ratio unweighted
     if batch.engine_logprobs is not None and fused_view:  # π_old and the weights come from update 0's forward
         is_weights = torch.zeros_like(batch.logprobs) if correct else None
         view = StepView(torch.zeros_like(batch.logprobs), torch.zeros_like(batch.logprobs),
                         torch.zeros(rows, dtype=torch.bool, device=batch.logprobs.device))
     elif batch.engine_logprobs is not None and correct:  # toward the trainer's distribution (--is-correction)
+        weighed = int(token_mask.sum())
         is_weights, correction = importance_weights(batch.logprobs, batch.engine_logprobs, token_mask,
                                                     cfg.is_correction, cfg.is_cap)
     no_sync = getattr(scorer, "no_sync", None)
@@ -247,6 +249,7 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
         optimizer.zero_grad(set_to_none=True)  # the gradients' memory is free while the next step samples
         clock.lap("optimizer")
     if view is not None and correct:  # the share the weights cut, over the tokens the forward reached (all, normally)
+        weighed = int((token_mask & view.viewed[:, None]).sum())
         correction = importance_weights(view.logprobs, batch.engine_logprobs, token_mask & view.viewed[:, None],
                                         cfg.is_correction, cfg.is_cap)[1]
     metrics = {key: value / cfg.updates_per_step for key, value in sums.items()}
@@ -261,7 +264,9 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
         step_units = total_tokens if NORMALISED_BY[cfg.loss_agg] == "tokens" else total_rows
         noise = NoiseProbe(read["q1"], read["q12"], q1, q1 + float(units[split.rest_of_half].sum()), step_units,
                            split.groups_half, split.group_size, split.samples_half, synced)
-    return StepResult(metrics, skipped, view=view, noise=noise, sq_grad_norm=sq_full if skipped is None else None)
+    corrected = (correction["mismatch/corrected_frac"] * max(1, weighed), weighed) if correction else None
+    return StepResult(metrics, skipped, view=view, noise=noise, sq_grad_norm=sq_full if skipped is None else None,
+                      corrected=corrected)
 
 
 def no_update() -> StepResult:
@@ -517,9 +522,9 @@ def reduce_update(world: World, step: int, result: StepResult, local: dict, trai
     every rank (the gradients were all-reduced before it was taken)."""
     if not world.parallel:
         return result.metrics, result.skipped, local, [result.noise], result.sq_grad_norm
-    every = world.gather((result.metrics, result.skipped, local, result.noise, result.sq_grad_norm),
+    every = world.gather((result.metrics, result.skipped, local, result.noise, result.sq_grad_norm, result.corrected),
                          "reducing the step's metrics")
-    probes, sq_full = [e[3] for e in every], every[0][4]
+    probes, sq_full, corrected = [e[3] for e in every], every[0][4], [e[5] for e in every if e[5] is not None]
     every = [e[:3] for e in every]
     skipped = {s for _, s, _ in every}
     if None in skipped and len(skipped) > 1:
@@ -533,6 +538,8 @@ def reduce_update(world: World, step: int, result: StepResult, local: dict, trai
             metrics[key] = sum(m.get(key, 0.0) for m, _, _ in every)
         elif key.startswith("perf/"):
             metrics[key] = max(m.get(key, 0.0) for m, _, _ in every)
+    if corrected:  # the share of the step's weighed tokens (every rank's) that --is-correction cut
+        metrics["mismatch/corrected_frac"] = sum(c for c, _ in corrected) / max(1, sum(t for _, t in corrected))
     # What the loss trained on, of the tokens selected: < 1 only with --top-entropy-tokens, refused with W > 1.
     metrics["tokens/trained_frac"] = 1.0 if trained_rows else 0.0
     timings = {key: max(t[key] for _, _, t in every if key in t) for key in {k for _, _, t in every for k in t}}
