@@ -44,10 +44,17 @@ def check_episodes(cfg) -> None:
     if cfg.episode_tokens < 0:
         raise ConfigError("episode_tokens", f"must be 0 (up to the model's context) or more, got {cfg.episode_tokens}")
     if not cfg.env:
-        for name, default in (("env_examples", 1), ("env_system", "auto"), ("env_timeout", 10.0), ("max_turns", 4),
-                              ("episode_tokens", 0)):
-            if getattr(cfg, name) != default:
-                raise ConfigError(name, "sets up episodes, which are off: give --env NAME, or drop it")
+        require_defaults(cfg, ("env_examples", "env_system", "env_timeout", "max_turns", "episode_tokens"),
+                         "sets up episodes, which are off: give --env NAME, or drop it")
+
+
+def require_defaults(cfg, names: tuple[str, ...], message: str) -> None:
+    """ConfigError(`message`) for the first of `names` set away from its declared default: options
+    that act only when another option is on."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for name in names:
+        if getattr(cfg, name) != defaults[name]:
+            raise ConfigError(name, message)
 
 
 def check_async(cfg) -> None:
@@ -62,11 +69,9 @@ def check_async(cfg) -> None:
     if not cfg.generator_timeout > 0:
         raise ConfigError("generator_timeout", f"must be > 0 seconds, got {cfg.generator_timeout}")
     if not cfg.max_staleness:
-        for name, default in (("async_mode", "deterministic"), ("stale_loss", "decoupled"),
-                              ("generator_timeout", 600.0)):
-            if getattr(cfg, name) != default:
-                raise ConfigError(name, "acts on stale rollouts, and --max-staleness is 0 (synchronous): give "
-                                        "--max-staleness N (N ≥ 1), or drop it")
+        require_defaults(cfg, ("async_mode", "stale_loss", "generator_timeout"),
+                         "acts on stale rollouts, and --max-staleness is 0 (synchronous): give --max-staleness N "
+                         "(N ≥ 1), or drop it")
 
 
 def check_micro_batch_size(value) -> None:
