@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
 import statistics
 import sys
 import time
@@ -53,7 +54,21 @@ def main() -> None:
     from rlvr.tasks import get_task
     from rlvr.train.preflight import check_train_config, resolved_task_options
     from rlvr.train.state import RunState
-    from rlvr.train.step import train_step
+    from rlvr.train.step import train_step, update_chunks
+
+    def forwarded_tokens(batch, cfg) -> int:
+        """Tokens the update's micro-batches run through the model (packed: each group's prompt once per
+        micro-batch it appears in, plus its rows' tokens): the work the split adds, free of timing noise."""
+        chunks, _ = update_chunks(batch, cfg, st.policy)
+        flat = [c for part in chunks for c in part] if chunks and isinstance(chunks[0], list) else chunks
+        prompts, tokens = batch.prompt_mask.sum(dim=1), batch.sequence_mask.sum(dim=1).clamp(min=1)
+        total = 0
+        for chunk in flat:
+            total += int(tokens[chunk].sum())
+            groups = batch.group_ids[chunk]
+            total += sum(int(prompts[chunk[groups == g][0]]) for g in torch.unique(groups)) if st.policy.can_pack \
+                else int(prompts[chunk].max()) * chunk.numel()
+        return total
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,7 +92,8 @@ def main() -> None:
             selected = select_for_training(generated, cfg)
             batch = generated.batch if selected.rows is None else select_rows(generated.batch, selected.rows)
             advantages = group_advantages(advantage_function(cfg), selected.rewards, selected.group_sizes)
-            row = {"batch": index, "sampling_s": sampling, "rows": batch.num_rows}
+            row = {"batch": index, "sampling_s": sampling, "rows": batch.num_rows,
+                   **{f"tokens_{name}": forwarded_tokens(batch, variants[name]) for name in variants}}
             for name in (("on", "off") if index % 2 == 0 else ("off", "on")):
                 started = time.perf_counter()
                 result = train_step(st.policy, st.optimizer, batch, advantages, variants[name], scorer=st.scorer)
@@ -87,10 +103,15 @@ def main() -> None:
             rows.append(row)
             print(f"batch {index}: sampling {sampling:.2f} s, update on {row['update_on_s']:.3f} s "
                   f"({row['micro_batches_on']} micro-batches), off {row['update_off_s']:.3f} s "
-                  f"({row['micro_batches_off']})", flush=True)
+                  f"({row['micro_batches_off']}); tokens forwarded on {row['tokens_on']}, off {row['tokens_off']}", flush=True)
     timed = rows[1:]  # the first batch warms up
     step = statistics.median(r["sampling_s"] + r["update_off_s"] for r in timed)
     difference = statistics.median(r["update_on_s"] - r["update_off_s"] for r in timed)
+    generator = random.Random(0)  # a bootstrap CI of the median paired difference, over the timed batches
+    resampled = sorted(statistics.median(generator.choices([r["update_on_s"] - r["update_off_s"] for r in timed],
+                                                           k=len(timed))) for _ in range(2000))
+    ci = (resampled[49] / step, resampled[1949] / step)
+    extra_tokens = sum(r["tokens_on"] - r["tokens_off"] for r in timed) / sum(r["tokens_off"] for r in timed)
     summary = {
         "workload": args.workload, "k": args.k, "batches_timed": len(timed), "threads": torch.get_num_threads(),
         "update_on_s": statistics.median(r["update_on_s"] for r in timed),
@@ -98,12 +119,15 @@ def main() -> None:
         "update_ratio": statistics.median(r["update_on_s"] / r["update_off_s"] for r in timed),
         "norms_s": statistics.median(r["noise_on_s"] for r in timed),
         "difference_s": difference, "step_s": step, "overhead_of_step": difference / step,
+        "overhead_of_step_ci95": list(ci), "extra_tokens_forwarded": extra_tokens,
         "paired_differences_s": [r["update_on_s"] - r["update_off_s"] for r in timed], "batches": rows,
     }
     print(f"\n{args.workload}, K={args.k}, {len(timed)} batches (median): update {summary['update_off_s']:.3f} s without "
           f"the measurement, {summary['update_on_s']:.3f} s with it ({summary['update_ratio']:.3f}×; the two norms "
           f"{summary['norms_s'] * 1000:.1f} ms); step {step:.2f} s (sampling + update); overhead "
-          f"{difference:+.3f} s per step = {100 * summary['overhead_of_step']:+.2f}% of the step")
+          f"{difference:+.3f} s per step = {100 * summary['overhead_of_step']:+.2f}% of the step "
+          f"[{100 * ci[0]:+.2f}%, {100 * ci[1]:+.2f}%] (95% bootstrap CI over batches); the split forwards "
+          f"{100 * extra_tokens:+.2f}% tokens in the update")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
 
