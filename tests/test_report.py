@@ -557,6 +557,18 @@ def test_gradient_estimates_are_judged_on_the_snr_at_equal_prompts_and_per_compl
     f = verdicts_of(tmp_path, "r2")[0]["(f)"]
     assert f["verdict"] == "refuted" and "worse than K=8's after its entropy collapsed" in f["evidence"], f
 
+    # after step 100 neither arm's |G|² estimate is positive: no ratio, and the evidence says why
+    for arm, k, base in (("k8", 8, 0), ("k16", 16, 10)):
+        shutil.rmtree(runs / arm)
+        for seed in (0, 1):
+            write_run(runs, arm, seed, k, DECAYING if k == 16 else STEADY, entropy_onset=120 if k == 16 else None,
+                      noise=noise_rows(base + seed, 1.0, 5.5, 40.0, late_signal=-0.5))
+    f = verdicts_of(tmp_path, "r3")[0]["(f)"]
+    late = f["evidence"].split("steps after 100")[1]
+    assert late.split(";")[0].endswith("per completion (equal compute) n/a (neither arm's |G|² estimate, summed "
+                                       "over these steps, is positive: no signal resolved)"), late
+    assert f["verdict"] == "inconclusive", f
+
 
 def test_runs_older_than_the_noise_measurement_get_not_measured_with_the_reason(tmp_path):
     runs = tmp_path / "runs"

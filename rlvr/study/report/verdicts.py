@@ -282,10 +282,14 @@ def _side(r: dict | None) -> str:
     return "above" if r["ci"][0] > 1 else "below" if r["ci"][1] < 1 else "holds 1"
 
 
+NO_SIGNAL = " (neither arm's |G|² estimate, summed over these steps, is positive: no signal resolved)"
+
+
 def _window_text(name: str, c: dict) -> str:
     share = ", ".join(f"K={k} {fmt(v)}" for k, v in zip((8, 16), c["intra_share"]))
+    why = NO_SIGNAL if c["snr"] is None or c["snr"].get("value") is None else ""
     return (f"{name} ({c['seeds']} seed(s), {c['steps']} paired steps): gradient SNR K=16/K=8 at equal prompts "
-            f"per step {_ratio(c['snr'])}, per completion (equal compute) {_ratio(c['snr_per_completion'])}; "
+            f"per step {_ratio(c['snr'])}, per completion (equal compute) {_ratio(c['snr_per_completion'])}{why}; "
             f"per-prompt noise tr Σ K=16/K=8 {_ratio(c['noise'])}; intra-prompt share of tr Σ {share}")
 
 
@@ -338,7 +342,8 @@ def gradient_estimates(k8: Arm | None, k16: Arm | None) -> dict:
         second = (f"the second half: from K=16's entropy-collapse onset on (per seed "
                   f"{', '.join(f'{s}: {o}' for s, o in sorted(collapsed.items()))}; {after['steps']} paired steps), "
                   f"gradient SNR K=16/K=8 at equal prompts {_ratio(after['snr'])}, per completion "
-                  f"{_ratio(after['snr_per_completion'])}: {reading}")
+                  f"{_ratio(after['snr_per_completion'])}"
+                  f"{NO_SIGNAL if after['snr'] is None or after['snr'].get('value') is None else ''}: {reading}")
     verdict, compute = _judge_windows(windows, "snr"), _judge_windows(windows, "snr_per_completion")
     late_note = "" if len(windows) == 2 else f"; the runs have no measured step after {MIDPOINT}, so only steps " \
                                               f"1-{MIDPOINT} are judged"
