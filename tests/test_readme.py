@@ -47,7 +47,6 @@ def test_readme_verdict_table_matches_every_summary():
         assert f"{gain:+.1f}" in rows[0][column], (model, rows[0][column])  # (a)'s deciding number
 
 
-
 def test_every_committed_report_judges_all_seven_claims():
     """Each committed report's summary.json carries (a)-(g), each with a verdict and its evidence ("not measured"
     names why), so no report silently stops at the claims that existed when it was built."""
@@ -60,6 +59,7 @@ def test_every_committed_report_judges_all_seven_claims():
         for v in verdicts:
             assert v["verdict"] in {"supported", "refuted", "inconclusive", "not measured"}, (path, v)
             assert v["evidence"].strip(), (path, v["claim"])
+
 
 README_COMMANDS = [
     'python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e ".[all,test]" && '
