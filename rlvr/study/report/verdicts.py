@@ -285,11 +285,15 @@ def _side(r: dict | None) -> str:
 NO_SIGNAL = " (neither arm's |G|² estimate, summed over these steps, is positive: no signal resolved)"
 
 
+def _why_no_snr(c: dict) -> str:
+    """NO_SIGNAL where a noise comparison has no SNR ratio, else nothing."""
+    return NO_SIGNAL if c["snr"] is None or c["snr"].get("value") is None else ""
+
+
 def _window_text(name: str, c: dict) -> str:
     share = ", ".join(f"K={k} {fmt(v)}" for k, v in zip((8, 16), c["intra_share"]))
-    why = NO_SIGNAL if c["snr"] is None or c["snr"].get("value") is None else ""
     return (f"{name} ({c['seeds']} seed(s), {c['steps']} paired steps): gradient SNR K=16/K=8 at equal prompts "
-            f"per step {_ratio(c['snr'])}, per completion (equal compute) {_ratio(c['snr_per_completion'])}{why}; "
+            f"per step {_ratio(c['snr'])}, per completion (equal compute) {_ratio(c['snr_per_completion'])}{_why_no_snr(c)}; "
             f"per-prompt noise tr Σ K=16/K=8 {_ratio(c['noise'])}; intra-prompt share of tr Σ {share}")
 
 
@@ -342,8 +346,7 @@ def gradient_estimates(k8: Arm | None, k16: Arm | None) -> dict:
         second = (f"the second half: from K=16's entropy-collapse onset on (per seed "
                   f"{', '.join(f'{s}: {o}' for s, o in sorted(collapsed.items()))}; {after['steps']} paired steps), "
                   f"gradient SNR K=16/K=8 at equal prompts {_ratio(after['snr'])}, per completion "
-                  f"{_ratio(after['snr_per_completion'])}"
-                  f"{NO_SIGNAL if after['snr'] is None or after['snr'].get('value') is None else ''}: {reading}")
+                  f"{_ratio(after['snr_per_completion'])}{_why_no_snr(after)}: {reading}")
     verdict, compute = _judge_windows(windows, "snr"), _judge_windows(windows, "snr_per_completion")
     late_note = "" if len(windows) == 2 else f"; the runs have no measured step after {MIDPOINT}, so only steps " \
                                               f"1-{MIDPOINT} are judged"
