@@ -148,11 +148,17 @@ def test_a_half_batch_scaling_off_by_two_fails_the_check(monkeypatch, token_mean
 # ---------------------------------------------------------------- bookkeeping
 
 def test_split_orders_half_the_groups_by_half_their_samples():
-    split = noise_split(torch.arange(5).repeat_interleave(3))  # B = 5 groups of K = 3
-    assert (split.groups, split.groups_half, split.group_size, split.samples_half) == (5, 2, 3, 1)
-    assert split.half_samples.tolist() == [0, 3]
-    assert split.rest_of_half.tolist() == [1, 2, 4, 5]
+    split = noise_split(torch.arange(5).repeat_interleave(3))  # B = 5 groups of K = 3: h = 2, s = 1
+    assert (split.groups, split.groups_half, split.group_size, split.samples_half, split.groups_split) == \
+        (5, 2, 3, 1, 1)
+    assert split.half_samples.tolist() == [0]
+    assert split.rest_of_half.tolist() == [1, 2, 3, 4, 5]
     assert split.other_groups.tolist() == list(range(6, 15))
+    split = noise_split(torch.arange(18).repeat_interleave(2))  # B = 18, K = 2: h = 9, s = ⌈9/4⌉ = 3
+    assert (split.groups_half, split.samples_half, split.groups_split) == (9, 1, 3)
+    assert split.half_samples.tolist() == [0, 2, 4]  # the first sample of each of S's 3 groups
+    assert split.rest_of_half.tolist() == [1, 3, 5, *range(6, 18)]  # S's other samples, then H's other groups
+    assert split.other_groups.tolist() == list(range(18, 36))
     assert noise_split(torch.zeros(8, dtype=torch.long)) is None  # one group: no second half to compare
     assert noise_split(torch.tensor([0, 0, 1, 1, 1])) is None  # unequal groups (--adaptive-k)
     assert noise_split(torch.arange(4)) is None  # groups of one sample
@@ -165,27 +171,31 @@ def test_estimate_inverts_the_expected_norms():
     g2, inter, intra, big, half, k, m = 0.7, 3.0, 40.0, 10, 5, 6, 3
     full = g2 + (inter + intra / k) / big
     q12 = g2 + (inter + intra / k) / half
+    for cut in (1, 2, half):  # Q1 over s of H's groups: E|g_Q1|² = |G|² + (tr Σ_inter + tr Σ_intra/m)/s
+        q1 = g2 + (inter + intra / m) / cut
+        e = estimate(q1, q12, full, half, big, m, k, cut)
+        assert (e.signal, e.noise, e.intra, e.inter) == pytest.approx((g2, inter + intra / k, intra, inter))
+        assert e.scale == pytest.approx((inter + intra / k) / g2)
+    # with s = h the intra-prompt formula is the two-norm one, h·(|g_Q1|² − |g_Q12|²)/(1/m − 1/K)
     q1 = g2 + (inter + intra / m) / half
-    e = estimate(q1, q12, full, half, big, m, k)
-    assert (e.signal, e.noise, e.intra, e.inter) == pytest.approx((g2, inter + intra / k, intra, inter))
-    assert e.scale == pytest.approx((inter + intra / k) / g2)
+    assert estimate(q1, q12, full, half, big, m, k, half).intra == pytest.approx(half * (q1 - q12) / (1 / m - 1 / k))
     assert NoiseEstimate(-1.0, 5.0, 1.0, 1.0, 4).scale is None  # a negative |G|² estimate: no ratio
 
 
 def test_combine_rescales_partial_sums_and_averages_the_ranks():
     # one rank: a partial sum over a quarter of the units is a quarter of the rows' own gradient
-    probe = NoiseProbe(1.0, 4.0, 25.0, 50.0, 100.0, 2, 4, 2, synced=False)
+    probe = NoiseProbe(1.0, 4.0, 25.0, 50.0, 100.0, 2, 4, 2, 1, synced=False)
     e = combine([probe], 9.0, 4)
-    assert e == estimate(16.0, 16.0, 9.0, 2, 4, 2, 4)
+    assert e == estimate(16.0, 16.0, 9.0, 2, 4, 2, 4, 1)
     # two rank-local probes: the mean of their estimates; a rank without one adds nothing
-    other = NoiseProbe(2.0, 3.0, 25.0, 50.0, 100.0, 2, 4, 2, synced=False)
+    other = NoiseProbe(2.0, 3.0, 25.0, 50.0, 100.0, 2, 4, 2, 1, synced=False)
     both = combine([probe, other, None], 9.0, 6)
     one, two = combine([probe], 9.0, 6), combine([other], 9.0, 6)
     assert both.noise == pytest.approx((one.noise + two.noise) / 2)
     assert both.intra == pytest.approx((one.intra + two.intra) / 2)
     # synced probes (FSDP2): the same norms on every rank, the halves' units and groups summed
-    synced = [NoiseProbe(1.0, 4.0, 25.0, 50.0, 200.0, 2, 4, 2, synced=True)] * 2
-    assert combine(synced, 9.0, 8) == estimate(1.0 * 4**2, 4.0 * 2**2, 9.0, 4, 8, 2, 4)
+    synced = [NoiseProbe(1.0, 4.0, 25.0, 50.0, 200.0, 2, 4, 2, 1, synced=True)] * 2
+    assert combine(synced, 9.0, 8) == estimate(1.0 * 4**2, 4.0 * 2**2, 9.0, 4, 8, 2, 4, 2)
     assert combine([None, None], 9.0, 8) is None
 
 

@@ -6,27 +6,34 @@ the covariance of one unit's gradient. Two such squared norms at two sizes from 
 unbiased estimates of |G|² and tr Σ, and B_simple = tr Σ/|G|² is the noise scale in units.
 
 rlvr's unit is the **group**: one prompt and its K rollouts, whose advantages need the whole
-group. The step's accumulation is ordered so that three partial sums come out on the way
-(`noise_split`), with H the first ⌊B/2⌋ of the step's B groups and m = ⌊K/2⌋:
+group. The step's accumulation is ordered so that two partial sums come out on the way
+(`noise_split`), with H the first h = ⌊B/2⌋ of the step's B groups, S the first s = ⌈h/4⌉ of
+them and m = ⌊K/2⌋:
 
-    Q1   H's groups, the first m samples of each      |g_Q1|²  (advantages still from all K)
-    Q12  H's groups, all K samples                    |g_Q12|²
-    all  the step                                     |g|²     (before clipping)
+    Q1   S's groups, the first m samples of each       |g_Q1|²  (advantages still from all K)
+    Q12  H's groups, all K samples                     |g_Q12|²
+    all  the step                                      |g|²     (before clipping)
 
 With tr Σ = tr Σ_inter + tr Σ_intra/K per group (the split of "Critical Batch Size for LLM Policy
 Optimization", HiLD at ICML 2026): Σ_inter how the prompts' expected gradients differ (plus what
 the K rollouts of a group share), Σ_intra how one prompt's rollouts differ, per rollout:
 
     E|g|²      = |G|² + tr Σ/B
-    E|g_Q12|²  = |G|² + tr Σ/|H|
-    E|g_Q1|²   = |G|² + (tr Σ_inter + tr Σ_intra/m)/|H|
+    E|g_Q12|²  = |G|² + tr Σ/h
+    E|g_Q1|²   = |G|² + (tr Σ_inter + tr Σ_intra/m)/s
 
 so (`estimate`):
 
-    tr Σ       = (|g_Q12|² − |g|²) / (1/|H| − 1/B)
-    |G|²       = (B·|g|² − |H|·|g_Q12|²) / (B − |H|)
-    tr Σ_intra = |H|·(|g_Q1|² − |g_Q12|²) / (1/m − 1/K)
+    tr Σ       = (|g_Q12|² − |g|²) / (1/h − 1/B)
+    |G|²       = (B·|g|² − h·|g_Q12|²) / (B − h)
+    tr Σ_intra = (s·(|g_Q1|² − |G|²) − tr Σ) / (1/m − 1/K)
     tr Σ_inter = tr Σ − tr Σ_intra/K
+
+(with s = h the third is h·(|g_Q1|² − |g_Q12|²)/(1/m − 1/K)). Why S and not all of H: a
+group cut into its first m samples and the rest sits in two micro-batches, so its prompt is
+forwarded twice; cutting s = ⌈h/4⌉ groups instead of h costs a quarter of those prompts
+(docs/performance.md, "The gradient-noise measurement"), for a noisier tr Σ_intra (its Q1 term
+averages s groups, not h). |G|² and tr Σ do not depend on s.
 
 The rollouts of a group are exchangeable (drawn alike, advantages a symmetric function of the
 group), so the first m are as good as any m. A partial sum of the accumulated gradient is the
@@ -47,18 +54,22 @@ from dataclasses import dataclass
 import torch
 
 
+SPLIT_SHARE = 4  # Q1 cuts the first ⌈h/SPLIT_SHARE⌉ groups of H (module docstring: why not all of them)
+
+
 @dataclass
 class NoiseSplit:
-    """The step's rows in the order that gives the three partial sums (each a row-index tensor,
+    """The step's rows in the order that gives the two partial sums (each a row-index tensor,
     each group's rows adjacent): Q1, then the rest of H (Q12 = Q1 + it), then the other groups."""
 
-    half_samples: torch.Tensor  # (|H|·m,) Q1: H's groups, the first m rows of each
-    rest_of_half: torch.Tensor  # (|H|·(K−m),) H's groups, their other rows
-    other_groups: torch.Tensor  # ((B−|H|)·K,) the groups outside H
+    half_samples: torch.Tensor  # (s·m,) Q1: S's groups, the first m rows of each
+    rest_of_half: torch.Tensor  # (h·K − s·m,) the rest of H: S's other rows, then H's other groups
+    other_groups: torch.Tensor  # ((B−h)·K,) the groups outside H
     groups: int  # B: groups in this batch
-    groups_half: int  # |H| = ⌊B/2⌋
+    groups_half: int  # h = |H| = ⌊B/2⌋
     group_size: int  # K (every group has it)
     samples_half: int  # m = ⌊K/2⌋
+    groups_split: int  # s = |S| = ⌈h/4⌉: the groups whose samples Q1 cuts in two
 
 
 def noise_split(group_ids: torch.Tensor) -> NoiseSplit | None:
@@ -72,9 +83,10 @@ def noise_split(group_ids: torch.Tensor) -> NoiseSplit | None:
     if groups < 2 or k < 2 or bool((sizes != k).any()):
         return None
     half, m = groups // 2, k // 2
+    cut = -(-half // SPLIT_SHARE)  # s = ⌈h/4⌉
     rows = torch.arange(group_ids.numel()).view(groups, k)  # (B, K): row index of sample j of group g
-    return NoiseSplit(rows[:half, :m].reshape(-1), rows[:half, m:].reshape(-1), rows[half:].reshape(-1),
-                      groups, half, k, m)
+    rest = torch.cat([rows[:cut, m:].reshape(-1), rows[cut:half].reshape(-1)])
+    return NoiseSplit(rows[:cut, :m].reshape(-1), rest, rows[half:].reshape(-1), groups, half, k, m, cut)
 
 
 def mean_gradient_sq_norm(sq_norm: float, step_units: float, part_units: float) -> float:
@@ -94,9 +106,10 @@ class NoiseProbe:
     units_half_samples: float  # the aggregation's units (tokens or rows) in Q1
     units_half_groups: float  # ... in Q12
     units_step: float  # ... in the whole step (every rank's): the loss's normaliser
-    groups_half: int  # |H| on this rank
+    groups_half: int  # h = |H| on this rank
     group_size: int  # K
     samples_half: int  # m
+    groups_split: int  # s = |S| on this rank
     synced: bool  # the norms are of the whole step's partial sums (FSDP2), not this rank's
 
 
@@ -117,12 +130,12 @@ class NoiseEstimate:
 
 
 def estimate(sq_half_samples: float, sq_half_groups: float, sq_full: float, groups_half: int, groups: int,
-             samples_half: int, group_size: int) -> NoiseEstimate:
+             samples_half: int, group_size: int, groups_split: int) -> NoiseEstimate:
     """The module docstring's four formulas, from mean-gradient squared norms."""
-    b, big, m, k = groups_half, groups, samples_half, group_size
+    b, big, m, k, s = groups_half, groups, samples_half, group_size, groups_split
     noise = (sq_half_groups - sq_full) / (1.0 / b - 1.0 / big)
     signal = (big * sq_full - b * sq_half_groups) / (big - b)
-    intra = b * (sq_half_samples - sq_half_groups) / (1.0 / m - 1.0 / k)
+    intra = (s * (sq_half_samples - signal) - noise) / (1.0 / m - 1.0 / k)
     return NoiseEstimate(signal, noise, intra, noise - intra / k, k)
 
 
@@ -142,14 +155,15 @@ def combine(probes: list[NoiseProbe | None], sq_full: float, groups: int) -> Noi
         units_q1 = sum(p.units_half_samples for p in measured)
         units_q12 = sum(p.units_half_groups for p in measured)
         half = sum(p.groups_half for p in measured)
+        cut = sum(p.groups_split for p in measured)
         if not units_q1 or not units_q12 or half >= groups:
             return None
         return estimate(mean_gradient_sq_norm(first.sq_half_samples, step_units, units_q1),
                         mean_gradient_sq_norm(first.sq_half_groups, step_units, units_q12), sq_full, half, groups,
-                        first.samples_half, first.group_size)
+                        first.samples_half, first.group_size, cut)
     estimates = [estimate(mean_gradient_sq_norm(p.sq_half_samples, step_units, p.units_half_samples),
                           mean_gradient_sq_norm(p.sq_half_groups, step_units, p.units_half_groups), sq_full,
-                          p.groups_half, groups, p.samples_half, p.group_size)
+                          p.groups_half, groups, p.samples_half, p.group_size, p.groups_split)
                  for p in measured if p.units_half_samples and p.units_half_groups and p.groups_half < groups]
     if not estimates:
         return None

@@ -263,7 +263,7 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
         q1 = float(units[split.half_samples].sum())
         step_units = total_tokens if NORMALISED_BY[cfg.loss_agg] == "tokens" else total_rows
         noise = NoiseProbe(read["q1"], read["q12"], q1, q1 + float(units[split.rest_of_half].sum()), step_units,
-                           split.groups_half, split.group_size, split.samples_half, synced)
+                           split.groups_half, split.group_size, split.samples_half, split.groups_split, synced)
     corrected = (correction["mismatch/corrected_frac"] * max(1, weighed), weighed) if correction else None
     return StepResult(metrics, skipped, view=view, noise=noise, sq_grad_norm=sq_full if skipped is None else None,
                       corrected=corrected)
