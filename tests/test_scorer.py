@@ -180,3 +180,47 @@ def test_data_parallel_step_with_a_non_finite_loss_runs_every_backward_and_skips
     # (2 + 2 rows of the first group, then the other two groups as 4 + 4)
     assert CountingScorer.backwards == result.metrics["perf/micro_batches"] == 4
     assert all(torch.equal(before[k], v) for k, v in policy.module.state_dict().items())
+
+
+@pytest.mark.skipif(not HAS_HF, reason="transformers and peft are not installed")
+def test_packed_forward_projects_only_the_positions_that_predict_a_completion_token(tmp_path):
+    """The vocabulary projection runs on the positions that predict a completion token, not on
+    the prompts or a packed row's padding: the head's input has exactly those rows, and the
+    values are those of the full projection."""
+    from hf_models import make_hf_model_dir
+    from rlvr.backends import load_policy
+    from rlvr.rollout.forward import pack
+
+    policy = load_policy(str(make_hf_model_dir(tmp_path / "qwen2", "qwen2")))
+    items = [get_task("arith").item("train", i) for i in (0, 1, 5)]
+    batch = sample_groups(policy, items, [2, 4, 3], max_new_tokens=7, temperature=1.0,
+                          generator=[torch.Generator().manual_seed(i) for i in range(3)])
+    packed = pack(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.sequence_mask, batch.group_ids, 70)
+    seen = []
+    handle = policy.model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    try:
+        full = policy.forward_packed(packed.ids, packed.positions, packed.attend)  # (M, L, V)
+        keep = torch.unique(packed.row * packed.ids.shape[1] + packed.column)
+        kept = policy.forward_packed(packed.ids, packed.positions, packed.attend, keep)
+    finally:
+        handle.remove()
+    lengths = batch.sequence_mask.sum(1).clamp(min=1)
+    prompts_laid = {(int(packed.row[r, 0]), int(batch.group_ids[r])) for r in range(batch.num_rows)}
+    # a completion's own tokens but its last predict the next; its first token is predicted by its
+    # prompt's last position, shared by the group's completions in that packed row
+    assert keep.numel() == int((lengths - 1).sum()) + len(prompts_laid)
+    assert seen[0][:2] == full.shape[:2] and tuple(seen[1][:2]) == (1, keep.numel())
+    assert keep.numel() < packed.ids.numel() - len(items)  # prompts and padding left out
+    assert torch.allclose(kept, full.reshape(-1, full.shape[-1])[keep], atol=1e-5)
+
+
+def test_builtin_packed_forward_projects_only_the_kept_positions():
+    policy = make_policy(seed=3)
+    ids = torch.randint(0, 20, (2, 9))
+    positions = torch.arange(9).expand(2, 9)
+    attend = torch.ones(9, 9, dtype=torch.bool).tril().expand(2, 9, 9)
+    keep = torch.tensor([0, 4, 10, 17])
+    full = policy.forward_packed(ids, positions, attend)
+    kept = policy.forward_packed(ids, positions, attend, keep)
+    assert kept.shape == (4, full.shape[-1])
+    assert torch.allclose(kept, full.reshape(-1, full.shape[-1])[keep], atol=1e-6)

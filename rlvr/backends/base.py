@@ -111,9 +111,12 @@ def packed_row_tokens(hidden: int, layer_parameters: int) -> int:
                 logits_to_keep: int = 0) -> torch.Tensor:
         """ids, positions (N, L) long; key_mask (N, S) bool -> logits (N, L', V) float, L' = logits_to_keep or L."""
 
-    def forward_packed(self, ids: torch.Tensor, positions: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
-        """ids, positions (M, L) long; attend (M, L, L) bool, query i may attend key j -> logits (M, L, V).
-        No cache: the training forward over packed rows (rlvr.rollout.forward.pack)."""
+    def forward_packed(self, ids: torch.Tensor, positions: torch.Tensor, attend: torch.Tensor,
+                       keep: torch.Tensor | None = None) -> torch.Tensor:
+        """ids, positions (M, L) long; attend (M, L, L) bool, query i may attend key j -> logits (M, L, V),
+        or with `keep` (n,) long, flat indices into the M·L positions, the logits of those only (n, V):
+        the vocabulary projection, the largest tensor of the step, runs on them alone. No cache: the
+        training forward over packed rows (rlvr.rollout.forward.pack)."""
 
     def new_cache(self, batch: int, max_len: int) -> Any: ...
 

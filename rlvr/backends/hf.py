@@ -365,13 +365,35 @@ class HFPolicy:
                              use_cache=cache is not None, logits_to_keep=logits_to_keep)
         return out.logits
 
-    def forward_packed(self, ids, positions, attend):
+    def forward_packed(self, ids, positions, attend, keep=None):
         mask = attend[:, None]  # (M, 1, L, L): a prepared 4D mask, which transformers uses as it is
         if self.model.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
             mask = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
         context = self.peft_model.disable_adapter() if not self.adapter_enabled else nullcontext()
-        with self._autocast(), context:
-            return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        gathered = []
+        hook = None
+        if keep is not None:
+            # The decoder's last hidden states are cut to the kept positions, as one row (1, n, H),
+            # before the model's own head (lm_head and whatever its class does after it, e.g. a
+            # logit soft-cap): the projection onto the vocabulary never runs on a prompt or padding
+            # position. A decoder whose output has no last_hidden_state keeps them all.
+            def cut(module, args, output):
+                hidden = getattr(output, "last_hidden_state", None)
+                if hidden is None:
+                    return output
+                output.last_hidden_state = hidden.reshape(-1, hidden.shape[-1])[keep][None]
+                gathered.append(True)
+                return output
+            hook = self.model.get_decoder().register_forward_hook(cut)
+        try:
+            with self._autocast(), context:
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        finally:
+            if hook is not None:
+                hook.remove()
+        if keep is None:
+            return logits
+        return logits[0] if gathered else logits.reshape(-1, logits.shape[-1])[keep]
 
     def new_cache(self, batch: int, max_len: int):
         cache = DynamicCache(config=self.model.config)

@@ -128,11 +128,12 @@ class TinyLM(nn.Module):
         p = self.tok_emb.weight
         return KVCache(self.config, batch, max_len, p.dtype, p.device)
 
-    def forward(self, ids, positions, attn_mask, cache: KVCache | None = None):
+    def forward(self, ids, positions, attn_mask, cache: KVCache | None = None, keep: torch.Tensor | None = None):
         """ids, positions: (N, L) long; attn_mask: (N, 1, L, S) bool, True = may attend.
 
         With a cache, the L new positions are appended after `cache.length` and S counts the
-        cached positions too. Returns logits (N, L, vocab).
+        cached positions too. Returns logits (N, L, vocab), or with `keep` (n,) long, flat indices
+        into the N·L positions, those positions' logits (n, vocab).
         """
         if int(positions.max()) >= self.config.max_seq_len:
             raise ValueError(
@@ -144,7 +145,9 @@ class TinyLM(nn.Module):
             x = block(x, attn_mask, cache, layer)
         if cache is not None:
             cache.length += ids.shape[1]
-        return F.linear(self.ln_f(x), self.tok_emb.weight)  # (N, L, V)
+        if keep is not None:
+            x = x.reshape(-1, x.shape[-1])[keep]  # (n, D)
+        return F.linear(self.ln_f(x), self.tok_emb.weight)  # (N, L, V) or (n, V)
 
 
 def save_policy(model: TinyLM, directory: Path, extra: dict | None = None) -> None:
@@ -264,8 +267,8 @@ class TinyPolicy:
         logits = self.module(ids, positions, attention_mask(key_mask, ids.shape[1])[:, None], cache)
         return logits[:, -logits_to_keep:] if logits_to_keep else logits
 
-    def forward_packed(self, ids, positions, attend):
-        return self.module(ids, positions, attend[:, None])
+    def forward_packed(self, ids, positions, attend, keep=None):
+        return self.module(ids, positions, attend[:, None], keep=keep)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return self.module.new_cache(batch, max_len)

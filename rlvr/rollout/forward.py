@@ -136,14 +136,18 @@ def packed_logprobs(policy: Policy, packed: Packed, completion_ids: torch.Tensor
     over the packed rows (`pack`): the same numbers as `completion_logprobs`. With a truncation,
     `completion_mask` (R, T) says which tokens are real: only those are forced into the support
     (a padding slot points at its row's last real logit)."""
+    # Only the positions that predict a completion token need the vocabulary projection and the
+    # (n, V) log-softmax and entropy after it: not the prompts, not the padding at a packed row's end.
+    flat = packed.row * packed.ids.shape[1] + packed.column  # (R, T)
+    keep, where = torch.unique(flat, return_inverse=True)  # (n,) positions; (R, T) -> index into them
     force = None
     if truncation is not None and truncation.active:
         real = completion_mask if completion_mask is not None else torch.ones_like(completion_ids, dtype=torch.bool)
-        force = (packed.row[real], packed.column[real], completion_ids[real])
-    logits = policy.forward_packed(packed.ids, packed.positions, packed.attend)
-    logp_all = tempered_log_probs(logits, temperature, truncation, force)  # (M, L, V)
-    logp = logp_all[packed.row, packed.column, completion_ids]  # (R, T)
-    return logp, token_entropy(logp_all, entropy_grad)[packed.row, packed.column] if with_entropy else None
+        force = (where[real], completion_ids[real])
+    logits = policy.forward_packed(packed.ids, packed.positions, packed.attend, keep)  # (n, V)
+    logp_all = tempered_log_probs(logits, temperature, truncation, force)  # (n, V)
+    logp = logp_all[where, completion_ids]  # (R, T)
+    return logp, token_entropy(logp_all, entropy_grad)[where] if with_entropy else None
 
 
 class Scorer(torch.nn.Module):
