@@ -96,10 +96,15 @@ def main() -> None:
     names = list(variants)
     rows = []
 
-    def run(name, batch, advantages):
+    def use(name):
+        """The variant's config, with its split design in force."""
         config, share = variants[name]
         if share is not None:
             noise.SPLIT_SHARE = share
+        return config
+
+    def run(name, batch, advantages):
+        config = use(name)
         started = time.perf_counter()
         result = train_step(st.policy, st.optimizer, batch, advantages, config, scorer=st.scorer)
         return time.perf_counter() - started, result
@@ -118,10 +123,7 @@ def main() -> None:
             completion_tokens = int(batch.sequence_mask.sum())
             row = {"batch": index, "sampling_s": sampling, "rows": batch.num_rows, "completion_tokens": completion_tokens}
             for name in names:
-                config, share = variants[name]
-                if share is not None:
-                    noise.SPLIT_SHARE = share
-                row[f"tokens_{name}"] = forwarded_tokens(batch, config)
+                row[f"tokens_{name}"] = forwarded_tokens(batch, use(name))
                 row[f"multiply_adds_{name}"] = row[f"tokens_{name}"] * body_params + completion_tokens * head_params
                 row[f"update_{name}_s"] = []
             for repeat in range(args.repeats):

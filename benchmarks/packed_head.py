@@ -74,8 +74,7 @@ def main() -> None:
             ((logp + 0.01 * entropy) * weight).sum().div(weight.sum()).backward()
             logps.append(logp.detach()[mask])
             entropies.append(entropy.detach()[mask])
-            positions += packed.ids.numel() if name == "all" else \
-                torch.unique(packed.row * packed.ids.shape[1] + packed.column).numel()
+            positions += packed.ids.numel() if name == "all" else packed.predicting_positions()[0].numel()
         grad = torch.cat([p.grad.flatten() for p in policy.module.parameters() if p.grad is not None])
         return torch.cat(logps), torch.cat(entropies), grad, positions
 

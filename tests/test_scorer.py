@@ -200,7 +200,7 @@ def test_packed_forward_projects_only_the_positions_that_predict_a_completion_to
     handle = policy.model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
     try:
         full = policy.forward_packed(packed.ids, packed.positions, packed.attend)  # (M, L, V)
-        keep = torch.unique(packed.row * packed.ids.shape[1] + packed.column)
+        keep = packed.predicting_positions()[0]
         kept = policy.forward_packed(packed.ids, packed.positions, packed.attend, keep)
     finally:
         handle.remove()

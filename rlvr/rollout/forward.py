@@ -67,6 +67,12 @@ class Packed:
     row: torch.Tensor  # (R, T) long: the packed row of the logit that predicts completion token (r, t)
     column: torch.Tensor  # (R, T) long: and its column
 
+    def predicting_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The positions that predict a completion token, (n,) flat indices into the M·L positions,
+        and (R, T) the index among them of the one predicting token (r, t): only these need the
+        vocabulary projection, not the prompts, not the padding at a packed row's end."""
+        return torch.unique(self.row * self.ids.shape[1] + self.column, return_inverse=True)
+
 
 def pack(prompt_ids, prompt_mask, completion_ids, completion_mask, group_ids, row_tokens: int) -> Packed:
     """Lays the rows of a micro-batch out as packed rows: each group's prompt once, then each of its
@@ -136,10 +142,7 @@ def packed_logprobs(policy: Policy, packed: Packed, completion_ids: torch.Tensor
     over the packed rows (`pack`): the same numbers as `completion_logprobs`. With a truncation,
     `completion_mask` (R, T) says which tokens are real: only those are forced into the support
     (a padding slot points at its row's last real logit)."""
-    # Only the positions that predict a completion token need the vocabulary projection and the
-    # (n, V) log-softmax and entropy after it: not the prompts, not the padding at a packed row's end.
-    flat = packed.row * packed.ids.shape[1] + packed.column  # (R, T)
-    keep, where = torch.unique(flat, return_inverse=True)  # (n,) positions; (R, T) -> index into them
+    keep, where = packed.predicting_positions()  # the projection, log-softmax and entropy run on these alone
     force = None
     if truncation is not None and truncation.active:
         real = completion_mask if completion_mask is not None else torch.ones_like(completion_ids, dtype=torch.bool)
