@@ -22,10 +22,7 @@ median step (sampling plus the update without the measurement), with a bootstrap
 batches: the measurement's overhead per step. Timing-free beside it: the tokens the update
 forwards and an estimate of its multiply-adds (each forwarded token through the decoder's
 weights, each position the head projects through the vocabulary matrix; attention's
-sequence-length term left out). The norms' time (`norms_s`, perf/noise_seconds) is what is left of
-them after their backward: each parameter's squared norm is taken inside it (rlvr.train.step.
-SquaredNormInBackward), where it is counted in the update's time only. Run nothing else on the
-machine meanwhile.
+sequence-length term left out). Run nothing else on the machine meanwhile.
 """
 from __future__ import annotations
 
@@ -169,8 +166,7 @@ def main() -> None:
             "extra_tokens_forwarded": extra_tokens, "extra_multiply_adds": extra_work,
             "work_overhead_of_step": extra_work * update_share, "paired_differences_s": differences}
         lines.append(f"  {name} (Q1 cuts ceil(h/{variants[name][1]}) of H's groups): update {result['update_s']:.3f} s, "
-                     f"{result['micro_batches']:.1f} micro-batches, the two norms {1000 * result['norms_s']:.1f} ms after their "
-                     f"backward; "
+                     f"{result['micro_batches']:.1f} micro-batches, the two norms {1000 * result['norms_s']:.1f} ms; "
                      f"overhead {difference:+.3f} s per step = {100 * result['overhead_of_step']:+.2f}% of the step "
                      f"[{100 * result['overhead_of_step_ci95'][0]:+.2f}%, {100 * result['overhead_of_step_ci95'][1]:+.2f}%]"
                      f" (95% bootstrap CI over batches); timing-free: {100 * extra_tokens:+.2f}% tokens forwarded, "

@@ -30,7 +30,7 @@ from rlvr.rollout.forward import Scorer
 from rlvr.rollout.sample import sample_groups
 from rlvr.rollout.strategies import advantage_function, group_advantages
 from rlvr.tasks import get_task
-from rlvr.train.step import SquaredNormInBackward, grad_sq_norm, loss_settings, loss_token_mask, train_step
+from rlvr.train.step import loss_settings, loss_token_mask, train_step
 from conftest import make_policy
 from shaped_rewards import digit_share
 
@@ -276,35 +276,3 @@ def test_each_aggregation_divides_by_the_unit_the_rescaling_uses():
         tokens, sequences = aggregate(loss, mask, 30, 3), aggregate(loss, mask, 15, 6)
         assert (tokens if unit == "tokens" else sequences) == pytest.approx(base / 2)
         assert (sequences if unit == "tokens" else tokens) == pytest.approx(base)
-
-
-def test_the_norm_taken_inside_the_backward_is_the_accumulated_gradients():
-    """SquaredNormInBackward (train_step's partial sums off FSDP2) against the norm taken after:
-    a parameter the second backward does not reach still counts with its first gradient, a
-    parameter used twice (tied) counts once, and the hooks come off even when the backward fails."""
-    torch.manual_seed(0)
-    shared, only_first = torch.nn.Parameter(torch.randn(5, 5)), torch.nn.Parameter(torch.randn(5))
-    params = [shared, only_first]
-    x = torch.randn(3, 5)
-    ((x @ shared + only_first) ** 2).sum().backward()  # an earlier micro-batch: both parameters
-    with SquaredNormInBackward(params) as probe:
-        ((x @ shared @ shared.T).tanh() * 3).sum().backward()  # reaches `shared` only, twice
-    expected = sum(float(p.grad.double().square().sum()) for p in params)
-    assert probe.value() == pytest.approx(expected, rel=1e-6)
-    assert probe.value() == pytest.approx(grad_sq_norm(params), rel=1e-6)
-
-    class Fails(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, v):
-            return v.clone()
-
-        @staticmethod
-        def backward(ctx, grad):
-            raise RuntimeError("backward failed")
-
-    with pytest.raises(RuntimeError, match="backward failed"):
-        with SquaredNormInBackward(params):
-            Fails.apply(x @ shared).sum().backward()
-    before = probe.value()
-    (x @ shared).sum().backward()  # no hook of either probe is left to record it
-    assert probe.value() == before and not shared._post_accumulate_grad_hooks

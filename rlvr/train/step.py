@@ -114,38 +114,6 @@ def grad_sq_norm(params) -> float:
     return float(norm) ** 2
 
 
-class SquaredNormInBackward:
-    """|accumulated gradient|² of `params` as the backward run inside `with` leaves it, summed
-    parameter by parameter inside that backward, each gradient right after autograd accumulates
-    into it (still in cache), instead of in one more pass over every gradient after it. A parameter
-    this backward does not reach but whose gradient an earlier micro-batch left is added by
-    `value`, so the value is `grad_sq_norm`'s (up to the order of the float sums). Not for FSDP2,
-    whose sharded gradients are set outside autograd's accumulation: it uses `grad_sq_norm`."""
-
-    def __init__(self, params) -> None:
-        self.params = params
-        self.squares: dict[int, torch.Tensor] = {}  # id(parameter) -> |its gradient|² (a tied one counts once)
-        self.handles: list = []
-
-    def _add(self, param) -> None:
-        self.squares[id(param)] = torch.linalg.vector_norm(param.grad, dtype=torch.float32).square()
-
-    def __enter__(self) -> "SquaredNormInBackward":
-        self.handles = [p.register_post_accumulate_grad_hook(self._add) for p in self.params]
-        return self
-
-    def __exit__(self, *exc) -> None:  # the hooks come off however the backward ended
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
-
-    def value(self) -> float:
-        """After the backward (the `with` block)."""
-        missed = [p.grad for p in self.params if p.grad is not None and id(p) not in self.squares]
-        squares = list(self.squares.values()) + [torch.linalg.vector_norm(g, dtype=torch.float32).square() for g in missed]
-        return float(torch.stack(squares).double().sum()) if squares else 0.0
-
-
 def update_chunks(batch, cfg: TrainConfig, policy) -> tuple[list, NoiseSplit | None]:
     """The update's micro-batches, and with --grad-noise the split they are ordered by: Q1's
     micro-batches, then the rest of H's, then the other groups' (rlvr.algo.noise; three lists),
@@ -256,13 +224,10 @@ def train_step(policy, optimizer, batch, advantages, cfg: TrainConfig, reference
                         break
                     # Data parallel: every rank must run the same backward collectives, so this one
                     # goes on; the non-finite gradient reaches every rank and all skip the update.
-                probe = update == 0 and i in probes
-                in_backward = SquaredNormInBackward(params) if probe and not synced else nullcontext()
-                with in_backward:
-                    loss.backward()
+                loss.backward()
                 clock.lap("backward")
-                if probe:
-                    read[probes[i]] = grad_sq_norm(params) if synced else in_backward.value()
+                if update == 0 and i in probes:
+                    read[probes[i]] = grad_sq_norm(params)
                     clock.lap("noise")
             sums["loss/policy"] += m["loss/policy"]
             sums["clip/cov_tokens"] += m.get("clip/cov_tokens", 0.0)
