@@ -128,12 +128,9 @@ def main() -> None:
             print(f"batch {index}: done", flush=True)
     points = [(e["tokens"], statistics.median(e["fresh"]), statistics.median(e["accumulate"])) for e in sizes.values()]
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    mean_x, mean_y = statistics.mean(xs), statistics.mean(ys)
-    spread = sum((x - mean_x) ** 2 for x in xs)
-    if not spread:
+    if len(set(xs)) < 2:
         raise SystemExit("--rows must give micro-batches of at least two token counts for the fit")
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / spread
-    fixed = mean_y - slope * mean_x
+    slope, fixed = statistics.linear_regression(xs, ys)
     accumulation = statistics.median(a - f for _, f, a in points)
     plain = statistics.median(norms["plain"])
     summary = {"per_token_s": slope, "fixed_s": fixed, "accumulation_s": accumulation,
